@@ -1,0 +1,46 @@
+//! Pier's API: the custom resources users apply, group `pier.dev`, version
+//! `v1alpha1`.
+//!
+//! ```text
+//!   StaticRoute (YAML, kubectl apply / routes dir)
+//!        │  serde
+//!        ▼
+//!   pier_crds::StaticRoute ──► pier_snapshot::compile ──► Snapshot ──► dataplane
+//! ```
+//!
+//! The types follow the Kubernetes API conventions: camelCase fields,
+//! PascalCase enum values and Gateway API's path match shape. They carry no
+//! behaviour; validation that a schema cannot express happens in
+//! `pier_snapshot::compile`, which reports errors per resource.
+//!
+//! The CRD YAML under `crds/yaml/` is generated from these types by
+//! `cargo run -p pier-crds --bin crdgen -- --write`; a test fails when the
+//! committed files drift.
+
+mod route;
+
+pub use route::{
+    Condition, PathMatch, PathMatchType, RouteStatus, StaticRoute, StaticRouteSpec, Time,
+};
+
+use kube::CustomResourceExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// API group of every Pier resource.
+pub const GROUP: &str = "pier.dev";
+/// API version of every Pier resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// Every CRD of the API with the file name it is committed under in `crds/yaml/`.
+pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![("staticroutes.pier.dev.yaml", StaticRoute::crd())]
+}
+
+/// Renders a CRD the way it is committed: YAML with a leading document marker.
+///
+/// # Errors
+/// Only when serde_yaml cannot serialise the value, which for a CRD built by
+/// kube's derive would be a bug in the types.
+pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
+    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
+}

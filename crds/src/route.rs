@@ -1,0 +1,104 @@
+//! `StaticRoute` and the pieces every route kind shares.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Serves files from a directory mounted into the dataplane.
+///
+/// The matched path prefix is stripped before the file is looked up, like
+/// nginx's `alias`: with `path: {type: PathPrefix, value: /assets}` and
+/// `root: /srv/a`, the request `/assets/x.png` reads `/srv/a/x.png`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "pier.dev",
+    version = "v1alpha1",
+    kind = "StaticRoute",
+    plural = "staticroutes",
+    shortname = "sroute",
+    category = "pier",
+    namespaced,
+    status = "RouteStatus",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.path.value"}"#,
+    printcolumn = r#"{"name":"Root","type":"string","jsonPath":".spec.root"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticRouteSpec {
+    /// Host names this route answers for. Exact names (`www.example.com`) or
+    /// one leading wildcard label (`*.cdn.example.com`, matching any name
+    /// below it). Empty or absent: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+
+    /// Which request paths the route matches. Absent: `PathPrefix /`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+
+    /// Absolute path of the directory in the dataplane that files are served from.
+    pub root: String,
+
+    /// File served for a request naming a directory. Default `index.html`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+
+    /// `Cache-Control` header value sent with every file of this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+
+    /// Serve `FILE.br` or `FILE.gz` instead of `FILE` when it exists and the
+    /// client accepts that encoding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub precompressed: bool,
+
+    /// Path, relative to `root`, served with status 200 when the requested
+    /// file does not exist (single-page applications).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+/// Gateway API's path match: a type and a value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathMatch {
+    /// How `value` is compared with the request path. Default `PathPrefix`.
+    #[serde(default, rename = "type")]
+    pub kind: PathMatchType,
+    /// The path to match; it starts with `/`.
+    pub value: String,
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        Self {
+            kind: PathMatchType::PathPrefix,
+            value: "/".to_owned(),
+        }
+    }
+}
+
+/// How a [`PathMatch`] compares paths.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PathMatchType {
+    /// Matches the value and every path below it, element by element:
+    /// `/abc` matches `/abc`, `/abc/` and `/abc/d`, not `/abcd`.
+    #[default]
+    PathPrefix,
+    /// Matches the value exactly.
+    Exact,
+}
+
+/// Status every Pier route reports: conditions `Accepted`, `ResolvedRefs`
+/// and `Programmed`, each with its `observedGeneration`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// Current conditions of the route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,393 @@
+//! The pure function from route resources to a [`Snapshot`].
+
+use std::collections::HashMap;
+
+use pier_crds::{PathMatchType, StaticRoute, Time};
+
+use crate::model::{Action, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
+
+/// Longest host name DNS allows.
+const MAX_HOST_LEN: usize = 253;
+/// Longest route path accepted; request paths are bounded by the dataplane too.
+const MAX_PATH_LEN: usize = 1024;
+
+/// The resources a snapshot is compiled from.
+#[derive(Clone, Debug, Default)]
+pub struct Resources {
+    /// Every `StaticRoute` in scope.
+    pub static_routes: Vec<StaticRoute>,
+}
+
+/// The result of [`compile`]: a snapshot of every valid route, and one error
+/// for each resource left out.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The routes that compiled.
+    pub snapshot: Snapshot,
+    /// The resources that did not, in key order.
+    pub errors: Vec<RouteError>,
+}
+
+/// Why one resource was left out of the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteError {
+    /// The resource.
+    pub key: RouteKey,
+    /// `metadata.generation` of the resource, for `observedGeneration`.
+    pub generation: Option<i64>,
+    /// What is wrong with it.
+    pub invalid: Invalid,
+}
+
+/// What makes a resource invalid. [`Invalid::reason`] gives the
+/// status-condition reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// The resource has no name.
+    #[error("the resource has no metadata.name")]
+    Unnamed,
+    /// A path match value is unusable.
+    #[error("path {value:?} {why}")]
+    Path {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A host name is unusable.
+    #[error("host {value:?} {why}")]
+    Host {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `root` is unusable.
+    #[error("root {value:?} {why}")]
+    Root {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `index` is unusable.
+    #[error("index {value:?} {why}")]
+    Index {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `fallback` is unusable.
+    #[error("fallback {value:?} {why}")]
+    Fallback {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A value that becomes a header is not a valid header value.
+    #[error("{field} {why}")]
+    HeaderValue {
+        /// The spec field.
+        field: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Another route already serves one of this route's host and path pairs.
+    #[error("host {host:?} and path {path:?} are already served by {winner}")]
+    Conflict {
+        /// The contested host (`*` for any host).
+        host: String,
+        /// The contested path.
+        path: String,
+        /// The route that keeps them.
+        winner: RouteKey,
+    },
+}
+
+impl Invalid {
+    /// The `reason` of the route's `Accepted=False` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unnamed => "InvalidMetadata",
+            Self::Path { .. } => "InvalidPath",
+            Self::Host { .. } => "InvalidHost",
+            Self::Root { .. } => "InvalidRoot",
+            Self::Index { .. } => "InvalidIndex",
+            Self::Fallback { .. } => "InvalidFallback",
+            Self::HeaderValue { .. } => "InvalidHeaderValue",
+            Self::Conflict { .. } => "Conflict",
+        }
+    }
+}
+
+/// Compiles route resources into a snapshot. Pure: no I/O, no clock, and the
+/// same resources in any order give the same snapshot.
+///
+/// Each resource is validated on its own; an invalid one becomes a
+/// [`RouteError`] and the rest are kept. When two routes claim the same host
+/// and path, the older one (by `creationTimestamp`, then namespace/name)
+/// keeps them and the other is rejected as a [`Invalid::Conflict`].
+pub fn compile(resources: &Resources) -> Compiled {
+    let mut candidates = Vec::with_capacity(resources.static_routes.len());
+    let mut errors = Vec::new();
+
+    for resource in &resources.static_routes {
+        let key = RouteKey {
+            kind: RouteKind::StaticRoute,
+            namespace: resource
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            name: resource.metadata.name.clone().unwrap_or_default(),
+        };
+        let generation = resource.metadata.generation;
+        match static_route(&key, resource) {
+            Ok(route) => candidates.push(Candidate {
+                created: resource.metadata.creation_timestamp.clone(),
+                generation,
+                route,
+            }),
+            Err(invalid) => errors.push(RouteError {
+                key,
+                generation,
+                invalid,
+            }),
+        }
+    }
+
+    // Older routes claim their host/path pairs first.
+    candidates.sort_by(|a, b| {
+        let a_key = (a.created.is_none(), &a.created, &a.route.key);
+        a_key.cmp(&(b.created.is_none(), &b.created, &b.route.key))
+    });
+    let mut claimed: HashMap<(&str, &PathRule), &RouteKey> = HashMap::new();
+    let mut accepted = Vec::with_capacity(candidates.len());
+    'routes: for (i, candidate) in candidates.iter().enumerate() {
+        let route = &candidate.route;
+        let hosts: Vec<&str> = if route.hosts.is_empty() {
+            vec!["*"]
+        } else {
+            route.hosts.iter().map(String::as_str).collect()
+        };
+        for host in &hosts {
+            if let Some(winner) = claimed.get(&(*host, &route.path)) {
+                errors.push(RouteError {
+                    key: route.key.clone(),
+                    generation: candidate.generation,
+                    invalid: Invalid::Conflict {
+                        host: (*host).to_owned(),
+                        path: route.path.value().to_owned(),
+                        winner: (*winner).clone(),
+                    },
+                });
+                continue 'routes;
+            }
+        }
+        for host in hosts {
+            claimed.insert((host, &route.path), &route.key);
+        }
+        accepted.push(i);
+    }
+
+    let routes = accepted
+        .into_iter()
+        .map(|i| candidates[i].route.clone())
+        .collect();
+    errors.sort_by(|a, b| a.key.cmp(&b.key));
+    Compiled {
+        snapshot: Snapshot::new(routes),
+        errors,
+    }
+}
+
+struct Candidate {
+    created: Option<Time>,
+    generation: Option<i64>,
+    route: Route,
+}
+
+fn static_route(key: &RouteKey, resource: &StaticRoute) -> Result<Route, Invalid> {
+    if key.name.is_empty() {
+        return Err(Invalid::Unnamed);
+    }
+    let spec = &resource.spec;
+    let hosts = hosts(&spec.hosts)?;
+    let path = path_rule(spec.path.as_ref())?;
+    let root = root(&spec.root)?;
+    let index = match &spec.index {
+        None => "index.html".to_owned(),
+        Some(index) => file_name(index).map_err(|why| Invalid::Index {
+            value: index.clone(),
+            why,
+        })?,
+    };
+    let cache_control = match &spec.cache_control {
+        None => None,
+        Some(value) => Some(header_value(value).map_err(|why| Invalid::HeaderValue {
+            field: "cacheControl",
+            why,
+        })?),
+    };
+    let fallback = match &spec.fallback {
+        None => None,
+        Some(value) => Some(clean_path(value).map_err(|why| Invalid::Fallback {
+            value: value.clone(),
+            why,
+        })?),
+    };
+    if fallback.as_deref() == Some("/") {
+        return Err(Invalid::Fallback {
+            value: "/".to_owned(),
+            why: "must name a file",
+        });
+    }
+    Ok(Route {
+        key: key.clone(),
+        hosts,
+        path,
+        action: Action::Static(StaticAction {
+            root,
+            index,
+            cache_control,
+            precompressed: spec.precompressed,
+            fallback,
+        }),
+    })
+}
+
+fn hosts(given: &[String]) -> Result<Vec<String>, Invalid> {
+    let mut hosts = Vec::with_capacity(given.len());
+    for value in given {
+        let host = host(value).map_err(|why| Invalid::Host {
+            value: value.clone(),
+            why,
+        })?;
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts.sort();
+    Ok(hosts)
+}
+
+/// Validates and lower-cases a host name or `*.` wildcard.
+fn host(value: &str) -> Result<String, &'static str> {
+    let lower = value.trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    if name.is_empty() {
+        return Err("is empty; leave hosts empty to match any host");
+    }
+    if lower.len() > MAX_HOST_LEN {
+        return Err("is longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("has a label that is empty or longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(
+                "must be a DNS name of letters, digits and hyphens, with at most one leading `*.`",
+            );
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("has a label that starts or ends with a hyphen");
+        }
+    }
+    Ok(lower)
+}
+
+fn path_rule(given: Option<&pier_crds::PathMatch>) -> Result<PathRule, Invalid> {
+    let Some(given) = given else {
+        return Ok(PathRule::Prefix("/".to_owned()));
+    };
+    let clean = clean_path(&given.value).map_err(|why| Invalid::Path {
+        value: given.value.clone(),
+        why,
+    })?;
+    Ok(match given.kind {
+        PathMatchType::PathPrefix => PathRule::Prefix(clean),
+        PathMatchType::Exact => PathRule::Exact(given.value.clone()),
+    })
+}
+
+/// Checks a route path and removes its trailing slash (but for `/`).
+fn clean_path(value: &str) -> Result<String, &'static str> {
+    if !value.starts_with('/') {
+        return Err("must start with `/`");
+    }
+    if value.len() > MAX_PATH_LEN {
+        return Err("is longer than 1024 characters");
+    }
+    if value.bytes().any(|b| b.is_ascii_control() || b == b'\\') {
+        return Err("must not contain control characters or backslashes");
+    }
+    if value.contains(['%', '?', '#']) {
+        return Err("must be a decoded path without `%`, `?` or `#`");
+    }
+    let trimmed = value.trim_end_matches('/');
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err("must not contain empty, `.` or `..` segments");
+    }
+    Ok(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+fn root(value: &str) -> Result<String, Invalid> {
+    let invalid = |why| Invalid::Root {
+        value: value.to_owned(),
+        why,
+    };
+    if !value.starts_with('/') {
+        return Err(invalid("must be an absolute path"));
+    }
+    if value.bytes().any(|b| b.is_ascii_control()) {
+        return Err(invalid("must not contain control characters"));
+    }
+    if value.split('/').any(|segment| segment == "..") {
+        return Err(invalid("must not contain `..`"));
+    }
+    let trimmed = value.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+fn file_name(value: &str) -> Result<String, &'static str> {
+    if value.is_empty() || value == "." || value == ".." {
+        return Err("must be a file name");
+    }
+    if value.bytes().any(|b| b == b'/' || b == b'\\' || b.is_ascii_control()) {
+        return Err("must be a file name without slashes or control characters");
+    }
+    Ok(value.to_owned())
+}
+
+/// A header value: visible ASCII and spaces, no CR, LF or NUL.
+fn header_value(value: &str) -> Result<String, &'static str> {
+    if value
+        .bytes()
+        .any(|b| b == b'\r' || b == b'\n' || b == 0 || (b.is_ascii_control() && b != b'\t'))
+    {
+        return Err("must not contain CR, LF, NUL or other control characters");
+    }
+    Ok(value.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests;

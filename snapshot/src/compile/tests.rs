@@ -1,0 +1,157 @@
+use pier_crds::StaticRoute;
+
+use super::*;
+
+fn route(yaml: &str) -> StaticRoute {
+    serde_yaml::from_str(yaml).expect("test manifest parses")
+}
+
+fn named(name: &str, spec: &str) -> StaticRoute {
+    route(&format!(
+        "apiVersion: pier.dev/v1alpha1\nkind: StaticRoute\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
+    ))
+}
+
+fn compile_all(routes: Vec<StaticRoute>) -> Compiled {
+    compile(&Resources {
+        static_routes: routes,
+    })
+}
+
+#[test]
+fn defaults_are_prefix_root_and_index_html() {
+    let out = compile_all(vec![named("a", "{root: /srv/a/}")]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let route = &out.snapshot.routes[0];
+    assert_eq!(route.path, PathRule::Prefix("/".into()));
+    assert!(route.hosts.is_empty());
+    let Action::Static(action) = &route.action;
+    assert_eq!(action.root, "/srv/a");
+    assert_eq!(action.index, "index.html");
+}
+
+#[test]
+fn hosts_are_lowercased_deduplicated_and_sorted() {
+    let out = compile_all(vec![named(
+        "a",
+        r#"{root: /srv, hosts: ["WWW.Example.com.", "*.cdn.example.com", "www.example.com"]}"#,
+    )]);
+    assert_eq!(
+        out.snapshot.routes[0].hosts,
+        vec!["*.cdn.example.com", "www.example.com"]
+    );
+}
+
+#[test]
+fn prefix_trailing_slash_is_removed() {
+    let out = compile_all(vec![named(
+        "a",
+        "{root: /srv, path: {type: PathPrefix, value: /assets/}}",
+    )]);
+    assert_eq!(out.snapshot.routes[0].path, PathRule::Prefix("/assets".into()));
+}
+
+#[test]
+fn one_invalid_route_does_not_drop_the_others() {
+    let out = compile_all(vec![
+        named("good", "{root: /srv/good}"),
+        named("bad", "{root: relative/dir, path: {value: /bad}}"),
+    ]);
+    assert_eq!(out.snapshot.routes.len(), 1);
+    assert_eq!(out.snapshot.routes[0].key.name, "good");
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].key.name, "bad");
+    assert_eq!(out.errors[0].invalid.reason(), "InvalidRoot");
+}
+
+#[test]
+fn invalid_values_are_reported_with_their_reason() {
+    let cases = [
+        ("{root: /srv, path: {value: nope}}", "InvalidPath"),
+        ("{root: /srv, path: {value: /a/../b}}", "InvalidPath"),
+        ("{root: /srv, path: {value: /a%2fb}}", "InvalidPath"),
+        ("{root: /srv, path: {value: /a//b}}", "InvalidPath"),
+        (r#"{root: /srv, hosts: ["bad host"]}"#, "InvalidHost"),
+        (r#"{root: /srv, hosts: ["*"]}"#, "InvalidHost"),
+        (r#"{root: /srv, hosts: ["a.*.com"]}"#, "InvalidHost"),
+        (r#"{root: /srv, hosts: ["-a.com"]}"#, "InvalidHost"),
+        ("{root: /srv/../etc}", "InvalidRoot"),
+        ("{root: /srv, index: ../x}", "InvalidIndex"),
+        ("{root: /srv, index: a/b.html}", "InvalidIndex"),
+        ("{root: /srv, fallback: index.html}", "InvalidFallback"),
+        ("{root: /srv, fallback: /}", "InvalidFallback"),
+        (r#"{root: /srv, cacheControl: "a\r\nX-Evil: 1"}"#, "InvalidHeaderValue"),
+    ];
+    for (spec, reason) in cases {
+        let out = compile_all(vec![named("r", spec)]);
+        assert!(out.snapshot.routes.is_empty(), "{spec} compiled");
+        assert_eq!(out.errors[0].invalid.reason(), reason, "{spec}");
+        assert!(!out.errors[0].invalid.to_string().is_empty());
+    }
+}
+
+#[test]
+fn conflicting_routes_keep_the_older_one() {
+    let mut older = named("zz-older", r#"{root: /a, hosts: [a.com]}"#);
+    older.metadata.creation_timestamp = Some(
+        serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).expect("time"),
+    );
+    let mut newer = named("aa-newer", r#"{root: /b, hosts: [a.com, b.com]}"#);
+    newer.metadata.creation_timestamp = Some(
+        serde_json::from_value(serde_json::json!("2026-02-01T00:00:00Z")).expect("time"),
+    );
+    let out = compile_all(vec![newer, older]);
+    assert_eq!(out.snapshot.routes.len(), 1);
+    assert_eq!(out.snapshot.routes[0].key.name, "zz-older");
+    let Invalid::Conflict { winner, host, .. } = &out.errors[0].invalid else {
+        panic!("expected a conflict, got {:?}", out.errors[0]);
+    };
+    assert_eq!(winner.name, "zz-older");
+    assert_eq!(host, "a.com");
+}
+
+#[test]
+fn conflicts_without_timestamps_go_by_namespace_and_name() {
+    let out = compile_all(vec![named("b", "{root: /b}"), named("a", "{root: /a}")]);
+    assert_eq!(out.snapshot.routes[0].key.name, "a");
+    assert_eq!(out.errors[0].key.name, "b");
+}
+
+#[test]
+fn same_path_on_different_hosts_or_types_does_not_conflict() {
+    let out = compile_all(vec![
+        named("a", r#"{root: /a, hosts: [a.com]}"#),
+        named("b", r#"{root: /b, hosts: [b.com]}"#),
+        named("c", "{root: /c, path: {type: Exact, value: /}}"),
+        named("d", "{root: /d}"),
+    ]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(out.snapshot.routes.len(), 4);
+}
+
+#[test]
+fn version_depends_on_content_not_on_input_order() {
+    let a = compile_all(vec![
+        named("a", "{root: /a, path: {value: /a}}"),
+        named("b", "{root: /b, path: {value: /b}}"),
+    ]);
+    let b = compile_all(vec![
+        named("b", "{root: /b, path: {value: /b}}"),
+        named("a", "{root: /a, path: {value: /a}}"),
+    ]);
+    assert_eq!(a.snapshot, b.snapshot);
+    let c = compile_all(vec![named("a", "{root: /changed, path: {value: /a}}")]);
+    assert_ne!(a.snapshot.version, c.snapshot.version);
+    assert_eq!(a.snapshot.version.len(), 16);
+}
+
+#[test]
+fn snapshot_round_trips_through_json_and_detects_tampering() {
+    let out = compile_all(vec![named("a", "{root: /a, precompressed: true}")]);
+    let json = serde_json::to_string(&out.snapshot).expect("serialises");
+    let mut back: Snapshot = serde_json::from_str(&json).expect("decodes");
+    assert_eq!(back, out.snapshot);
+    assert!(back.is_consistent());
+    back.routes.clear();
+    assert!(!back.is_consistent());
+}

@@ -1,0 +1,23 @@
+//! The snapshot: the one value that flows from the controller (or the
+//! standalone loader) to every dataplane.
+//!
+//! ```text
+//!  StaticRoute objects ──► compile() ──► Compiled { snapshot, errors }
+//!  (API server or files)     (pure)          │             │
+//!                                            │             └─► status conditions / logs
+//!                                            ▼
+//!                                     Snapshot { version, routes }
+//!                                  (immutable, serialisable, versioned
+//!                                   by the hash of its content)
+//! ```
+//!
+//! [`compile`] does no I/O: it validates each resource on its own, reports
+//! the invalid ones as [`RouteError`]s and keeps every valid one, so one bad
+//! resource never takes the others down. The controller and the
+//! dataplane's standalone mode call the same function.
+
+mod compile;
+mod model;
+
+pub use compile::{Compiled, Invalid, Resources, RouteError, compile};
+pub use model::{Action, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};

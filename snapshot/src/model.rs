@@ -1,0 +1,139 @@
+//! The snapshot's data model. Plain data: no behaviour beyond versioning.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Every compiled route, immutable once built, with a version that is a hash
+/// of its content: two snapshots with the same routes have the same version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Hex digest of `routes` (first 64 bits of SHA-256 over their JSON form).
+    pub version: String,
+    /// Routes ordered by [`RouteKey`].
+    pub routes: Vec<Route>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from routes, sorting them and computing the version.
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by(|a, b| a.key.cmp(&b.key));
+        let version = content_version(&routes);
+        Self { version, routes }
+    }
+
+    /// A snapshot that routes nothing.
+    pub fn empty() -> Self {
+        Self::new(Vec::new())
+    }
+
+    /// True when `version` is the hash of `routes`; a decoded snapshot whose
+    /// version does not match was altered or truncated on the way.
+    pub fn is_consistent(&self) -> bool {
+        content_version(&self.routes) == self.version
+    }
+}
+
+fn content_version(routes: &[Route]) -> String {
+    let mut hasher = Sha256::new();
+    // Serialising plain structs, strings and enums cannot fail; an error here
+    // would only drop bytes from the hash input, never panic.
+    let json = serde_json::to_vec(routes).unwrap_or_default();
+    hasher.update(&json);
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Which resource kind a route was compiled from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum RouteKind {
+    /// A `StaticRoute`.
+    StaticRoute,
+}
+
+impl RouteKind {
+    /// The resource kind as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StaticRoute => "StaticRoute",
+        }
+    }
+}
+
+/// Identity of the resource a route came from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    /// Resource kind.
+    pub kind: RouteKind,
+    /// Namespace of the resource.
+    pub namespace: String,
+    /// Name of the resource.
+    pub name: String,
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+/// One compiled route: where it matches and what it does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The resource this route came from.
+    pub key: RouteKey,
+    /// Lower-case host names; `*.example.com` matches any name below
+    /// `example.com`. Empty: any host.
+    pub hosts: Vec<String>,
+    /// Which paths match.
+    pub path: PathRule,
+    /// What the dataplane does with a matching request.
+    pub action: Action,
+}
+
+/// A validated path match.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum PathRule {
+    /// Matches the value and every path below it, element by element. Stored
+    /// without a trailing slash, except for `/` itself.
+    Prefix(String),
+    /// Matches the value exactly.
+    Exact(String),
+}
+
+impl PathRule {
+    /// The path the rule compares with.
+    pub fn value(&self) -> &str {
+        match self {
+            Self::Prefix(v) | Self::Exact(v) => v,
+        }
+    }
+}
+
+/// What a route does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum Action {
+    /// Serve files from a directory.
+    Static(StaticAction),
+}
+
+/// A validated `StaticRoute` spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticAction {
+    /// Absolute directory, without a trailing slash (except `/`).
+    pub root: String,
+    /// File name served for directories.
+    pub index: String,
+    /// `Cache-Control` value, already checked to be a valid header value.
+    pub cache_control: Option<String>,
+    /// Serve `.br` / `.gz` siblings by `Accept-Encoding`.
+    pub precompressed: bool,
+    /// Path below `root`, starting with `/`, served when a file is missing.
+    pub fallback: Option<String>,
+}
