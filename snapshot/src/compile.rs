@@ -372,7 +372,10 @@ fn file_name(value: &str) -> Result<String, &'static str> {
     if value.is_empty() || value == "." || value == ".." {
         return Err("must be a file name");
     }
-    if value.bytes().any(|b| b == b'/' || b == b'\\' || b.is_ascii_control()) {
+    if value
+        .bytes()
+        .any(|b| b == b'/' || b == b'\\' || b.is_ascii_control())
+    {
         return Err("must be a file name without slashes or control characters");
     }
     Ok(value.to_owned())

@@ -47,7 +47,6 @@ fn content_version(routes: &[Route]) -> String {
 
 /// Which resource kind a route was compiled from.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
 pub enum RouteKind {
     /// A `StaticRoute`.
     StaticRoute,
@@ -116,7 +115,6 @@ impl PathRule {
 /// What a route does.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
 pub enum Action {
     /// Serve files from a directory.
     Static(StaticAction),

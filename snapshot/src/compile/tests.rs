@@ -48,7 +48,10 @@ fn prefix_trailing_slash_is_removed() {
         "a",
         "{root: /srv, path: {type: PathPrefix, value: /assets/}}",
     )]);
-    assert_eq!(out.snapshot.routes[0].path, PathRule::Prefix("/assets".into()));
+    assert_eq!(
+        out.snapshot.routes[0].path,
+        PathRule::Prefix("/assets".into())
+    );
 }
 
 #[test]
@@ -80,7 +83,10 @@ fn invalid_values_are_reported_with_their_reason() {
         ("{root: /srv, index: a/b.html}", "InvalidIndex"),
         ("{root: /srv, fallback: index.html}", "InvalidFallback"),
         ("{root: /srv, fallback: /}", "InvalidFallback"),
-        (r#"{root: /srv, cacheControl: "a\r\nX-Evil: 1"}"#, "InvalidHeaderValue"),
+        (
+            r#"{root: /srv, cacheControl: "a\r\nX-Evil: 1"}"#,
+            "InvalidHeaderValue",
+        ),
     ];
     for (spec, reason) in cases {
         let out = compile_all(vec![named("r", spec)]);
@@ -93,13 +99,11 @@ fn invalid_values_are_reported_with_their_reason() {
 #[test]
 fn conflicting_routes_keep_the_older_one() {
     let mut older = named("zz-older", r#"{root: /a, hosts: [a.com]}"#);
-    older.metadata.creation_timestamp = Some(
-        serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).expect("time"),
-    );
+    older.metadata.creation_timestamp =
+        Some(serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).expect("time"));
     let mut newer = named("aa-newer", r#"{root: /b, hosts: [a.com, b.com]}"#);
-    newer.metadata.creation_timestamp = Some(
-        serde_json::from_value(serde_json::json!("2026-02-01T00:00:00Z")).expect("time"),
-    );
+    newer.metadata.creation_timestamp =
+        Some(serde_json::from_value(serde_json::json!("2026-02-01T00:00:00Z")).expect("time"));
     let out = compile_all(vec![newer, older]);
     assert_eq!(out.snapshot.routes.len(), 1);
     assert_eq!(out.snapshot.routes[0].key.name, "zz-older");

@@ -1,0 +1,82 @@
+//! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz` and
+//! `/snapshot` (the active snapshot as JSON), over HTTP/1.1.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::Body;
+use crate::service::Shared;
+
+/// Serves admin requests until shutdown.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let res = respond(&req, &shared);
+                async move { Ok::<_, Infallible>(res) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+    match req.uri().path() {
+        "/metrics" => {
+            let table = shared.table.load();
+            let routes = table.routes.iter().map(|e| (&*e.label, &*e.metrics));
+            let text = shared.metrics.render(routes, table.routes.len());
+            with_type(text, "text/plain; version=0.0.4; charset=utf-8")
+        }
+        "/healthz" => with_type("ok\n".to_owned(), "text/plain"),
+        "/readyz" => {
+            if shared.ready.load(Relaxed) && !shared.draining.load(Relaxed) {
+                with_type("ready\n".to_owned(), "text/plain")
+            } else {
+                let mut res = with_type("not ready\n".to_owned(), "text/plain");
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                res
+            }
+        }
+        "/snapshot" => match serde_json::to_string_pretty(&shared.table.load().snapshot) {
+            Ok(json) => with_type(json, "application/json"),
+            Err(_) => crate::files::status(StatusCode::INTERNAL_SERVER_ERROR),
+        },
+        _ => crate::files::status(StatusCode::NOT_FOUND),
+    }
+}
+
+fn with_type(body: String, content_type: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::bytes(body));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}

@@ -1,0 +1,155 @@
+//! Command-line flags, each with an environment fallback, parsed into types.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Pier's dataplane: serves the routes of a snapshot.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "pier-dataplane", version, about)]
+pub struct Args {
+    /// Directory of route manifests to serve (standalone mode); watched for changes.
+    #[arg(long, env = "PIER_ROUTES")]
+    pub routes: PathBuf,
+
+    /// Address for client traffic.
+    #[arg(long, env = "PIER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address for /metrics, /healthz, /readyz and /snapshot.
+    #[arg(long, env = "PIER_ADMIN", default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+
+    /// Worker threads, each with its own listener (default: CPUs available to the process).
+    #[arg(long, env = "PIER_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// Most client connections open at once; more are answered 503 and closed.
+    #[arg(long, env = "PIER_MAX_CONNECTIONS", default_value = "20000")]
+    pub max_connections: NonZeroUsize,
+
+    /// Listen backlog of each worker's socket (capped by net.core.somaxconn).
+    #[arg(long, env = "PIER_BACKLOG", default_value = "4096")]
+    pub backlog: NonZeroUsize,
+
+    /// Time a new connection has to start its first request, and on HTTP/1.1
+    /// the time to receive each request head, keep-alive wait included.
+    #[arg(long, env = "PIER_HEADER_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub header_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, env = "PIER_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// Largest request head accepted (bytes, at least 8KiB); larger ones get 431.
+    #[arg(long, env = "PIER_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = bytes_at_least_8k)]
+    pub max_header_size: usize,
+
+    /// HTTP/2 streams a client may have open at once on one connection.
+    #[arg(long, env = "PIER_MAX_CONCURRENT_STREAMS", default_value = "128")]
+    pub max_concurrent_streams: u32,
+
+    /// On SIGTERM, time given to in-flight requests before connections are closed.
+    #[arg(long, env = "PIER_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often the routes directory is checked for changes.
+    #[arg(long, env = "PIER_WATCH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub watch_interval: Duration,
+
+    /// Bytes read from a file per body chunk (the per-response file buffer).
+    #[arg(long, env = "PIER_READ_CHUNK", default_value = "256KiB", value_parser = bytes)]
+    pub read_chunk: usize,
+
+    /// Most ranges honoured in one request; with more the whole file is sent.
+    #[arg(long, env = "PIER_MAX_RANGES", default_value = "16")]
+    pub max_ranges: NonZeroUsize,
+
+    /// Log format: `text` for terminals, `json` for clusters.
+    #[arg(long, env = "PIER_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` `EnvFilter` syntax.
+    #[arg(long, env = "PIER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` or a plain number of seconds.
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has an unknown unit; use ms, s, m or h")),
+    }
+}
+
+/// Parses `4096`, `64KiB`, `64Ki`, `1MiB`, `1Mi`, `1GiB`.
+pub(crate) fn bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 4096, 64KiB, 1MiB"))?;
+    let scale: usize = match unit.trim_end_matches('B') {
+        "" => 1,
+        "Ki" | "K" => 1 << 10,
+        "Mi" | "M" => 1 << 20,
+        "Gi" | "G" => 1 << 30,
+        _ => return Err(format!("{s:?} has an unknown unit; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(scale)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+fn bytes_at_least_8k(s: &str) -> Result<usize, String> {
+    let n = bytes(s)?;
+    if n < 8192 {
+        return Err(format!("{s:?} is below the minimum of 8KiB"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(duration("5x").is_err());
+        assert!(duration("s").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(bytes("4096"), Ok(4096));
+        assert_eq!(bytes("64KiB"), Ok(65536));
+        assert_eq!(bytes("64Ki"), Ok(65536));
+        assert_eq!(bytes("1MiB"), Ok(1 << 20));
+        assert!(bytes("0").is_err());
+        assert!(bytes("1TB").is_err());
+        assert!(bytes_at_least_8k("4KiB").is_err());
+    }
+}

@@ -1,0 +1,419 @@
+//! Static files: the `StaticRoute` handler.
+//!
+//! ```text
+//!  request ─► method ─► hidden? ─► open beneath root ─► dir? ─► index / 301 / 403
+//!                                   (openat2 BENEATH)     │
+//!                                                         └► file ─► sibling .br/.gz
+//!                                                                  ─► preconditions, ranges
+//!                                                                  ─► 200 / 206 / 304 / 412 / 416
+//! ```
+//!
+//! Every file is opened with `openat2(RESOLVE_BENEATH)` relative to the
+//! route's root, so the kernel refuses `..` and symlinks that lead outside
+//! the root, however the path was spelled. File I/O is plain blocking calls
+//! on the worker thread, as in nginx without `aio`: for files in the page
+//! cache that is far cheaper than a hop to a thread pool. Bodies are read one
+//! bounded chunk at a time.
+
+mod conditional;
+mod encoding;
+pub(crate) mod path;
+mod range;
+
+use std::fs::{File, Metadata};
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_ENCODING, ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use pier_snapshot::StaticAction;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use self::conditional::{Outcome, Validators};
+use self::encoding::Coding;
+use crate::body::Body;
+
+/// Per-process limits of file serving.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FileLimits {
+    /// Bytes read from a file per body chunk.
+    pub(crate) chunk: usize,
+    /// Most ranges honoured in one request; more and the whole file is sent.
+    pub(crate) max_ranges: usize,
+}
+
+/// A compiled `StaticRoute` action.
+#[derive(Debug)]
+pub(crate) struct StaticFiles {
+    root: Box<Path>,
+    index: Box<[u8]>,
+    cache_control: Option<HeaderValue>,
+    precompressed: bool,
+    fallback: Option<Box<[u8]>>,
+}
+
+/// What the handler needs from the request.
+#[derive(Debug)]
+pub(crate) struct FileRequest<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) headers: &'a HeaderMap,
+    /// The request path as received, for redirects.
+    pub(crate) raw_path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    /// The normalised path below the route's prefix: empty or starting with `/`.
+    pub(crate) rel: &'a [u8],
+}
+
+/// A file found for a request.
+struct Found {
+    file: File,
+    meta: Metadata,
+    /// The path opened, relative to the root; its extension gives the type.
+    name: Vec<u8>,
+}
+
+impl StaticFiles {
+    pub(crate) fn new(action: &StaticAction) -> Self {
+        Self {
+            root: Path::new(&action.root).into(),
+            index: action.index.as_bytes().into(),
+            // The compiler already refused values with control characters.
+            cache_control: action
+                .cache_control
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok()),
+            precompressed: action.precompressed,
+            fallback: action.fallback.as_deref().map(|f| f.as_bytes().into()),
+        }
+    }
+
+    /// Answers one request.
+    pub(crate) fn serve(&self, req: &FileRequest<'_>, limits: &FileLimits) -> Response<Body> {
+        let is_get = *req.method == Method::GET;
+        if !is_get && *req.method != Method::HEAD {
+            let mut res = status(StatusCode::METHOD_NOT_ALLOWED);
+            res.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return res;
+        }
+        if path::is_hidden(req.rel) {
+            return status(StatusCode::NOT_FOUND);
+        }
+        let root = match open_root(&self.root) {
+            Ok(root) => root,
+            Err(e) => {
+                tracing::warn!(root = %self.root.display(), error = %e, "route root cannot be opened");
+                return status(StatusCode::NOT_FOUND);
+            }
+        };
+        let found = match self.find(&root, req) {
+            Ok(found) => found,
+            Err(res) => return res,
+        };
+        self.respond(&root, found, req, is_get, limits)
+    }
+
+    /// Finds the file for a request: the path itself, a directory's index,
+    /// or the fallback.
+    fn find(&self, root: &File, req: &FileRequest<'_>) -> Result<Found, Response<Body>> {
+        let rel = req.rel.strip_prefix(b"/").unwrap_or(req.rel);
+        let opened = if rel.is_empty() {
+            open_beneath(root, b".")
+        } else {
+            open_beneath(root, rel)
+        };
+        let (file, meta) = match opened {
+            Ok(found) => found,
+            Err(e) => return self.missing(root, e),
+        };
+        if meta.is_file() {
+            return Ok(Found {
+                file,
+                meta,
+                name: rel.to_vec(),
+            });
+        }
+        if !meta.is_dir() {
+            return Err(status(StatusCode::NOT_FOUND));
+        }
+        if !req.rel.ends_with(b"/") {
+            return Err(redirect_to_slash(req));
+        }
+        let mut name = rel.to_vec();
+        name.extend_from_slice(&self.index);
+        match open_beneath(root, &name) {
+            Ok((file, meta)) if meta.is_file() => Ok(Found { file, meta, name }),
+            Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => Err(status(StatusCode::FORBIDDEN)),
+            Err(e) => Err(error_status(e)),
+        }
+    }
+
+    fn missing(&self, root: &File, e: Errno) -> Result<Found, Response<Body>> {
+        if !matches!(e, Errno::NOENT | Errno::NOTDIR) {
+            return Err(error_status(e));
+        }
+        let Some(fallback) = &self.fallback else {
+            return Err(status(StatusCode::NOT_FOUND));
+        };
+        let name = fallback.strip_prefix(b"/").unwrap_or(fallback).to_vec();
+        match open_beneath(root, &name) {
+            Ok((file, meta)) if meta.is_file() => Ok(Found { file, meta, name }),
+            Ok(_) => Err(status(StatusCode::NOT_FOUND)),
+            Err(e) => Err(error_status(e)),
+        }
+    }
+
+    fn respond(
+        &self,
+        root: &File,
+        found: Found,
+        req: &FileRequest<'_>,
+        is_get: bool,
+        limits: &FileLimits,
+    ) -> Response<Body> {
+        let content_type = content_type(&found.name);
+        let (file, meta, coding) = match self.precompressed_sibling(root, &found.name, req.headers)
+        {
+            Some((file, meta, coding)) => (file, meta, Some(coding)),
+            None => (found.file, found.meta, None),
+        };
+        let len = meta.len();
+        let etag = etag(&meta, coding);
+        let modified = meta.modified().map(conditional::unix_seconds).unwrap_or(0);
+        let validators = Validators {
+            etag: &etag,
+            modified,
+            len,
+        };
+        let outcome = conditional::evaluate(is_get, req.headers, &validators, limits.max_ranges);
+
+        let mut res = Response::new(Body::empty());
+        let headers = res.headers_mut();
+        if let Ok(etag) = HeaderValue::try_from(etag) {
+            headers.insert(ETAG, etag);
+        }
+        let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified));
+        if let Ok(value) = HeaderValue::try_from(last_modified) {
+            headers.insert(LAST_MODIFIED, value);
+        }
+        if let Some(cache_control) = &self.cache_control {
+            headers.insert(CACHE_CONTROL, cache_control.clone());
+        }
+        if self.precompressed {
+            headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
+        headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+        match outcome {
+            Outcome::PreconditionFailed => {
+                *res.status_mut() = StatusCode::PRECONDITION_FAILED;
+                res.headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(0));
+            }
+            Outcome::NotModified => *res.status_mut() = StatusCode::NOT_MODIFIED,
+            Outcome::Unsatisfiable => {
+                *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let headers = res.headers_mut();
+                if let Ok(range) = HeaderValue::try_from(format!("bytes */{len}")) {
+                    headers.insert(CONTENT_RANGE, range);
+                }
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+            }
+            Outcome::Full => {
+                let headers = res.headers_mut();
+                headers.insert(CONTENT_TYPE, content_type);
+                if let Some(coding) = coding {
+                    headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
+                }
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+                if is_get && len > 0 {
+                    *res.body_mut() = Body::file(Arc::new(file), 0, len, limits.chunk);
+                }
+            }
+            Outcome::Partial(ranges) => {
+                *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let headers = res.headers_mut();
+                if let Some(coding) = coding {
+                    headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
+                }
+                let file = Arc::new(file);
+                if let [range] = ranges[..] {
+                    headers.insert(CONTENT_TYPE, content_type);
+                    let value = format!("bytes {}-{}/{len}", range.start, range.end);
+                    if let Ok(value) = HeaderValue::try_from(value) {
+                        headers.insert(CONTENT_RANGE, value);
+                    }
+                    headers.insert(CONTENT_LENGTH, HeaderValue::from(range.len()));
+                    *res.body_mut() = Body::file(file, range.start, range.len(), limits.chunk);
+                } else {
+                    let boundary = format!("{:016x}", RandomState::new().hash_one(len));
+                    let mut parts = Vec::with_capacity(ranges.len());
+                    let mut total = 0;
+                    for (i, range) in ranges.iter().enumerate() {
+                        let lead = if i == 0 { "" } else { "\r\n" };
+                        let header = format!(
+                            "{lead}--{boundary}\r\nContent-Type: {}\r\nContent-Range: bytes {}-{}/{len}\r\n\r\n",
+                            content_type.to_str().unwrap_or("application/octet-stream"),
+                            range.start,
+                            range.end
+                        );
+                        total += header.len() as u64 + range.len();
+                        parts.push((Bytes::from(header), range.start, range.len()));
+                    }
+                    let closing = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+                    total += closing.len() as u64;
+                    let multipart = format!("multipart/byteranges; boundary={boundary}");
+                    if let Ok(value) = HeaderValue::try_from(multipart) {
+                        headers.insert(CONTENT_TYPE, value);
+                    }
+                    headers.insert(CONTENT_LENGTH, HeaderValue::from(total));
+                    *res.body_mut() = Body::multipart(file, parts, closing, limits.chunk);
+                }
+            }
+        }
+        if !is_get {
+            *res.body_mut() = Body::empty();
+        }
+        res
+    }
+
+    /// Opens `NAME.br` or `NAME.gz` when the route allows it and the client
+    /// accepts that coding, best coding first.
+    fn precompressed_sibling(
+        &self,
+        root: &File,
+        name: &[u8],
+        headers: &HeaderMap,
+    ) -> Option<(File, Metadata, Coding)> {
+        if !self.precompressed {
+            return None;
+        }
+        let accept = headers.get(ACCEPT_ENCODING)?;
+        encoding::preferred(accept.as_bytes()).find_map(|coding| {
+            let mut sibling = name.to_vec();
+            sibling.extend_from_slice(coding.suffix());
+            match open_beneath(root, &sibling) {
+                Ok((file, meta)) if meta.is_file() => Some((file, meta, coding)),
+                _ => None,
+            }
+        })
+    }
+}
+
+fn open_root(root: &Path) -> io::Result<File> {
+    let fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Opens `rel` below `root`; the kernel refuses any resolution that leaves
+/// the root (`..`, absolute or escaping symlinks, magic links).
+fn open_beneath(root: &File, rel: &[u8]) -> Result<(File, Metadata), Errno> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let fd = loop {
+        match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
+            // EAGAIN: a concurrent rename raced the lookup; try again.
+            Err(Errno::AGAIN | Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+    Ok((file, meta))
+}
+
+/// Maps an open error that is not "missing" to a status.
+fn error_status(e: Errno) -> Response<Body> {
+    match e {
+        Errno::NOENT | Errno::NOTDIR | Errno::XDEV | Errno::LOOP | Errno::NAMETOOLONG => {
+            status(StatusCode::NOT_FOUND)
+        }
+        Errno::ACCESS | Errno::PERM => status(StatusCode::FORBIDDEN),
+        e => {
+            tracing::warn!(error = %e, "opening a file failed");
+            status(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+/// A strong entity tag from modification time and length, like nginx's.
+/// The inode is left out so replicas serving copies of the same files agree.
+fn etag(meta: &Metadata, coding: Option<Coding>) -> String {
+    let suffix = coding.map_or("", |c| match c {
+        Coding::Brotli => "-br",
+        Coding::Gzip => "-gz",
+    });
+    format!(
+        "\"{:x}.{:x}-{:x}{suffix}\"",
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len()
+    )
+}
+
+/// `Content-Type` from the file extension; text types say UTF-8.
+fn content_type(name: &[u8]) -> HeaderValue {
+    let file = name.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let ext = file
+        .iter()
+        .rposition(|&b| b == b'.')
+        .and_then(|dot| std::str::from_utf8(&file[dot + 1..]).ok())
+        .unwrap_or("");
+    let mime = match ext.to_ascii_lowercase().as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" | "map" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "md" => "text/markdown; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "xml" => "application/xml",
+        "svg" => "image/svg+xml",
+        "wasm" => "application/wasm",
+        "" => "application/octet-stream",
+        other => mime_guess::from_ext(other)
+            .first_raw()
+            .unwrap_or("application/octet-stream"),
+    };
+    HeaderValue::from_static(mime)
+}
+
+fn redirect_to_slash(req: &FileRequest<'_>) -> Response<Body> {
+    // One leading slash only: `//host` would make the redirect leave the site.
+    let path = req.raw_path.trim_start_matches('/');
+    let mut location = String::with_capacity(path.len() + 2);
+    location.push('/');
+    location.push_str(path);
+    location.push('/');
+    if let Some(query) = req.query {
+        location.push('?');
+        location.push_str(query);
+    }
+    let mut res = status(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(location) = HeaderValue::try_from(location) {
+        res.headers_mut().insert(LOCATION, location);
+    }
+    res
+}
+
+/// An empty response with a status.
+pub(crate) fn status(code: StatusCode) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = code;
+    res
+}

@@ -1,0 +1,233 @@
+//! Pier's dataplane: serves the routes of the active snapshot.
+//!
+//! ```text
+//!              ┌──────────── control thread ────────────┐
+//!  routes dir ─┤ standalone::watch ──► Shared::apply ───┼─► ArcSwap<Table>
+//!              │ admin: /metrics /healthz /readyz       │        │ lock-free load
+//!              └────────────────────────────────────────┘        ▼
+//!  clients ──► worker threads (one runtime + SO_REUSEPORT listener each)
+//!              conn ─► service phases ─► files handler ─► Body (bounded chunks)
+//! ```
+//!
+//! The serving core sees only the snapshot model: route resources reach it
+//! through `pier_snapshot::compile`, the same pure function the controller
+//! runs.
+
+mod admin;
+pub mod args;
+mod body;
+mod conn;
+mod files;
+mod metrics;
+mod routing;
+mod server;
+mod service;
+pub mod standalone;
+mod table;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use crate::args::{Args, LogFormat};
+use crate::conn::Timeouts;
+use crate::files::FileLimits;
+use crate::server::ConnLimits;
+use crate::service::Shared;
+pub use crate::standalone::LoadError;
+
+/// Why the dataplane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The routes directory could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// A thread or runtime could not be started.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] io::Error),
+}
+
+/// A dataplane with its listeners bound, ready to [`run`](Dataplane::run).
+#[derive(Debug)]
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    admin: std::net::TcpListener,
+    listen_addr: SocketAddr,
+    routes: PathBuf,
+    watch_interval: Duration,
+    limits: ConnLimits,
+}
+
+impl Dataplane {
+    /// Loads the routes and binds the listeners. Fails when the routes
+    /// directory cannot be read or parsed, like `nginx -t`: there is no
+    /// last good snapshot to fall back to yet.
+    pub fn bind(args: Args) -> Result<Self, StartError> {
+        // Destructured so that a flag nobody reads fails to compile.
+        let Args {
+            routes,
+            listen,
+            admin,
+            workers,
+            max_connections,
+            backlog,
+            header_timeout,
+            idle_timeout,
+            max_header_size,
+            max_concurrent_streams,
+            shutdown_grace,
+            watch_interval,
+            read_chunk,
+            max_ranges,
+            log_format: _,
+            log: _,
+        } = args;
+        let workers = workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, usize::from);
+        let shared = Arc::new(Shared::new(
+            FileLimits {
+                chunk: read_chunk,
+                max_ranges: max_ranges.get(),
+            },
+            max_connections.get(),
+        ));
+        shared.apply(standalone::load(&routes)?);
+
+        let backlog = i32::try_from(backlog.get()).unwrap_or(i32::MAX);
+        let listeners =
+            server::bind(listen, workers, backlog).map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let listen_addr = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(listen);
+        let admin = server::bind(admin, 1, 128)
+            .map_err(|source| StartError::Bind {
+                addr: admin,
+                source,
+            })?
+            .pop()
+            .ok_or_else(|| StartError::Runtime(io::Error::other("no admin listener")))?;
+        Ok(Self {
+            shared,
+            listeners,
+            admin,
+            listen_addr,
+            routes,
+            watch_interval,
+            limits: ConnLimits {
+                timeouts: Timeouts {
+                    header: header_timeout,
+                    idle: idle_timeout,
+                },
+                max_header_size,
+                max_concurrent_streams,
+                shutdown_grace,
+            },
+        })
+    }
+
+    /// Address of the client listener.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets
+    /// in-flight requests finish within the grace period.
+    pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut workers = Vec::with_capacity(self.listeners.len());
+        for (i, listener) in self.listeners.into_iter().enumerate() {
+            let worker = server::spawn_worker(
+                i,
+                listener,
+                Arc::clone(&self.shared),
+                self.limits,
+                stopped.clone(),
+            )
+            .map_err(StartError::Runtime)?;
+            workers.push(worker);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        let shared = self.shared;
+        runtime.block_on(async {
+            let admin =
+                tokio::net::TcpListener::from_std(self.admin).map_err(StartError::Runtime)?;
+            tokio::spawn(admin::serve(admin, Arc::clone(&shared), stopped.clone()));
+            tokio::spawn(standalone::watch(
+                self.routes,
+                self.watch_interval,
+                Arc::clone(&shared),
+                stopped.clone(),
+            ));
+            shared.ready.store(true, Relaxed);
+            tracing::info!(listen = %self.listen_addr, workers = workers.len(), "serving");
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            shared.draining.store(true, Relaxed);
+            let _ = stop.send(true);
+            Ok::<_, StartError>(())
+        })?;
+        for worker in workers {
+            let _ = worker.join();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process can still be killed.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Turns on jemalloc's background purging, so freed memory goes back to
+/// the system even when the process is idle.
+pub fn tune_allocator() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc background purging not enabled");
+    }
+}

@@ -1,0 +1,308 @@
+//! The dataplane's Prometheus metrics: plain atomics updated on the request
+//! path (no locks, no map lookups), rendered in the text format on scrape.
+//!
+//! Per-route counters live in the routing table entry and are carried over
+//! to the next table when a snapshot replaces it, so they stay monotonic for
+//! as long as the route exists.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+/// Status codes with their own counter; others count under their class.
+const CODES: [u16; 17] = [
+    200, 204, 206, 301, 304, 400, 403, 404, 405, 408, 412, 414, 416, 431, 500, 502, 503,
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// Counters of one route (or of requests no route took).
+#[derive(Debug, Default)]
+pub(crate) struct RouteMetrics {
+    codes: [AtomicU64; CODES.len()],
+    classes: [AtomicU64; CLASSES.len()],
+    bytes: AtomicU64,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts a finished response.
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        match CODES.iter().position(|&c| c == status) {
+            Some(i) => self.codes[i].fetch_add(1, Relaxed),
+            None => {
+                let class = usize::from(status / 100).clamp(1, 5) - 1;
+                self.classes[class].fetch_add(1, Relaxed)
+            }
+        };
+        self.duration.observe(elapsed);
+    }
+
+    /// Counts body bytes handed to the connection.
+    pub(crate) fn sent(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    fn render_requests(&self, route: &str, out: &mut Rendered) {
+        let codes = CODES.iter().map(u16::to_string).zip(&self.codes);
+        let classes = CLASSES.iter().map(|c| (*c).to_owned()).zip(&self.classes);
+        for (code, n) in codes.chain(classes) {
+            let n = n.load(Relaxed);
+            if n > 0 {
+                out.line(format_args!(
+                    "pier_dataplane_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+                ));
+            }
+        }
+    }
+
+    fn render_bytes(&self, route: &str, out: &mut Rendered) {
+        let n = self.bytes.load(Relaxed);
+        out.line(format_args!(
+            "pier_dataplane_response_body_bytes_total{{route=\"{route}\"}} {n}"
+        ));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    fn render(&self, route: &str, out: &mut Rendered) {
+        const NAME: &str = "pier_dataplane_request_duration_seconds";
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            out.line(format_args!(
+                "{NAME}_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+            ));
+        }
+        let count = self.count.load(Relaxed);
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        out.line(format_args!(
+            "{NAME}_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+        ));
+        out.line(format_args!("{NAME}_sum{{route=\"{route}\"}} {sum}"));
+        out.line(format_args!("{NAME}_count{{route=\"{route}\"}} {count}"));
+    }
+}
+
+/// Process-wide metrics of the dataplane.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) connections_open: AtomicI64,
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_rejected: AtomicU64,
+    pub(crate) connections_timed_out: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    /// Requests no route took (bad paths, no match).
+    pub(crate) unrouted: std::sync::Arc<RouteMetrics>,
+    pub(crate) snapshot_loads: AtomicU64,
+    pub(crate) snapshot_load_errors: AtomicU64,
+    pub(crate) snapshot_invalid_routes: AtomicU64,
+    pub(crate) snapshot_applied_unix: AtomicU64,
+    pub(crate) snapshot_version: ArcSwap<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_open: AtomicI64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_rejected: AtomicU64::new(0),
+            connections_timed_out: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            unrouted: std::sync::Arc::default(),
+            snapshot_loads: AtomicU64::new(0),
+            snapshot_load_errors: AtomicU64::new(0),
+            snapshot_invalid_routes: AtomicU64::new(0),
+            snapshot_applied_unix: AtomicU64::new(0),
+            snapshot_version: ArcSwap::from_pointee(String::new()),
+        }
+    }
+}
+
+impl Metrics {
+    /// Renders every metric in the Prometheus text format.
+    pub(crate) fn render<'a>(
+        &self,
+        routes: impl Iterator<Item = (&'a str, &'a RouteMetrics)>,
+        route_count: usize,
+    ) -> String {
+        let mut out = Rendered::default();
+        let mut all: Vec<(&str, &RouteMetrics)> = vec![("", &*self.unrouted)];
+        for route in routes {
+            all.push(route);
+        }
+        out.family(
+            "requests_total",
+            "counter",
+            "Responses by route and status code (route=\"\": no route matched).",
+        );
+        for (route, m) in &all {
+            m.render_requests(route, &mut out);
+        }
+        out.family(
+            "response_body_bytes_total",
+            "counter",
+            "Body bytes sent, by route.",
+        );
+        for (route, m) in &all {
+            m.render_bytes(route, &mut out);
+        }
+        out.family(
+            "request_duration_seconds",
+            "histogram",
+            "Time from request head to the end of the response body, by route.",
+        );
+        for (route, m) in &all {
+            m.duration.render(route, &mut out);
+        }
+
+        let gauges: [(&str, &str, &str, i128); 8] = [
+            (
+                "connections_open",
+                "gauge",
+                "Client connections open now.",
+                self.connections_open.load(Relaxed).into(),
+            ),
+            (
+                "connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                self.connections_accepted.load(Relaxed).into(),
+            ),
+            (
+                "connections_rejected_total",
+                "counter",
+                "Connections answered 503 and closed because --max-connections were open.",
+                self.connections_rejected.load(Relaxed).into(),
+            ),
+            (
+                "connections_timed_out_total",
+                "counter",
+                "Connections closed by --header-timeout or --idle-timeout.",
+                self.connections_timed_out.load(Relaxed).into(),
+            ),
+            (
+                "accept_errors_total",
+                "counter",
+                "Errors from accept(2), such as running out of file descriptors.",
+                self.accept_errors.load(Relaxed).into(),
+            ),
+            (
+                "snapshot_loads_total",
+                "counter",
+                "Snapshots applied.",
+                self.snapshot_loads.load(Relaxed).into(),
+            ),
+            (
+                "snapshot_load_errors_total",
+                "counter",
+                "Snapshot loads refused (the last good snapshot stayed active).",
+                self.snapshot_load_errors.load(Relaxed).into(),
+            ),
+            (
+                "snapshot_invalid_routes",
+                "gauge",
+                "Route resources left out of the active snapshot because they are invalid.",
+                self.snapshot_invalid_routes.load(Relaxed).into(),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            out.plain(name, kind, help, value);
+        }
+        out.plain(
+            "snapshot_routes",
+            "gauge",
+            "Routes in the active snapshot.",
+            route_count as i128,
+        );
+        out.plain(
+            "snapshot_applied_timestamp_seconds",
+            "gauge",
+            "Unix time the active snapshot was applied.",
+            self.snapshot_applied_unix.load(Relaxed).into(),
+        );
+        out.family("snapshot_info", "gauge", "Version of the active snapshot.");
+        out.line(format_args!(
+            "pier_dataplane_snapshot_info{{version=\"{}\"}} 1",
+            self.snapshot_version.load()
+        ));
+        allocator(&mut out);
+        out.text
+    }
+}
+
+fn allocator(out: &mut Rendered) {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // Stats are cached by jemalloc until the epoch advances.
+    if epoch::advance().is_err() {
+        return;
+    }
+    let figures = [
+        (
+            "allocator_allocated_bytes",
+            "Bytes allocated by the application (jemalloc stats.allocated).",
+            stats::allocated::read(),
+        ),
+        (
+            "allocator_resident_bytes",
+            "Bytes in physically resident allocator pages (jemalloc stats.resident).",
+            stats::resident::read(),
+        ),
+        (
+            "allocator_retained_bytes",
+            "Bytes retained by the allocator but returned to the OS (jemalloc stats.retained).",
+            stats::retained::read(),
+        ),
+    ];
+    for (name, help, value) in figures {
+        if let Ok(value) = value {
+            out.plain(name, "gauge", help, value as i128);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Rendered {
+    text: String,
+}
+
+impl Rendered {
+    fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        // Writing into a String cannot fail.
+        let _ = self.text.write_fmt(args);
+        self.text.push('\n');
+    }
+
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        self.line(format_args!("# HELP pier_dataplane_{name} {help}"));
+        self.line(format_args!("# TYPE pier_dataplane_{name} {kind}"));
+    }
+
+    fn plain(&mut self, name: &str, kind: &str, help: &str, value: i128) {
+        self.family(name, kind, help);
+        self.line(format_args!("pier_dataplane_{name} {value}"));
+    }
+}

@@ -1,0 +1,211 @@
+//! Listeners and workers: one thread per worker, each with its own
+//! single-threaded runtime and its own `SO_REUSEPORT` listener, so the
+//! kernel spreads connections and no request crosses threads (nginx's
+//! worker model).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::conn::{self, Timeouts};
+use crate::service::Shared;
+
+/// Protocol limits handed to hyper.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnLimits {
+    pub(crate) timeouts: Timeouts,
+    pub(crate) max_header_size: usize,
+    pub(crate) max_concurrent_streams: u32,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// Binds `count` listeners to the same address with `SO_REUSEPORT`. With
+/// port 0 the first socket picks the port and the others share it.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(backlog)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Starts a worker thread serving one listener until shutdown, then
+/// draining its connections for up to the grace period.
+pub(crate) fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    protocol: ConnLimits,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("pier-worker-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker runtime cannot start");
+                    return;
+                }
+            };
+            runtime.block_on(accept_loop(listener, shared, protocol, shutdown));
+        })
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    protocol: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "listener cannot be registered");
+            return;
+        }
+    };
+    let builder = Arc::new(builder(&protocol));
+    let open = Arc::new(OpenConnections::default());
+    let metrics = &shared.metrics;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // EMFILE and friends: count, back off briefly, keep serving.
+                metrics.accept_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        metrics.connections_accepted.fetch_add(1, Relaxed);
+        let open_now = metrics.connections_open.fetch_add(1, Relaxed);
+        if open_now >= 0 && open_now as usize >= shared.max_connections {
+            metrics.connections_open.fetch_sub(1, Relaxed);
+            metrics.connections_rejected.fetch_add(1, Relaxed);
+            reject(&stream);
+            continue;
+        }
+        // Small responses must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let guard = open.enter();
+        let task = conn::serve(
+            stream,
+            Arc::clone(&shared),
+            Arc::clone(&builder),
+            protocol.timeouts,
+            shutdown.clone(),
+        );
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            task.await;
+            shared.metrics.connections_open.fetch_sub(1, Relaxed);
+            drop(guard);
+        });
+    }
+    drop(listener);
+    let remaining = open.count();
+    if remaining > 0 {
+        tracing::info!(connections = remaining, "draining connections");
+        if tokio::time::timeout(protocol.shutdown_grace, open.all_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = open.count(),
+                "shutdown grace period over; closing the remaining connections"
+            );
+        }
+    }
+}
+
+fn builder(protocol: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(protocol.timeouts.header)
+        .keep_alive(true)
+        .max_buf_size(protocol.max_header_size);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(protocol.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(protocol.max_header_size).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Answers a connection over the limit with a 503 and closes it, so the
+/// client gets a clear answer instead of a hang.
+fn reject(stream: &TcpStream) {
+    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n";
+    let _ = stream.try_write(RESPONSE);
+}
+
+/// Counts a worker's open connections so shutdown can wait for them.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    count: std::sync::atomic::AtomicUsize,
+    closed: Notify,
+}
+
+struct OpenGuard(Arc<OpenConnections>);
+
+impl OpenConnections {
+    fn enter(self: &Arc<Self>) -> OpenGuard {
+        self.count.fetch_add(1, Relaxed);
+        OpenGuard(Arc::clone(self))
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Relaxed) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}

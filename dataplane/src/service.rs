@@ -1,0 +1,163 @@
+//! The request path, in named phases:
+//!
+//! 1. **accept**: count the request on its connection;
+//! 2. **normalise**: decode the path, refuse hostile ones (400/414);
+//! 3. **route**: host then path on the active table (404 when none);
+//! 4. **handle**: the route's handler builds the response;
+//! 5. **account**: the body's guard records status, duration and bytes
+//!    when the response ends.
+//!
+//! Every phase is synchronous: static files need no await, so the future
+//! hyper polls is a ready value, with no allocation for it.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use pier_snapshot::Compiled;
+
+use crate::body::{Body, Done};
+use crate::conn::Activity;
+use crate::files::path::{self, PathError};
+use crate::files::{self, FileLimits, FileRequest};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::table::{Handler, Table};
+
+/// State shared by every worker and the admin server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) table: ArcSwap<Table>,
+    pub(crate) metrics: Metrics,
+    pub(crate) files: FileLimits,
+    /// Set once the first snapshot is active and listeners are bound.
+    pub(crate) ready: AtomicBool,
+    /// Set when shutdown begins; `/readyz` then fails so load balancers stop
+    /// sending new connections while in-flight requests finish.
+    pub(crate) draining: AtomicBool,
+    /// The `--max-connections` limit.
+    pub(crate) max_connections: usize,
+}
+
+impl Shared {
+    pub(crate) fn new(files: FileLimits, max_connections: usize) -> Self {
+        Self {
+            table: ArcSwap::from_pointee(Table::empty()),
+            metrics: Metrics::default(),
+            files,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            max_connections,
+        }
+    }
+
+    /// Makes a compiled snapshot active. In-flight requests finish on the
+    /// table they started with.
+    pub(crate) fn apply(&self, compiled: Compiled) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for error in &compiled.errors {
+            tracing::warn!(
+                route = %error.key,
+                reason = error.invalid.reason(),
+                error = %error.invalid,
+                "route left out of the snapshot"
+            );
+        }
+        let version = compiled.snapshot.version.clone();
+        let routes = compiled.snapshot.routes.len();
+        let previous = self.table.load();
+        let table = Table::new(compiled.snapshot, Some(&previous));
+        self.table.store(Arc::new(table));
+        let m = &self.metrics;
+        m.snapshot_version.store(Arc::new(version.clone()));
+        m.snapshot_invalid_routes
+            .store(compiled.errors.len() as u64, Relaxed);
+        m.snapshot_loads.fetch_add(1, Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        m.snapshot_applied_unix.store(now, Relaxed);
+        tracing::info!(%version, routes, invalid = compiled.errors.len(), "snapshot applied");
+    }
+
+    fn handle(&self, req: &Request<Incoming>, activity: &Arc<Activity>) -> Response<Body> {
+        // Phase 1: accept.
+        let started = Instant::now();
+        activity.request_started();
+        let done = |route: Arc<RouteMetrics>, res: Response<Body>| {
+            let status = res.status().as_u16();
+            res.map(|body| {
+                body.with_done(Done {
+                    route,
+                    status,
+                    started,
+                    activity: Arc::clone(activity),
+                })
+            })
+        };
+        let unrouted = || Arc::clone(&self.metrics.unrouted);
+
+        // Phase 2: normalise.
+        let uri = req.uri();
+        let path = match path::normalize(uri.path()) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::debug!(path = uri.path(), error = %e, "refused request path");
+                let code = match e {
+                    PathError::TooLong => StatusCode::URI_TOO_LONG,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return done(unrouted(), files::status(code));
+            }
+        };
+
+        // Phase 3: route.
+        let table = self.table.load();
+        let host = uri
+            .host()
+            .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
+            .unwrap_or("");
+        let Some(found) = table.router.lookup(host, &path) else {
+            return done(unrouted(), files::status(StatusCode::NOT_FOUND));
+        };
+        let entry = &table.routes[found.route];
+
+        // Phase 4: handle.
+        let res = match &entry.handler {
+            Handler::Static(static_files) => static_files.serve(
+                &FileRequest {
+                    method: req.method(),
+                    headers: req.headers(),
+                    raw_path: uri.path(),
+                    query: uri.query(),
+                    rel: &path[found.prefix_len..],
+                },
+                &self.files,
+            ),
+        };
+
+        // Phase 5: account (when the body ends).
+        done(Arc::clone(&entry.metrics), res)
+    }
+}
+
+/// The hyper service of one connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Service {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        ready(Ok(self.shared.handle(&req, &self.activity)))
+    }
+}

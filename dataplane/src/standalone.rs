@@ -1,0 +1,206 @@
+//! Standalone mode: route manifests from a directory (the same YAML a user
+//! would `kubectl apply`), compiled by the same pure function the controller
+//! uses, and watched for changes.
+//!
+//! ```text
+//!  DIR/*.yaml ──parse──► StaticRoute objects ──pier_snapshot::compile──► Shared::apply
+//!      ▲                                                                      │
+//!      └──────────── poll every --watch-interval (name, size, mtime) ─────────┘
+//! ```
+//!
+//! A file that cannot be read or parsed keeps the last good snapshot active
+//! (its routes cannot be told apart from the rest); a resource that parses
+//! but is invalid is left out and reported, and the others are served.
+//! Polling rather than inotify follows Kubernetes ConfigMap volumes, whose
+//! files change by symlink swaps that inotify watches miss.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+
+use pier_crds::StaticRoute;
+use pier_snapshot::{Compiled, Resources};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::service::Shared;
+
+/// Why a routes directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The directory cannot be listed.
+    #[error("cannot read routes directory {dir}: {source}")]
+    ReadDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest cannot be read.
+    #[error("cannot read {file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest is not valid YAML or does not match its kind's schema.
+    #[error("{file}: document {document}: {source}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// 1-based index of the YAML document in the file.
+        document: usize,
+        /// The parse error, with line and column.
+        #[source]
+        source: serde_yaml::Error,
+    },
+}
+
+/// The kinds standalone mode understands; others are skipped with a warning.
+#[derive(Deserialize)]
+struct TypeMeta {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// Reads and compiles every manifest in `dir` (`*.yaml`, `*.yml`, `*.json`,
+/// in name order, several documents per file allowed).
+pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
+    let mut resources = Resources::default();
+    for file in manifests(dir)? {
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let parse_error = |source| LoadError::Parse {
+                file: file.clone(),
+                document: i + 1,
+                source,
+            };
+            let value = serde_yaml::Value::deserialize(document).map_err(parse_error)?;
+            if value.is_null() {
+                continue;
+            }
+            let meta = TypeMeta::deserialize(&value).map_err(parse_error)?;
+            match (meta.api_version.as_str(), meta.kind.as_str()) {
+                ("pier.dev/v1alpha1", "StaticRoute") => {
+                    let mut route = StaticRoute::deserialize(value).map_err(parse_error)?;
+                    route
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".to_owned());
+                    if !route.spec.root.starts_with('/') {
+                        route.spec.root = relative_to(&file, &route.spec.root);
+                    }
+                    resources.static_routes.push(route);
+                }
+                (api_version, kind) => tracing::warn!(
+                    file = %file.display(),
+                    document = i + 1,
+                    api_version,
+                    kind,
+                    "skipping a manifest of a kind standalone mode does not serve"
+                ),
+            }
+        }
+    }
+    Ok(pier_snapshot::compile(&resources))
+}
+
+/// Resolves a relative `root` against the manifest's directory, collapsing
+/// `.` and `..` lexically. A standalone convenience: in a cluster roots are
+/// absolute paths in the pod, and the compiler refuses relative ones.
+fn relative_to(manifest: &Path, root: &str) -> String {
+    let base = manifest.parent().unwrap_or(Path::new("/"));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+    let mut resolved = PathBuf::from("/");
+    for part in base.join(root).components() {
+        match part {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(name) => resolved.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    resolved.to_string_lossy().into_owned()
+}
+
+fn manifests(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let read_dir = |source| LoadError::ReadDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_dir)? {
+        let path = entry.map_err(read_dir)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let is_manifest = [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+        // Skip dotfiles, such as ConfigMap volumes' `..data` entries.
+        if is_manifest && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// What a change of the directory looks like from outside: names, sizes
+/// and modification times of the manifests.
+fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, SystemTime)>> {
+    let files = manifests(dir).ok()?;
+    Some(
+        files
+            .into_iter()
+            .filter_map(|file| {
+                let meta = std::fs::metadata(&file).ok()?;
+                Some((file, meta.len(), meta.modified().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Polls `dir` and applies every valid change until shutdown.
+pub(crate) async fn watch(
+    dir: PathBuf,
+    interval: Duration,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut seen = fingerprint(&dir);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load(&dir) {
+            Ok(compiled) if compiled.snapshot.version == shared.table.load().snapshot.version => {
+                shared
+                    .metrics
+                    .snapshot_invalid_routes
+                    .store(compiled.errors.len() as u64, Relaxed);
+            }
+            Ok(compiled) => shared.apply(compiled),
+            Err(e) => {
+                shared.metrics.snapshot_load_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "routes not reloaded; the last good snapshot stays active");
+            }
+        }
+    }
+}

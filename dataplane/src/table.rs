@@ -1,0 +1,86 @@
+//! The active routing table: a snapshot compiled for serving. Built off the
+//! request path when a snapshot arrives, then swapped in atomically; requests
+//! read it lock-free.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pier_snapshot::{Action, RouteKey, Snapshot};
+
+use crate::files::StaticFiles;
+use crate::metrics::RouteMetrics;
+use crate::routing::Router;
+
+/// One snapshot, ready to serve.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) router: Router,
+    pub(crate) routes: Vec<Entry>,
+}
+
+/// A route with its handler and counters.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// `namespace/name`, escaped for a Prometheus label.
+    pub(crate) label: Box<str>,
+    pub(crate) handler: Handler,
+    pub(crate) metrics: Arc<RouteMetrics>,
+}
+
+/// What a route does with a request.
+#[derive(Debug)]
+pub(crate) enum Handler {
+    Static(StaticFiles),
+}
+
+impl Table {
+    /// Compiles a snapshot for serving, keeping the counters of routes that
+    /// `previous` already had.
+    pub(crate) fn new(snapshot: Snapshot, previous: Option<&Table>) -> Self {
+        let mut old: HashMap<&RouteKey, &Arc<RouteMetrics>> = previous
+            .map(|t| {
+                t.snapshot
+                    .routes
+                    .iter()
+                    .zip(&t.routes)
+                    .map(|(r, e)| (&r.key, &e.metrics))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let routes = snapshot
+            .routes
+            .iter()
+            .map(|route| Entry {
+                label: label(&route.key),
+                handler: match &route.action {
+                    Action::Static(action) => Handler::Static(StaticFiles::new(action)),
+                },
+                metrics: old.remove(&route.key).map(Arc::clone).unwrap_or_default(),
+            })
+            .collect();
+        Self {
+            router: Router::new(&snapshot),
+            snapshot,
+            routes,
+        }
+    }
+
+    /// A table that routes nothing, active until the first snapshot.
+    pub(crate) fn empty() -> Self {
+        Self::new(Snapshot::empty(), None)
+    }
+}
+
+fn label(key: &RouteKey) -> Box<str> {
+    let mut out = String::with_capacity(key.namespace.len() + key.name.len() + 1);
+    for c in key.namespace.chars().chain(['/']).chain(key.name.chars()) {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
