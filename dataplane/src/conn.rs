@@ -93,10 +93,12 @@ pub(crate) async fn serve(
         conn.as_mut().graceful_shutdown();
     }
     loop {
-        // While a request is in flight, look again after one idle period.
+        // Look again at least once per shortest timeout: the deadline moves
+        // as requests come and go, and nothing else wakes this loop.
+        let recheck = Instant::now() + timeouts.header.min(timeouts.idle);
         let deadline = activity
             .idle_deadline(&timeouts)
-            .unwrap_or_else(|| Instant::now() + timeouts.idle);
+            .map_or(recheck, |d| d.min(recheck));
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {

@@ -1,0 +1,302 @@
+//! Server behaviour over real sockets: keep-alive, h2c, limits, snapshot
+//! reloads, graceful shutdown, admin endpoints.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use support::{Running, request, send, static_route, write};
+
+fn site(flags: &[&str]) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    write(dir.path(), "index.html", b"v1");
+    write(dir.path(), "big.bin", &vec![9u8; 8 << 20]);
+    let spec = format!("{{root: {}}}", dir.path().display());
+    (
+        Running::start(&[("site.yaml", &static_route("site", &spec))], flags),
+        dir,
+    )
+}
+
+/// Polls until `check` holds; the dataplane applies changes asynchronously.
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let (pier, _dir) = site(&[]);
+    let mut stream = pier.connect();
+    for _ in 0..50 {
+        let res = send(&mut stream, &request("GET", "/", &[]));
+        assert_eq!(res.status, 200);
+        assert_eq!(res.body, b"v1");
+    }
+}
+
+#[test]
+fn h2c_prior_knowledge_is_served() {
+    let (pier, _dir) = site(&[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(pier.addr)
+            .await
+            .expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        for path in ["/", "/big.bin"] {
+            let req = http::Request::get(format!("http://test{path}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let res = sender.send_request(req).await.expect("response");
+            assert_eq!(res.status(), 200);
+            assert_eq!(res.version(), http::Version::HTTP_2);
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            assert_eq!(body.len(), if path == "/" { 2 } else { 8 << 20 });
+        }
+        let head = http::Request::head("http://test/big.bin")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let res = sender.send_request(head).await.expect("head response");
+        assert_eq!(res.headers()["content-length"], "8388608");
+    });
+}
+
+#[test]
+fn oversized_headers_get_431() {
+    let (pier, _dir) = site(&["--max-header-size", "8KiB"]);
+    let big = format!("X-Big: {}", "a".repeat(9000));
+    let res = pier.get("/", &[&big]);
+    assert_eq!(res.status, 431);
+}
+
+#[test]
+fn connections_over_the_limit_get_503() {
+    let (pier, _dir) = site(&["--max-connections", "2"]);
+    let mut held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = pier.connect();
+            assert_eq!(send(&mut s, &request("GET", "/", &[])).status, 200);
+            s
+        })
+        .collect();
+    let refused = pier.get("/", &[]);
+    assert_eq!(refused.status, 503);
+    held.clear();
+    assert!(eventually(|| pier.get("/", &[]).status == 200));
+    // At least the refused one; retries while closes were in flight add more.
+    let metrics = pier.admin("/metrics").text();
+    let rejected: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pier_dataplane_connections_rejected_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("rejected counter");
+    assert!(rejected >= 1, "{metrics}");
+}
+
+#[test]
+fn slow_request_heads_are_cut_off_by_the_header_timeout() {
+    let (pier, _dir) = site(&["--header-timeout", "300ms"]);
+    let mut stream = pier.connect();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: te")
+        .expect("partial head");
+    let mut buf = [0u8; 1024];
+    // The server closes the connection (possibly after a 408) instead of
+    // waiting for the rest of the head forever.
+    let mut seen = Vec::new();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "connection still open: {e} after {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("200 OK"));
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (pier, _dir) = site(&["--idle-timeout", "300ms"]);
+    let mut stream = pier.connect();
+    assert_eq!(send(&mut stream, &request("GET", "/", &[])).status, 200);
+    let mut buf = [0u8; 16];
+    assert_eq!(stream.read(&mut buf).expect("closed, not timed out"), 0);
+    assert!(eventually(|| pier
+        .admin("/metrics")
+        .text()
+        .contains("pier_dataplane_connections_timed_out_total 1")));
+}
+
+#[test]
+fn route_changes_apply_and_invalid_files_keep_the_last_good_snapshot() {
+    let (pier, _dir) = site(&[]);
+    let v1_snapshot = pier.admin("/snapshot").text();
+
+    let other_dir = tempfile::tempdir().expect("dir");
+    write(other_dir.path(), "index.html", b"other");
+    let other = format!(
+        "{{root: {}, path: {{value: /other}}}}",
+        other_dir.path().display()
+    );
+    std::fs::write(
+        pier.routes.join("other.yaml"),
+        static_route("other", &other),
+    )
+    .expect("write");
+    assert!(eventually(|| pier.get("/other/", &[]).body == b"other"));
+
+    // A broken file: nothing changes, the error is counted.
+    std::fs::write(
+        pier.routes.join("broken.yaml"),
+        "kind: StaticRoute\nspec: [unclosed",
+    )
+    .expect("write");
+    assert!(eventually(|| pier
+        .admin("/metrics")
+        .text()
+        .contains("pier_dataplane_snapshot_load_errors_total 1")));
+    assert_eq!(pier.get("/other/", &[]).body, b"other");
+    assert_eq!(pier.get("/", &[]).body, b"v1");
+
+    // An invalid resource in a valid file is left out; the others stay.
+    std::fs::write(
+        pier.routes.join("broken.yaml"),
+        static_route("bad", "{root: relative, path: {value: nope}}"),
+    )
+    .expect("write");
+    assert!(eventually(|| pier
+        .admin("/metrics")
+        .text()
+        .contains("pier_dataplane_snapshot_invalid_routes 1")));
+    assert_eq!(pier.get("/other/", &[]).body, b"other");
+
+    // Removing the route removes it.
+    std::fs::remove_file(pier.routes.join("other.yaml")).expect("remove");
+    assert!(eventually(|| pier.get("/other/", &[]).status == 404));
+    assert_eq!(
+        pier.admin("/snapshot").text(),
+        v1_snapshot,
+        "back to the first snapshot"
+    );
+}
+
+#[test]
+fn in_flight_downloads_survive_a_snapshot_swap() {
+    let (pier, dir) = site(&["--read-chunk", "64KiB"]);
+    let mut stream = pier.connect();
+    stream
+        .write_all(request("GET", "/big.bin", &[]).as_bytes())
+        .expect("send");
+    let mut first = [0u8; 4096];
+    stream.read_exact(&mut first).expect("first bytes");
+    // Swap to a snapshot without the route while the body is in flight.
+    std::fs::write(
+        pier.routes.join("site.yaml"),
+        static_route(
+            "site",
+            &format!(
+                "{{root: {}, path: {{value: /elsewhere}}}}",
+                dir.path().display()
+            ),
+        ),
+    )
+    .expect("write");
+    assert!(eventually(|| pier.get("/", &[]).status == 404));
+    let mut rest = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 65536];
+    let total_wanted = 8 << 20;
+    let mut received = 4096 - head_len(&first);
+    while received < total_wanted {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "download cut after {received} bytes");
+        received += n;
+        rest.extend_from_slice(&buf[..n.min(16)]);
+    }
+    assert_eq!(received, total_wanted);
+}
+
+fn head_len(bytes: &[u8]) -> usize {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .expect("head in the first 4 KiB")
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
+    let (mut pier, _dir) = site(&["--read-chunk", "64KiB"]);
+    let mut stream = pier.connect();
+    stream
+        .write_all(request("GET", "/big.bin", &[]).as_bytes())
+        .expect("send");
+    let mut first = [0u8; 4096];
+    stream.read_exact(&mut first).expect("first bytes");
+    let addr = pier.addr;
+    pier.begin_shutdown();
+    assert!(eventually(|| std::net::TcpStream::connect(addr).is_err()));
+    let mut received = 4096 - head_len(&first);
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = stream.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        received += n;
+    }
+    assert_eq!(received, 8 << 20, "the in-flight download completed");
+}
+
+#[test]
+fn admin_reports_health_readiness_and_metrics() {
+    let (pier, _dir) = site(&[]);
+    assert_eq!(pier.admin("/healthz").status, 200);
+    assert_eq!(pier.admin("/readyz").status, 200);
+    pier.get("/", &[]);
+    pier.get("/missing", &[]);
+    pier.get("/%2e%2e/x", &[]);
+    let metrics = pier.admin("/metrics").text();
+    for needle in [
+        "pier_dataplane_requests_total{route=\"default/site\",code=\"200\"} 1",
+        "pier_dataplane_requests_total{route=\"default/site\",code=\"404\"} 1",
+        "pier_dataplane_requests_total{route=\"\",code=\"400\"} 1",
+        "pier_dataplane_request_duration_seconds_count{route=\"default/site\"} 2",
+        "pier_dataplane_response_body_bytes_total{route=\"default/site\"} 2",
+        "pier_dataplane_connections_open ",
+        "pier_dataplane_allocator_allocated_bytes ",
+        "pier_dataplane_allocator_resident_bytes ",
+        "pier_dataplane_snapshot_info{version=\"",
+        "pier_dataplane_snapshot_routes 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
+    }
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&pier.admin("/snapshot").body).expect("snapshot JSON");
+    assert_eq!(snapshot["routes"][0]["key"]["name"], "site");
+}
