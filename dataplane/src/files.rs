@@ -73,6 +73,13 @@ pub(crate) struct FileRequest<'a> {
     pub(crate) rel: &'a [u8],
 }
 
+/// Why no file is served: a status, or a redirect adding the slash a
+/// directory needs.
+enum Refusal {
+    Status(StatusCode),
+    AddSlash,
+}
+
 /// A file found for a request.
 struct Found {
     file: File,
@@ -117,14 +124,15 @@ impl StaticFiles {
         };
         let found = match self.find(&root, req) {
             Ok(found) => found,
-            Err(res) => return res,
+            Err(Refusal::Status(code)) => return status(code),
+            Err(Refusal::AddSlash) => return redirect_to_slash(req),
         };
         self.respond(&root, found, req, is_get, limits)
     }
 
     /// Finds the file for a request: the path itself, a directory's index,
     /// or the fallback.
-    fn find(&self, root: &File, req: &FileRequest<'_>) -> Result<Found, Response<Body>> {
+    fn find(&self, root: &File, req: &FileRequest<'_>) -> Result<Found, Refusal> {
         let rel = req.rel.strip_prefix(b"/").unwrap_or(req.rel);
         let opened = if rel.is_empty() {
             open_beneath(root, b".")
@@ -143,32 +151,32 @@ impl StaticFiles {
             });
         }
         if !meta.is_dir() {
-            return Err(status(StatusCode::NOT_FOUND));
+            return Err(Refusal::Status(StatusCode::NOT_FOUND));
         }
         if !req.rel.ends_with(b"/") {
-            return Err(redirect_to_slash(req));
+            return Err(Refusal::AddSlash);
         }
         let mut name = rel.to_vec();
         name.extend_from_slice(&self.index);
         match open_beneath(root, &name) {
             Ok((file, meta)) if meta.is_file() => Ok(Found { file, meta, name }),
-            Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => Err(status(StatusCode::FORBIDDEN)),
-            Err(e) => Err(error_status(e)),
+            Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => Err(Refusal::Status(StatusCode::FORBIDDEN)),
+            Err(e) => Err(Refusal::Status(error_status(e))),
         }
     }
 
-    fn missing(&self, root: &File, e: Errno) -> Result<Found, Response<Body>> {
+    fn missing(&self, root: &File, e: Errno) -> Result<Found, Refusal> {
         if !matches!(e, Errno::NOENT | Errno::NOTDIR) {
-            return Err(error_status(e));
+            return Err(Refusal::Status(error_status(e)));
         }
         let Some(fallback) = &self.fallback else {
-            return Err(status(StatusCode::NOT_FOUND));
+            return Err(Refusal::Status(StatusCode::NOT_FOUND));
         };
         let name = fallback.strip_prefix(b"/").unwrap_or(fallback).to_vec();
         match open_beneath(root, &name) {
             Ok((file, meta)) if meta.is_file() => Ok(Found { file, meta, name }),
-            Ok(_) => Err(status(StatusCode::NOT_FOUND)),
-            Err(e) => Err(error_status(e)),
+            Ok(_) => Err(Refusal::Status(StatusCode::NOT_FOUND)),
+            Err(e) => Err(Refusal::Status(error_status(e))),
         }
     }
 
@@ -337,16 +345,17 @@ fn open_beneath(root: &File, rel: &[u8]) -> Result<(File, Metadata), Errno> {
     Ok((file, meta))
 }
 
-/// Maps an open error that is not "missing" to a status.
-fn error_status(e: Errno) -> Response<Body> {
+/// Maps an open error to a status. Escapes (`EXDEV`, `ELOOP`) look like
+/// missing files, so they reveal nothing about what lies outside the root.
+fn error_status(e: Errno) -> StatusCode {
     match e {
         Errno::NOENT | Errno::NOTDIR | Errno::XDEV | Errno::LOOP | Errno::NAMETOOLONG => {
-            status(StatusCode::NOT_FOUND)
+            StatusCode::NOT_FOUND
         }
-        Errno::ACCESS | Errno::PERM => status(StatusCode::FORBIDDEN),
+        Errno::ACCESS | Errno::PERM => StatusCode::FORBIDDEN,
         e => {
             tracing::warn!(error = %e, "opening a file failed");
-            status(StatusCode::INTERNAL_SERVER_ERROR)
+            StatusCode::INTERNAL_SERVER_ERROR
         }
     }
 }
