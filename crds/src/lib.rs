@@ -23,8 +23,8 @@ pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, StaticRoute, StaticRouteSpec, Time,
 };
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// API group of every Pier resource.
 pub const GROUP: &str = "pier.dev";

@@ -62,6 +62,16 @@ pub struct Args {
     #[arg(long, env = "PIER_READ_CHUNK", default_value = "256KiB", value_parser = bytes)]
     pub read_chunk: usize,
 
+    /// How long an open-file cache entry is trusted before the file is
+    /// opened again; changed files are served within this time. `0s` turns
+    /// the cache off.
+    #[arg(long, env = "PIER_FILE_CACHE_VALID", default_value = "1s", value_parser = duration)]
+    pub file_cache_valid: Duration,
+
+    /// Open-file cache entries per worker (each holds a file descriptor).
+    #[arg(long, env = "PIER_FILE_CACHE_ENTRIES", default_value = "4096")]
+    pub file_cache_entries: NonZeroUsize,
+
     /// Most ranges honoured in one request; with more the whole file is sent.
     #[arg(long, env = "PIER_MAX_RANGES", default_value = "16")]
     pub max_ranges: NonZeroUsize,

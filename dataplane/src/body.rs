@@ -4,7 +4,6 @@
 //! client slows the reads instead of growing a buffer.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
@@ -16,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
 use crate::conn::Activity;
+use crate::files::Opened;
 use crate::metrics::RouteMetrics;
 
 /// A response body. Its [`Done`] guard records the response in the route's
@@ -45,7 +45,7 @@ impl Body {
     }
 
     /// `len` bytes of `file` from `start`, read `chunk` bytes at a time.
-    pub(crate) fn file(file: Arc<File>, start: u64, len: u64, chunk: usize) -> Self {
+    pub(crate) fn file(file: Arc<Opened>, start: u64, len: u64, chunk: usize) -> Self {
         Self::from_kind(Kind::File(Region {
             file,
             pos: start,
@@ -57,7 +57,7 @@ impl Body {
     /// Several regions of `file`, each preceded by its part header, then
     /// the closing delimiter.
     pub(crate) fn multipart(
-        file: Arc<File>,
+        file: Arc<Opened>,
         parts: Vec<(Bytes, u64, u64)>,
         closing: Bytes,
         chunk: usize,
@@ -129,7 +129,7 @@ impl http_body::Body for Body {
 /// A file region still to send.
 #[derive(Debug)]
 struct Region {
-    file: Arc<File>,
+    file: Arc<Opened>,
     pos: u64,
     remaining: u64,
     chunk: usize,
@@ -148,6 +148,7 @@ impl Region {
         let mut filled = 0;
         while filled < want {
             match self
+                .file
                 .file
                 .read_at(&mut buf[filled..], self.pos + filled as u64)
             {
@@ -174,7 +175,7 @@ impl Region {
 
 #[derive(Debug)]
 struct Multipart {
-    file: Arc<File>,
+    file: Arc<Opened>,
     /// Part header, start, length.
     parts: VecDeque<(Bytes, u64, u64)>,
     current: Option<Region>,

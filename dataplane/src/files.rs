@@ -15,18 +15,15 @@
 //! cache that is far cheaper than a hop to a thread pool. Bodies are read one
 //! bounded chunk at a time.
 
+mod cache;
 mod conditional;
 mod encoding;
 pub(crate) mod path;
 mod range;
 
-use std::fs::{File, Metadata};
 use std::hash::{BuildHasher, RandomState};
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{
@@ -35,9 +32,10 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use pier_snapshot::StaticAction;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+pub(crate) use self::cache::{CacheConfig, CacheCounters, Opened};
+use self::cache::{FileCache, Kind};
 use self::conditional::{Outcome, Validators};
 use self::encoding::Coding;
 use crate::body::Body;
@@ -49,6 +47,8 @@ pub(crate) struct FileLimits {
     pub(crate) chunk: usize,
     /// Most ranges honoured in one request; more and the whole file is sent.
     pub(crate) max_ranges: usize,
+    /// The open-file cache.
+    pub(crate) cache: CacheConfig,
 }
 
 /// A compiled `StaticRoute` action.
@@ -82,10 +82,23 @@ enum Refusal {
 
 /// A file found for a request.
 struct Found {
-    file: File,
-    meta: Metadata,
+    opened: Arc<Opened>,
     /// The path opened, relative to the root; its extension gives the type.
     name: Vec<u8>,
+}
+
+/// Opens paths below one route's root through the worker's cache.
+struct Opener<'a> {
+    cache: &'a mut FileCache,
+    root: &'a Path,
+    config: &'a CacheConfig,
+    counters: &'a CacheCounters,
+}
+
+impl Opener<'_> {
+    fn open(&mut self, rel: &[u8]) -> Result<Arc<Opened>, Errno> {
+        self.cache.open(self.root, rel, self.config, self.counters)
+    }
 }
 
 impl StaticFiles {
@@ -104,7 +117,12 @@ impl StaticFiles {
     }
 
     /// Answers one request.
-    pub(crate) fn serve(&self, req: &FileRequest<'_>, limits: &FileLimits) -> Response<Body> {
+    pub(crate) fn serve(
+        &self,
+        req: &FileRequest<'_>,
+        limits: &FileLimits,
+        counters: &CacheCounters,
+    ) -> Response<Body> {
         let is_get = *req.method == Method::GET;
         if !is_get && *req.method != Method::HEAD {
             let mut res = status(StatusCode::METHOD_NOT_ALLOWED);
@@ -115,57 +133,52 @@ impl StaticFiles {
         if path::is_hidden(req.rel) {
             return status(StatusCode::NOT_FOUND);
         }
-        let root = match open_root(&self.root) {
-            Ok(root) => root,
-            Err(e) => {
-                tracing::warn!(root = %self.root.display(), error = %e, "route root cannot be opened");
-                return status(StatusCode::NOT_FOUND);
+        FileCache::with(|cache| {
+            let mut opener = Opener {
+                cache,
+                root: &self.root,
+                config: &limits.cache,
+                counters,
+            };
+            match self.find(&mut opener, req) {
+                Ok(found) => self.respond(&mut opener, found, req, is_get, limits),
+                Err(Refusal::Status(code)) => status(code),
+                Err(Refusal::AddSlash) => redirect_to_slash(req),
             }
-        };
-        let found = match self.find(&root, req) {
-            Ok(found) => found,
-            Err(Refusal::Status(code)) => return status(code),
-            Err(Refusal::AddSlash) => return redirect_to_slash(req),
-        };
-        self.respond(&root, found, req, is_get, limits)
+        })
     }
 
     /// Finds the file for a request: the path itself, a directory's index,
     /// or the fallback.
-    fn find(&self, root: &File, req: &FileRequest<'_>) -> Result<Found, Refusal> {
+    fn find(&self, opener: &mut Opener<'_>, req: &FileRequest<'_>) -> Result<Found, Refusal> {
         let rel = req.rel.strip_prefix(b"/").unwrap_or(req.rel);
-        let opened = if rel.is_empty() {
-            open_beneath(root, b".")
-        } else {
-            open_beneath(root, rel)
+        let opened = match opener.open(rel) {
+            Ok(opened) => opened,
+            Err(e) => return self.missing(opener, e),
         };
-        let (file, meta) = match opened {
-            Ok(found) => found,
-            Err(e) => return self.missing(root, e),
-        };
-        if meta.is_file() {
-            return Ok(Found {
-                file,
-                meta,
-                name: rel.to_vec(),
-            });
-        }
-        if !meta.is_dir() {
-            return Err(Refusal::Status(StatusCode::NOT_FOUND));
-        }
-        if !req.rel.ends_with(b"/") {
-            return Err(Refusal::AddSlash);
+        match opened.kind {
+            Kind::File => {
+                return Ok(Found {
+                    opened,
+                    name: rel.to_vec(),
+                });
+            }
+            Kind::Other => return Err(Refusal::Status(StatusCode::NOT_FOUND)),
+            Kind::Dir if !req.rel.ends_with(b"/") => return Err(Refusal::AddSlash),
+            Kind::Dir => {}
         }
         let mut name = rel.to_vec();
         name.extend_from_slice(&self.index);
-        match open_beneath(root, &name) {
-            Ok((file, meta)) if meta.is_file() => Ok(Found { file, meta, name }),
-            Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => Err(Refusal::Status(StatusCode::FORBIDDEN)),
+        match opener.open(&name) {
+            Ok(opened) if opened.kind == Kind::File => Ok(Found { opened, name }),
+            Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => {
+                Err(Refusal::Status(StatusCode::FORBIDDEN))
+            }
             Err(e) => Err(Refusal::Status(error_status(e))),
         }
     }
 
-    fn missing(&self, root: &File, e: Errno) -> Result<Found, Refusal> {
+    fn missing(&self, opener: &mut Opener<'_>, e: Errno) -> Result<Found, Refusal> {
         if !matches!(e, Errno::NOENT | Errno::NOTDIR) {
             return Err(Refusal::Status(error_status(e)));
         }
@@ -173,8 +186,8 @@ impl StaticFiles {
             return Err(Refusal::Status(StatusCode::NOT_FOUND));
         };
         let name = fallback.strip_prefix(b"/").unwrap_or(fallback).to_vec();
-        match open_beneath(root, &name) {
-            Ok((file, meta)) if meta.is_file() => Ok(Found { file, meta, name }),
+        match opener.open(&name) {
+            Ok(opened) if opened.kind == Kind::File => Ok(Found { opened, name }),
             Ok(_) => Err(Refusal::Status(StatusCode::NOT_FOUND)),
             Err(e) => Err(Refusal::Status(error_status(e))),
         }
@@ -182,37 +195,29 @@ impl StaticFiles {
 
     fn respond(
         &self,
-        root: &File,
+        opener: &mut Opener<'_>,
         found: Found,
         req: &FileRequest<'_>,
         is_get: bool,
         limits: &FileLimits,
     ) -> Response<Body> {
         let content_type = content_type(&found.name);
-        let (file, meta, coding) = match self.precompressed_sibling(root, &found.name, req.headers)
-        {
-            Some((file, meta, coding)) => (file, meta, Some(coding)),
-            None => (found.file, found.meta, None),
+        let (file, coding) = match self.precompressed_sibling(opener, &found.name, req.headers) {
+            Some((file, coding)) => (file, Some(coding)),
+            None => (found.opened, None),
         };
-        let len = meta.len();
-        let etag = etag(&meta, coding);
-        let modified = meta.modified().map(conditional::unix_seconds).unwrap_or(0);
+        let len = file.len;
         let validators = Validators {
-            etag: &etag,
-            modified,
+            etag: file.etag.to_str().unwrap_or(""),
+            modified: file.modified,
             len,
         };
         let outcome = conditional::evaluate(is_get, req.headers, &validators, limits.max_ranges);
 
         let mut res = Response::new(Body::empty());
         let headers = res.headers_mut();
-        if let Ok(etag) = HeaderValue::try_from(etag) {
-            headers.insert(ETAG, etag);
-        }
-        let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified));
-        if let Ok(value) = HeaderValue::try_from(last_modified) {
-            headers.insert(LAST_MODIFIED, value);
-        }
+        headers.insert(ETAG, file.etag.clone());
+        headers.insert(LAST_MODIFIED, file.last_modified.clone());
         if let Some(cache_control) = &self.cache_control {
             headers.insert(CACHE_CONTROL, cache_control.clone());
         }
@@ -244,7 +249,7 @@ impl StaticFiles {
                 }
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
                 if is_get && len > 0 {
-                    *res.body_mut() = Body::file(Arc::new(file), 0, len, limits.chunk);
+                    *res.body_mut() = Body::file(file, 0, len, limits.chunk);
                 }
             }
             Outcome::Partial(ranges) => {
@@ -253,7 +258,6 @@ impl StaticFiles {
                 if let Some(coding) = coding {
                     headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
                 }
-                let file = Arc::new(file);
                 if let [range] = ranges[..] {
                     headers.insert(CONTENT_TYPE, content_type);
                     let value = format!("bytes {}-{}/{len}", range.start, range.end);
@@ -298,51 +302,25 @@ impl StaticFiles {
     /// accepts that coding, best coding first.
     fn precompressed_sibling(
         &self,
-        root: &File,
+        opener: &mut Opener<'_>,
         name: &[u8],
         headers: &HeaderMap,
-    ) -> Option<(File, Metadata, Coding)> {
+    ) -> Option<(Arc<Opened>, Coding)> {
         if !self.precompressed {
             return None;
         }
         let accept = headers.get(ACCEPT_ENCODING)?;
+        let mut sibling = Vec::with_capacity(name.len() + 3);
         encoding::preferred(accept.as_bytes()).find_map(|coding| {
-            let mut sibling = name.to_vec();
+            sibling.clear();
+            sibling.extend_from_slice(name);
             sibling.extend_from_slice(coding.suffix());
-            match open_beneath(root, &sibling) {
-                Ok((file, meta)) if meta.is_file() => Some((file, meta, coding)),
+            match opener.open(&sibling) {
+                Ok(opened) if opened.kind == Kind::File => Some((opened, coding)),
                 _ => None,
             }
         })
     }
-}
-
-fn open_root(root: &Path) -> io::Result<File> {
-    let fd = rustix::fs::open(
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    Ok(File::from(fd))
-}
-
-/// Opens `rel` below `root`; the kernel refuses any resolution that leaves
-/// the root (`..`, absolute or escaping symlinks, magic links).
-fn open_beneath(root: &File, rel: &[u8]) -> Result<(File, Metadata), Errno> {
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    let fd = loop {
-        match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
-            // EAGAIN: a concurrent rename raced the lookup; try again.
-            Err(Errno::AGAIN | Errno::INTR) => continue,
-            other => break other?,
-        }
-    };
-    let file = File::from(fd);
-    let meta = file
-        .metadata()
-        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
-    Ok((file, meta))
 }
 
 /// Maps an open error to a status. Escapes (`EXDEV`, `ELOOP`) look like
@@ -358,21 +336,6 @@ fn error_status(e: Errno) -> StatusCode {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     }
-}
-
-/// A strong entity tag from modification time and length, like nginx's.
-/// The inode is left out so replicas serving copies of the same files agree.
-fn etag(meta: &Metadata, coding: Option<Coding>) -> String {
-    let suffix = coding.map_or("", |c| match c {
-        Coding::Brotli => "-br",
-        Coding::Gzip => "-gz",
-    });
-    format!(
-        "\"{:x}.{:x}-{:x}{suffix}\"",
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.len()
-    )
 }
 
 /// `Content-Type` from the file extension; text types say UTF-8.

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 pub use crate::args::{Args, LogFormat};
 use crate::conn::Timeouts;
-use crate::files::FileLimits;
+use crate::files::{CacheConfig, FileLimits};
 use crate::server::ConnLimits;
 use crate::service::Shared;
 pub use crate::standalone::LoadError;
@@ -95,6 +95,8 @@ impl Dataplane {
             shutdown_grace,
             watch_interval,
             read_chunk,
+            file_cache_valid,
+            file_cache_entries,
             max_ranges,
             log_format: _,
             log: _,
@@ -106,6 +108,10 @@ impl Dataplane {
             FileLimits {
                 chunk: read_chunk,
                 max_ranges: max_ranges.get(),
+                cache: CacheConfig {
+                    valid: file_cache_valid,
+                    max_entries: file_cache_entries.get(),
+                },
             },
             max_connections.get(),
         ));

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::files::CacheCounters;
+
 /// Status codes with their own counter; others count under their class.
 const CODES: [u16; 17] = [
     200, 204, 206, 301, 304, 400, 403, 404, 405, 408, 412, 414, 416, 431, 500, 502, 503,
@@ -122,6 +124,7 @@ pub(crate) struct Metrics {
     pub(crate) snapshot_invalid_routes: AtomicU64,
     pub(crate) snapshot_applied_unix: AtomicU64,
     pub(crate) snapshot_version: ArcSwap<String>,
+    pub(crate) file_cache: CacheCounters,
 }
 
 impl Default for Metrics {
@@ -138,6 +141,7 @@ impl Default for Metrics {
             snapshot_invalid_routes: AtomicU64::new(0),
             snapshot_applied_unix: AtomicU64::new(0),
             snapshot_version: ArcSwap::from_pointee(String::new()),
+            file_cache: CacheCounters::default(),
         }
     }
 }
@@ -249,6 +253,36 @@ impl Metrics {
             "pier_dataplane_snapshot_info{{version=\"{}\"}} 1",
             self.snapshot_version.load()
         ));
+        let cache = &self.file_cache;
+        let figures: [(&str, &str, &str, i128); 4] = [
+            (
+                "file_cache_hits_total",
+                "counter",
+                "Files opened from the open-file cache.",
+                cache.hits.load(Relaxed).into(),
+            ),
+            (
+                "file_cache_misses_total",
+                "counter",
+                "Files opened with openat2 (cache miss, expired entry, or cache off).",
+                cache.misses.load(Relaxed).into(),
+            ),
+            (
+                "file_cache_flushes_total",
+                "counter",
+                "Times a worker's cache was full of fresh entries and was emptied (raise --file-cache-entries).",
+                cache.flushes.load(Relaxed).into(),
+            ),
+            (
+                "file_cache_entries",
+                "gauge",
+                "Open-file cache entries over all workers; each holds a file descriptor.",
+                cache.entries.load(Relaxed).into(),
+            ),
+        ];
+        for (name, kind, help, value) in figures {
+            out.plain(name, kind, help, value);
+        }
         allocator(&mut out);
         out.text
     }

@@ -137,6 +137,7 @@ impl Shared {
                     rel: &path[found.prefix_len..],
                 },
                 &self.files,
+                &self.metrics.file_cache,
             ),
         };
 

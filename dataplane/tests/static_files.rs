@@ -306,3 +306,54 @@ fn unmatched_host_or_path_is_404() {
     let res = pier.request("GET /x HTTP/1.1\r\nHost: other.example.com\r\n\r\n");
     assert_eq!(res.status, 404);
 }
+
+#[test]
+fn changed_and_new_files_are_served_after_the_cache_revalidates() {
+    let dir = tempfile::tempdir().expect("dir");
+    write(dir.path(), "v.txt", b"one");
+    let spec = format!("{{root: {}}}", dir.path().display());
+    let pier = Running::start(
+        &[("site.yaml", &static_route("site", &spec))],
+        &["--file-cache-valid", "100ms"],
+    );
+    assert_eq!(pier.get("/v.txt", &[]).body, b"one");
+    assert_eq!(pier.get("/new.txt", &[]).status, 404);
+    // Replaced the way deployments do it: write aside, rename over.
+    write(dir.path(), "v.txt.tmp", b"two!");
+    std::fs::rename(dir.path().join("v.txt.tmp"), dir.path().join("v.txt")).expect("rename");
+    write(dir.path(), "new.txt", b"new");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let changed = pier.get("/v.txt", &[]);
+        let created = pier.get("/new.txt", &[]);
+        // Every answer is a consistent version: length always matches body.
+        assert_eq!(
+            changed.header("content-length"),
+            Some(changed.body.len().to_string().as_str())
+        );
+        if changed.body == b"two!" && created.body == b"new" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "changes never served");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let metrics = pier.admin("/metrics").text();
+    assert!(
+        metrics.contains("pier_dataplane_file_cache_hits_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn with_the_cache_off_changes_are_served_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    write(dir.path(), "v.txt", b"one");
+    let spec = format!("{{root: {}}}", dir.path().display());
+    let pier = Running::start(
+        &[("site.yaml", &static_route("site", &spec))],
+        &["--file-cache-valid", "0s"],
+    );
+    assert_eq!(pier.get("/v.txt", &[]).body, b"one");
+    write(dir.path(), "v.txt", b"two");
+    assert_eq!(pier.get("/v.txt", &[]).body, b"two");
+}
