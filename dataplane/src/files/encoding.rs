@@ -1,5 +1,7 @@
 //! `Accept-Encoding` negotiation for precompressed siblings.
 
+use super::range::trim;
+
 /// A content coding Pier can serve from a precompressed sibling file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Coding {
@@ -69,16 +71,6 @@ fn qvalue(value: &[u8]) -> u16 {
         Ok(q) if (0.0..=1.0).contains(&q) => (q * 1000.0).round() as u16,
         _ => 0,
     }
-}
-
-fn trim(mut b: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = b {
-        b = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = b {
-        b = rest;
-    }
-    b
 }
 
 #[cfg(test)]

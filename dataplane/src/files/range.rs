@@ -119,7 +119,8 @@ fn number(digits: &[u8]) -> Option<u64> {
     })
 }
 
-fn trim(mut b: &[u8]) -> &[u8] {
+/// Strips optional whitespace (RFC 9110 OWS) from both ends.
+pub(super) fn trim(mut b: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = b {
         b = rest;
     }
