@@ -144,10 +144,10 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(send(&mut stream, &request("GET", "/", &[])).status, 200);
     let mut buf = [0u8; 16];
     assert_eq!(stream.read(&mut buf).expect("closed, not timed out"), 0);
-    assert!(eventually(|| pier
-        .admin("/metrics")
-        .text()
-        .contains("pier_dataplane_connections_timed_out_total 1")));
+    assert!(eventually(|| metrics_show(
+        &pier,
+        "pier_dataplane_connections_timed_out_total 1"
+    )));
 }
 
 #[test]
@@ -174,10 +174,10 @@ fn route_changes_apply_and_invalid_files_keep_the_last_good_snapshot() {
         "kind: StaticRoute\nspec: [unclosed",
     )
     .expect("write");
-    assert!(eventually(|| pier
-        .admin("/metrics")
-        .text()
-        .contains("pier_dataplane_snapshot_load_errors_total 1")));
+    assert!(eventually(|| metrics_show(
+        &pier,
+        "pier_dataplane_snapshot_load_errors_total 1"
+    )));
     assert_eq!(pier.get("/other/", &[]).body, b"other");
     assert_eq!(pier.get("/", &[]).body, b"v1");
 
@@ -187,10 +187,10 @@ fn route_changes_apply_and_invalid_files_keep_the_last_good_snapshot() {
         static_route("bad", "{root: relative, path: {value: nope}}"),
     )
     .expect("write");
-    assert!(eventually(|| pier
-        .admin("/metrics")
-        .text()
-        .contains("pier_dataplane_snapshot_invalid_routes 1")));
+    assert!(eventually(|| metrics_show(
+        &pier,
+        "pier_dataplane_snapshot_invalid_routes 1"
+    )));
     assert_eq!(pier.get("/other/", &[]).body, b"other");
 
     // Removing the route removes it.
@@ -206,12 +206,7 @@ fn route_changes_apply_and_invalid_files_keep_the_last_good_snapshot() {
 #[test]
 fn in_flight_downloads_survive_a_snapshot_swap() {
     let (pier, dir) = site(&["--read-chunk", "64KiB"]);
-    let mut stream = pier.connect();
-    stream
-        .write_all(request("GET", "/big.bin", &[]).as_bytes())
-        .expect("send");
-    let mut first = [0u8; 4096];
-    stream.read_exact(&mut first).expect("first bytes");
+    let (mut stream, received) = start_big_download(&pier);
     // Swap to a snapshot without the route while the body is in flight.
     std::fs::write(
         pier.routes.join("site.yaml"),
@@ -225,20 +220,39 @@ fn in_flight_downloads_survive_a_snapshot_swap() {
     )
     .expect("write");
     assert!(eventually(|| pier.get("/", &[]).status == 404));
-    let mut rest = Vec::new();
+    let received = finish_download(&mut stream, received, 8 << 20);
+    assert_eq!(received, 8 << 20, "download cut after {received} bytes");
+}
+
+/// True when `/metrics` has a line containing `needle`.
+fn metrics_show(pier: &Running, needle: &str) -> bool {
+    pier.admin("/metrics").text().contains(needle)
+}
+
+/// Starts `GET /big.bin` and reads its first 4 KiB; returns the stream and
+/// how many body bytes arrived.
+fn start_big_download(pier: &Running) -> (std::net::TcpStream, usize) {
+    let mut stream = pier.connect();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+        .write_all(request("GET", "/big.bin", &[]).as_bytes())
+        .expect("send");
+    let mut first = [0u8; 4096];
+    stream.read_exact(&mut first).expect("first bytes");
+    (stream, 4096 - head_len(&first))
+}
+
+/// Reads until the body of `total` bytes is complete or the peer closes;
+/// returns the body bytes received.
+fn finish_download(stream: &mut std::net::TcpStream, mut received: usize, total: usize) -> usize {
     let mut buf = [0u8; 65536];
-    let total_wanted = 8 << 20;
-    let mut received = 4096 - head_len(&first);
-    while received < total_wanted {
+    while received < total {
         let n = stream.read(&mut buf).expect("read");
-        assert!(n > 0, "download cut after {received} bytes");
+        if n == 0 {
+            break;
+        }
         received += n;
-        rest.extend_from_slice(&buf[..n.min(16)]);
     }
-    assert_eq!(received, total_wanted);
+    received
 }
 
 fn head_len(bytes: &[u8]) -> usize {
@@ -252,24 +266,11 @@ fn head_len(bytes: &[u8]) -> usize {
 #[test]
 fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
     let (mut pier, _dir) = site(&["--read-chunk", "64KiB"]);
-    let mut stream = pier.connect();
-    stream
-        .write_all(request("GET", "/big.bin", &[]).as_bytes())
-        .expect("send");
-    let mut first = [0u8; 4096];
-    stream.read_exact(&mut first).expect("first bytes");
+    let (mut stream, received) = start_big_download(&pier);
     let addr = pier.addr;
     pier.begin_shutdown();
     assert!(eventually(|| std::net::TcpStream::connect(addr).is_err()));
-    let mut received = 4096 - head_len(&first);
-    let mut buf = [0u8; 65536];
-    loop {
-        let n = stream.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        received += n;
-    }
+    let received = finish_download(&mut stream, received, 8 << 20);
     assert_eq!(received, 8 << 20, "the in-flight download completed");
 }
 
