@@ -21,6 +21,7 @@ mod encoding;
 pub(crate) mod path;
 mod range;
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::Arc;
@@ -81,10 +82,11 @@ enum Refusal {
 }
 
 /// A file found for a request.
-struct Found {
+struct Found<'r> {
     opened: Arc<Opened>,
     /// The path opened, relative to the root; its extension gives the type.
-    name: Vec<u8>,
+    /// Borrowed from the request unless an index or fallback was appended.
+    name: Cow<'r, [u8]>,
 }
 
 /// Opens paths below one route's root through the worker's cache.
@@ -150,7 +152,11 @@ impl StaticFiles {
 
     /// Finds the file for a request: the path itself, a directory's index,
     /// or the fallback.
-    fn find(&self, opener: &mut Opener<'_>, req: &FileRequest<'_>) -> Result<Found, Refusal> {
+    fn find<'r>(
+        &self,
+        opener: &mut Opener<'_>,
+        req: &FileRequest<'r>,
+    ) -> Result<Found<'r>, Refusal> {
         let rel = req.rel.strip_prefix(b"/").unwrap_or(req.rel);
         let opened = match opener.open(rel) {
             Ok(opened) => opened,
@@ -160,7 +166,7 @@ impl StaticFiles {
             Kind::File => {
                 return Ok(Found {
                     opened,
-                    name: rel.to_vec(),
+                    name: Cow::Borrowed(rel),
                 });
             }
             Kind::Other => return Err(Refusal::Status(StatusCode::NOT_FOUND)),
@@ -170,7 +176,10 @@ impl StaticFiles {
         let mut name = rel.to_vec();
         name.extend_from_slice(&self.index);
         match opener.open(&name) {
-            Ok(opened) if opened.kind == Kind::File => Ok(Found { opened, name }),
+            Ok(opened) if opened.kind == Kind::File => Ok(Found {
+                opened,
+                name: Cow::Owned(name),
+            }),
             Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => {
                 Err(Refusal::Status(StatusCode::FORBIDDEN))
             }
@@ -178,7 +187,7 @@ impl StaticFiles {
         }
     }
 
-    fn missing(&self, opener: &mut Opener<'_>, e: Errno) -> Result<Found, Refusal> {
+    fn missing(&self, opener: &mut Opener<'_>, e: Errno) -> Result<Found<'static>, Refusal> {
         if !matches!(e, Errno::NOENT | Errno::NOTDIR) {
             return Err(Refusal::Status(error_status(e)));
         }
@@ -187,7 +196,10 @@ impl StaticFiles {
         };
         let name = fallback.strip_prefix(b"/").unwrap_or(fallback).to_vec();
         match opener.open(&name) {
-            Ok(opened) if opened.kind == Kind::File => Ok(Found { opened, name }),
+            Ok(opened) if opened.kind == Kind::File => Ok(Found {
+                opened,
+                name: Cow::Owned(name),
+            }),
             Ok(_) => Err(Refusal::Status(StatusCode::NOT_FOUND)),
             Err(e) => Err(Refusal::Status(error_status(e))),
         }
@@ -196,7 +208,7 @@ impl StaticFiles {
     fn respond(
         &self,
         opener: &mut Opener<'_>,
-        found: Found,
+        found: Found<'_>,
         req: &FileRequest<'_>,
         is_get: bool,
         limits: &FileLimits,
@@ -346,7 +358,18 @@ fn content_type(name: &[u8]) -> HeaderValue {
         .rposition(|&b| b == b'.')
         .and_then(|dot| std::str::from_utf8(&file[dot + 1..]).ok())
         .unwrap_or("");
-    let mime = match ext.to_ascii_lowercase().as_str() {
+    // Lower-cased on the stack: this runs on every request.
+    let mut lower = [0u8; 8];
+    let ext = match lower.get_mut(..ext.len()) {
+        Some(buf) => {
+            buf.copy_from_slice(ext.as_bytes());
+            buf.make_ascii_lowercase();
+            std::str::from_utf8(buf).unwrap_or("")
+        }
+        // Longer extensions are not in the table; mime_guess ignores case.
+        None => ext,
+    };
+    let mime = match ext {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",
         "js" | "mjs" => "text/javascript; charset=utf-8",

@@ -71,6 +71,8 @@ pub struct Dataplane {
     admin: std::net::TcpListener,
     listen_addr: SocketAddr,
     routes: PathBuf,
+    /// The routes directory as it was when the first snapshot was loaded.
+    loaded: standalone::Fingerprint,
     watch_interval: Duration,
     limits: ConnLimits,
 }
@@ -115,6 +117,7 @@ impl Dataplane {
             },
             max_connections.get(),
         ));
+        let loaded = standalone::fingerprint(&routes);
         shared.apply(standalone::load(&routes)?);
 
         let backlog = i32::try_from(backlog.get()).unwrap_or(i32::MAX);
@@ -140,6 +143,7 @@ impl Dataplane {
             admin,
             listen_addr,
             routes,
+            loaded,
             watch_interval,
             limits: ConnLimits {
                 timeouts: Timeouts {
@@ -190,6 +194,7 @@ impl Dataplane {
             tokio::spawn(admin::serve(admin, Arc::clone(&shared), stopped.clone()));
             tokio::spawn(standalone::watch(
                 self.routes,
+                self.loaded,
                 self.watch_interval,
                 Arc::clone(&shared),
                 stopped.clone(),

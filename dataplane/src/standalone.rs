@@ -156,7 +156,11 @@ fn manifests(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 /// What a change of the directory looks like from outside: names, sizes
 /// and modification times of the manifests.
-fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, SystemTime)>> {
+pub(crate) type Fingerprint = Option<Vec<(PathBuf, u64, SystemTime)>>;
+
+/// Takes the directory's fingerprint. Take it *before* loading, so a change
+/// made while the load runs is seen by the next poll.
+pub(crate) fn fingerprint(dir: &Path) -> Fingerprint {
     let files = manifests(dir).ok()?;
     Some(
         files
@@ -172,11 +176,11 @@ fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, SystemTime)>> {
 /// Polls `dir` and applies every valid change until shutdown.
 pub(crate) async fn watch(
     dir: PathBuf,
+    mut seen: Fingerprint,
     interval: Duration,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut seen = fingerprint(&dir);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
