@@ -1,7 +1,13 @@
 //! The response body: empty, in memory, a file region, or several file
-//! regions as `multipart/byteranges`. Files are read one bounded chunk per
-//! poll, so a response never holds more than one chunk in memory and a slow
-//! client slows the reads instead of growing a buffer.
+//! regions as `multipart/byteranges`. Its length is always known.
+//!
+//! Two ways out:
+//! - [`Body::next_segment`] for the HTTP/1.1 engine, which writes bytes
+//!   directly and hands file regions to `sendfile`, so file data never
+//!   passes through user space;
+//! - `http_body::Body` for HTTP/2 (hyper), where files are read one bounded
+//!   chunk per poll, so a response never holds more than one chunk in memory
+//!   and a slow client slows the reads instead of growing a buffer.
 
 use std::collections::VecDeque;
 use std::io;
@@ -14,8 +20,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
-use crate::conn::Activity;
 use crate::files::Opened;
+use crate::h2::Activity;
 use crate::metrics::RouteMetrics;
 
 /// A response body. Its [`Done`] guard records the response in the route's
@@ -25,6 +31,18 @@ use crate::metrics::RouteMetrics;
 pub(crate) struct Body {
     kind: Kind,
     done: Option<Done>,
+}
+
+/// A piece of a body as the HTTP/1.1 engine writes it.
+#[derive(Debug)]
+pub(crate) enum Segment {
+    Bytes(Bytes),
+    /// `len` bytes of a file from `pos`.
+    File {
+        file: Arc<Opened>,
+        pos: u64,
+        len: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -62,8 +80,14 @@ impl Body {
         closing: Bytes,
         chunk: usize,
     ) -> Self {
+        let len = parts
+            .iter()
+            .map(|(header, _, len)| header.len() as u64 + len)
+            .sum::<u64>()
+            + closing.len() as u64;
         Self::from_kind(Kind::Multipart(Multipart {
             file,
+            len,
             parts: parts.into(),
             current: None,
             closing: Some(closing),
@@ -79,6 +103,38 @@ impl Body {
     pub(crate) fn with_done(mut self, done: Done) -> Self {
         self.done = Some(done);
         self
+    }
+
+    /// The body's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        match &self.kind {
+            Kind::Empty => 0,
+            Kind::Bytes(bytes) => bytes.as_ref().map_or(0, |b| b.len() as u64),
+            Kind::File(region) => region.remaining,
+            Kind::Multipart(multipart) => multipart.len,
+        }
+    }
+
+    /// Drops what is left to send (HEAD, 304), keeping the accounting guard.
+    pub(crate) fn clear(&mut self) {
+        self.kind = Kind::Empty;
+    }
+
+    /// Takes the next piece to write: bytes, or a whole file region.
+    pub(crate) fn next_segment(&mut self) -> Option<Segment> {
+        match &mut self.kind {
+            Kind::Empty => None,
+            Kind::Bytes(bytes) => bytes.take().map(Segment::Bytes),
+            Kind::File(region) => region.take(),
+            Kind::Multipart(multipart) => multipart.next_segment(),
+        }
+    }
+
+    /// Counts body bytes written to the client in the route's metrics.
+    pub(crate) fn sent(&self, bytes: u64) {
+        if let Some(done) = &self.done {
+            done.route.sent(bytes);
+        }
     }
 }
 
@@ -116,12 +172,9 @@ impl http_body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Empty => SizeHint::with_exact(0),
-            Kind::Bytes(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            Kind::File(region) => SizeHint::with_exact(region.remaining),
+            // Already partly sent; the length header was written from `len`.
             Kind::Multipart(_) => SizeHint::default(),
+            _ => SizeHint::with_exact(self.len()),
         }
     }
 }
@@ -136,6 +189,19 @@ struct Region {
 }
 
 impl Region {
+    /// The rest of the region as one segment.
+    fn take(&mut self) -> Option<Segment> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let len = std::mem::take(&mut self.remaining);
+        Some(Segment::File {
+            file: Arc::clone(&self.file),
+            pos: self.pos,
+            len,
+        })
+    }
+
     /// Reads the next chunk. A file that shrank underneath us is an error,
     /// which aborts the response instead of sending a short body as if it
     /// were complete.
@@ -176,6 +242,8 @@ impl Region {
 #[derive(Debug)]
 struct Multipart {
     file: Arc<Opened>,
+    /// Total length: part headers, regions and the closing delimiter.
+    len: u64,
     /// Part header, start, length.
     parts: VecDeque<(Bytes, u64, u64)>,
     current: Option<Region>,
@@ -184,6 +252,22 @@ struct Multipart {
 }
 
 impl Multipart {
+    fn next_segment(&mut self) -> Option<Segment> {
+        if let Some(segment) = self.current.take().and_then(|mut r| r.take()) {
+            return Some(segment);
+        }
+        if let Some((header, start, len)) = self.parts.pop_front() {
+            self.current = Some(Region {
+                file: Arc::clone(&self.file),
+                pos: start,
+                remaining: len,
+                chunk: self.chunk,
+            });
+            return Some(Segment::Bytes(header));
+        }
+        self.closing.take().map(Segment::Bytes)
+    }
+
     fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         if let Some(region) = &mut self.current {
             if let Some(chunk) = region.next_chunk() {
@@ -205,18 +289,20 @@ impl Multipart {
 }
 
 /// Accounts for one response when it finishes: status and duration in the
-/// route's metrics, and the end of the request on its connection.
+/// route's metrics, and (HTTP/2) the end of the request on its connection.
 #[derive(Debug)]
 pub(crate) struct Done {
     pub(crate) route: Arc<RouteMetrics>,
     pub(crate) status: u16,
     pub(crate) started: Instant,
-    pub(crate) activity: Arc<Activity>,
+    pub(crate) activity: Option<Arc<Activity>>,
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
         self.route.record(self.status, self.started.elapsed());
-        self.activity.request_done();
+        if let Some(activity) = &self.activity {
+            activity.request_done();
+        }
     }
 }

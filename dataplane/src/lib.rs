@@ -6,7 +6,8 @@
 //!              │ admin: /metrics /healthz /readyz       │        │ lock-free load
 //!              └────────────────────────────────────────┘        ▼
 //!  clients ──► worker threads (one runtime + SO_REUSEPORT listener each)
-//!              conn ─► service phases ─► files handler ─► Body (bounded chunks)
+//!              h1 engine (h2 via hyper) ─► service phases ─► files ─► Body
+//!                 └ idle: no buffers; files: sendfile
 //! ```
 //!
 //! The serving core sees only the snapshot model: route resources reach it
@@ -16,8 +17,9 @@
 mod admin;
 pub mod args;
 mod body;
-mod conn;
 mod files;
+mod h1;
+mod h2;
 mod metrics;
 mod routing;
 mod server;
@@ -36,7 +38,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use crate::args::{Args, LogFormat};
-use crate::conn::Timeouts;
 use crate::files::{CacheConfig, FileLimits};
 use crate::server::ConnLimits;
 use crate::service::Shared;
@@ -146,11 +147,12 @@ impl Dataplane {
             loaded,
             watch_interval,
             limits: ConnLimits {
-                timeouts: Timeouts {
-                    header: header_timeout,
-                    idle: idle_timeout,
+                h1: h1::Limits {
+                    header_timeout,
+                    idle_timeout,
+                    max_header_size,
+                    send_chunk: read_chunk,
                 },
-                max_header_size,
                 max_concurrent_streams,
                 shutdown_grace,
             },

@@ -113,6 +113,8 @@ impl Histogram {
 #[derive(Debug)]
 pub(crate) struct Metrics {
     pub(crate) connections_open: AtomicI64,
+    /// Connections holding buffers: reading a request or writing a response.
+    pub(crate) connections_active: AtomicI64,
     pub(crate) connections_accepted: AtomicU64,
     pub(crate) connections_rejected: AtomicU64,
     pub(crate) connections_timed_out: AtomicU64,
@@ -131,6 +133,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             connections_open: AtomicI64::new(0),
+            connections_active: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
@@ -183,12 +186,18 @@ impl Metrics {
             m.duration.render(route, &mut out);
         }
 
-        let gauges: [(&str, &str, &str, i128); 8] = [
+        let gauges: [(&str, &str, &str, i128); 9] = [
             (
                 "connections_open",
                 "gauge",
                 "Client connections open now.",
                 self.connections_open.load(Relaxed).into(),
+            ),
+            (
+                "connections_active",
+                "gauge",
+                "HTTP/1.1 connections holding buffers (reading a request or writing a response); the rest are idle and hold none.",
+                self.connections_active.load(Relaxed).into(),
             ),
             (
                 "connections_accepted_total",

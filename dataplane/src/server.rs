@@ -10,20 +10,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::conn::{self, Timeouts};
+use crate::h1;
+use crate::h2::{self, Timeouts};
 use crate::service::Shared;
 
-/// Protocol limits handed to hyper.
+/// Connection limits from the flags.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnLimits {
-    pub(crate) timeouts: Timeouts,
-    pub(crate) max_header_size: usize,
+    pub(crate) h1: h1::Limits,
     pub(crate) max_concurrent_streams: u32,
     pub(crate) shutdown_grace: Duration,
 }
@@ -90,7 +88,11 @@ async fn accept_loop(
             return;
         }
     };
-    let builder = Arc::new(builder(&protocol));
+    let h2 = Arc::new(h2::builder(
+        protocol.max_concurrent_streams,
+        protocol.h1.max_header_size,
+    ));
+    let limits = Arc::new(protocol.h1);
     let open = Arc::new(OpenConnections::default());
     let metrics = &shared.metrics;
     loop {
@@ -119,16 +121,22 @@ async fn accept_loop(
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let guard = open.enter();
-        let task = conn::serve(
-            stream,
-            Arc::clone(&shared),
-            Arc::clone(&builder),
-            protocol.timeouts,
-            shutdown.clone(),
-        );
         let shared = Arc::clone(&shared);
+        let limits = Arc::clone(&limits);
+        let h2 = Arc::clone(&h2);
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            task.await;
+            if let h1::Outcome::H2(read) = h1::serve(&stream, &shared, &limits, &mut shutdown).await
+            {
+                let timeouts = Timeouts {
+                    header: limits.header_timeout,
+                    idle: limits.idle_timeout,
+                };
+                let serve = h2::serve(stream, read, Arc::clone(&shared), &h2, timeouts, shutdown);
+                // Boxed so the HTTP/1.1 task, which most connections stay
+                // in, is not as large as hyper's connection state.
+                Box::pin(serve).await;
+            }
             shared.metrics.connections_open.fetch_sub(1, Relaxed);
             drop(guard);
         });
@@ -147,22 +155,6 @@ async fn accept_loop(
             );
         }
     }
-}
-
-fn builder(protocol: &ConnLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(protocol.timeouts.header)
-        .keep_alive(true)
-        .max_buf_size(protocol.max_header_size);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(protocol.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(protocol.max_header_size).unwrap_or(u32::MAX));
-    builder
 }
 
 /// Answers a connection over the limit with a 503 and closes it, so the

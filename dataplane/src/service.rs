@@ -7,8 +7,9 @@
 //! 5. **account**: the body's guard records status, duration and bytes
 //!    when the response ends.
 //!
-//! Every phase is synchronous: static files need no await, so the future
-//! hyper polls is a ready value, with no allocation for it.
+//! Every phase is synchronous: static files need no await, so the HTTP/1.1
+//! engine calls [`Shared::handle`] directly and the future hyper polls for
+//! HTTP/2 is a ready value, with no allocation for it.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -22,9 +23,9 @@ use hyper::body::Incoming;
 use pier_snapshot::Compiled;
 
 use crate::body::{Body, Done};
-use crate::conn::Activity;
 use crate::files::path::{self, PathError};
 use crate::files::{self, FileLimits, FileRequest};
+use crate::h2::Activity;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::table::{Handler, Table};
 
@@ -84,10 +85,18 @@ impl Shared {
         tracing::info!(%version, routes, invalid = compiled.errors.len(), "snapshot applied");
     }
 
-    fn handle(&self, req: &Request<Incoming>, activity: &Arc<Activity>) -> Response<Body> {
+    /// Answers one request. `activity` tracks requests in flight on an
+    /// HTTP/2 connection; the HTTP/1.1 engine tracks its own.
+    pub(crate) fn handle<B>(
+        &self,
+        req: &Request<B>,
+        activity: Option<&Arc<Activity>>,
+    ) -> Response<Body> {
         // Phase 1: accept.
         let started = Instant::now();
-        activity.request_started();
+        if let Some(activity) = activity {
+            activity.request_started();
+        }
         let done = |route: Arc<RouteMetrics>, res: Response<Body>| {
             let status = res.status().as_u16();
             res.map(|body| {
@@ -95,7 +104,7 @@ impl Shared {
                     route,
                     status,
                     started,
-                    activity: Arc::clone(activity),
+                    activity: activity.map(Arc::clone),
                 })
             })
         };
@@ -146,7 +155,7 @@ impl Shared {
     }
 }
 
-/// The hyper service of one connection.
+/// The hyper service of one HTTP/2 connection.
 #[derive(Clone, Debug)]
 pub(crate) struct Service {
     pub(crate) shared: Arc<Shared>,
@@ -159,6 +168,6 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = Ready<Result<Response<Body>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        ready(Ok(self.shared.handle(&req, &self.activity)))
+        ready(Ok(self.shared.handle(&req, Some(&self.activity))))
     }
 }

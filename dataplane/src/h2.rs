@@ -1,20 +1,23 @@
-//! One client connection: hyper serves it (HTTP/1.1 or h2c by prior
-//! knowledge), while a watchdog closes it when it stays idle too long and
-//! asks it to finish gracefully when shutdown begins.
+//! HTTP/2 connections (h2c by prior knowledge; ALPN comes with TLS): the
+//! HTTP/1.1 engine recognises the preface and hands the connection here,
+//! where hyper serves it while a watchdog closes it when it stays idle too
+//! long and asks it to finish gracefully when shutdown begins.
 //!
-//! Timeouts:
-//! - `--header-timeout`: a new connection must start a request within it,
-//!   and on HTTP/1.1 hyper bounds each request head (and so the keep-alive
-//!   wait for the next one) by it too (slowloris);
-//! - `--idle-timeout`: a connection with no request in flight for this long
-//!   is closed, whatever its protocol.
+//! Timeouts: a connection with no stream open for `--idle-timeout` is
+//! closed; the first request must come within `--header-timeout`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -73,11 +76,26 @@ pub(crate) struct Timeouts {
     pub(crate) idle: Duration,
 }
 
-/// Serves one accepted connection to its end.
+/// The HTTP/2 settings from the flags.
+pub(crate) fn builder(
+    max_concurrent_streams: u32,
+    max_header_size: usize,
+) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_concurrent_streams)
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Serves an HTTP/2 connection to its end; `read` holds the bytes the
+/// HTTP/1.1 engine already took from the socket.
 pub(crate) async fn serve(
     stream: TcpStream,
+    read: BytesMut,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: &http2::Builder<TokioExecutor>,
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -86,7 +104,8 @@ pub(crate) async fn serve(
         shared: Arc::clone(&shared),
         activity: Arc::clone(&activity),
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = Prefixed { read, io: stream };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut draining = *shutdown.borrow();
     if draining {
@@ -117,5 +136,62 @@ pub(crate) async fn serve(
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// A stream whose first bytes were already read: they are replayed first.
+#[derive(Debug)]
+struct Prefixed<T> {
+    read: BytesMut,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        if self.read.is_empty() {
+            // Free the engine's buffer once replayed.
+            self.read = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -1,0 +1,477 @@
+//! The HTTP/1.1 engine: Pier's own, because the offload path wants two
+//! things a general HTTP library does not give it.
+//!
+//! - **An idle connection holds no buffer.** Between requests a connection
+//!   is its socket and this task's small state: the read and write buffers
+//!   are taken when a request starts and freed as soon as the connection is
+//!   idle again (nginx does the same). Thousands of idle keep-alive
+//!   connections cost a few hundred bytes each.
+//! - **File data never passes through user space.** A response head is
+//!   written with `MSG_MORE`, then the file region goes out with
+//!   `sendfile(2)`; small files (up to [`INLINE_MAX`]) are read into the
+//!   head's buffer instead, so the whole response leaves in one write.
+//!
+//! ```text
+//!  idle ──readable──► read head ──► Shared::handle ──► write head + body ──┐
+//!   ▲    (no buffer)   (≤ --max-header-size,            (MSG_MORE, sendfile) │
+//!   │                   --header-timeout)                                  │
+//!   └───────────── keep-alive, request body discarded ◄────────────────────┘
+//! ```
+//!
+//! A connection that opens with the HTTP/2 preface is handed to hyper
+//! ([`crate::h2`]) with the bytes already read. Request bodies: this
+//! engine's handlers read none, so a `Content-Length` body up to
+//! [`DISCARD_MAX`] is read and dropped after the response; a larger or
+//! chunked one, or one behind `Expect: 100-continue`, ends the connection
+//! after the response (`Connection: close`), as nginx does with bodies it
+//! does not want.
+
+mod head;
+mod response;
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, Method, Version};
+use rustix::net::{SendFlags, Shutdown};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::head::{Framing, HeadError};
+use self::response::Persist;
+use crate::body::{Body, Segment};
+use crate::service::Shared;
+
+/// Room reserved in the read buffer before each read.
+const READ_RESERVE: usize = 4096;
+/// Responses up to this size (head and body) leave in one write; larger
+/// file regions go out with `sendfile`. This is also the write buffer's
+/// limit.
+pub(crate) const INLINE_MAX: usize = 16 * 1024;
+/// Largest unwanted request body read and dropped to keep a connection.
+pub(crate) const DISCARD_MAX: u64 = 64 * 1024;
+/// After a response that closes the connection, how long unread input is
+/// drained so the close does not reset the response away, and how much.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_MAX: usize = 64 * 1024;
+/// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/1.1 limits, from the flags.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// A new connection's first request, and every request head once its
+    /// first byte arrived, must be complete within this.
+    pub(crate) header_timeout: Duration,
+    /// Keep-alive wait for the next request, and the longest a client may
+    /// leave a response unread before the connection is closed.
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_header_size: usize,
+    /// Bytes per `sendfile` call; the worker serves other connections
+    /// between calls.
+    pub(crate) send_chunk: usize,
+}
+
+/// How a connection left this engine.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Closed,
+    /// The client spoke HTTP/2: serve it there, starting with these bytes.
+    H2(BytesMut),
+}
+
+/// Serves HTTP/1.1 requests on `stream` until the connection ends, or
+/// hands it over when it turns out to be HTTP/2.
+pub(crate) async fn serve(
+    stream: &TcpStream,
+    shared: &Shared,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let mut conn = Conn {
+        stream,
+        shared,
+        limits,
+        buf: BytesMut::new(),
+        out: Vec::new(),
+        active: false,
+    };
+    let outcome = conn.run(shutdown).await;
+    conn.set_active(false);
+    outcome
+}
+
+/// One connection's state while the engine serves it.
+struct Conn<'a> {
+    stream: &'a TcpStream,
+    shared: &'a Shared,
+    limits: &'a Limits,
+    /// Bytes read and not yet consumed: at most one head being read, plus
+    /// whatever the client sent after it.
+    buf: BytesMut,
+    /// The response being written.
+    out: Vec<u8>,
+    /// Holds buffers (counted in `connections_active`).
+    active: bool,
+}
+
+impl Conn<'_> {
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+        let mut served = 0u64;
+        loop {
+            if self.buf.is_empty() {
+                // Idle: give the buffers back before waiting.
+                self.buf = BytesMut::new();
+                self.out = Vec::new();
+                self.set_active(false);
+                if *shutdown.borrow() {
+                    return Outcome::Closed;
+                }
+                let wait = if served == 0 {
+                    self.limits.header_timeout
+                } else {
+                    self.limits.idle_timeout
+                };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Outcome::Closed,
+                    first = tokio::time::timeout(wait, self.first_bytes()) => match first {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Outcome::Closed,
+                        Err(_) => {
+                            self.shared.metrics.connections_timed_out.fetch_add(1, Relaxed);
+                            return Outcome::Closed;
+                        }
+                    },
+                }
+            }
+            self.set_active(true);
+
+            // Read one head within the header timeout.
+            let started = std::time::Instant::now();
+            let deadline = Instant::now() + self.limits.header_timeout;
+            let head = loop {
+                if served == 0 && could_be_h2(&self.buf) {
+                    if self.buf.len() >= H2_PREFACE.len() {
+                        return Outcome::H2(std::mem::take(&mut self.buf));
+                    }
+                } else {
+                    match head::parse(&mut self.buf, self.limits.max_header_size) {
+                        Ok(Some(head)) => break head,
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.refuse(e, started).await;
+                            return Outcome::Closed;
+                        }
+                    }
+                }
+                match self.read(deadline).await {
+                    Ok(0) => return Outcome::Closed,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::TimedOut {
+                            self.shared
+                                .metrics
+                                .connections_timed_out
+                                .fetch_add(1, Relaxed);
+                        }
+                        return Outcome::Closed;
+                    }
+                }
+            };
+            served += 1;
+
+            // Decide what becomes of the connection before answering.
+            let mut keep = head.keep_alive && !*shutdown.borrow();
+            let has_body = head.framing != Framing::None;
+            let mut discard = 0;
+            match head.framing {
+                Framing::None => {}
+                Framing::Length(n) if n <= DISCARD_MAX && !head.expect_continue => discard = n,
+                Framing::Length(_) | Framing::Chunked => keep = false,
+            }
+            let persist = match (keep, head.request.version()) {
+                (false, _) => Persist::Close,
+                (true, Version::HTTP_10) => Persist::KeepAlive10,
+                (true, _) => Persist::KeepAlive,
+            };
+            let is_head = head.request.method() == Method::HEAD;
+
+            let (parts, mut body) = self.shared.handle(&head.request, None).into_parts();
+            drop(head);
+            response::encode(
+                &mut self.out,
+                parts.status,
+                &parts.headers,
+                body.len(),
+                persist,
+            );
+            if !response::has_body(is_head, parts.status) {
+                body.clear();
+            }
+            if let Err(e) = self.write_body(body).await {
+                tracing::debug!(error = %e, "response not completed");
+                return Outcome::Closed;
+            }
+
+            if !keep {
+                // Unread input (a body, pipelined requests): drain it
+                // before the close.
+                if has_body || !self.buf.is_empty() {
+                    self.linger().await;
+                }
+                return Outcome::Closed;
+            }
+            if discard > 0 && self.discard(discard, deadline).await.is_err() {
+                return Outcome::Closed;
+            }
+        }
+    }
+
+    fn set_active(&mut self, active: bool) {
+        if self.active != active {
+            self.active = active;
+            let gauge = &self.shared.metrics.connections_active;
+            if active {
+                gauge.fetch_add(1, Relaxed);
+            } else {
+                gauge.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Waits for the next request's first bytes without holding a buffer
+    /// while none are there. End of stream is an error here.
+    async fn first_bytes(&mut self) -> io::Result<()> {
+        loop {
+            self.stream.readable().await?;
+            self.buf.reserve(READ_RESERVE);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => return Ok(()),
+                // Readiness was stale: give the buffer back and wait.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads what the socket has into the buffer; 0 is end of stream.
+    async fn read(&mut self, deadline: Instant) -> io::Result<usize> {
+        self.buf.reserve(READ_RESERVE);
+        loop {
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::timeout_at(deadline, self.stream.readable())
+                        .await
+                        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes the head in `out` and the body: small pieces gathered into
+    /// `out`, file regions too large for it sent with `sendfile`. The
+    /// response is accounted for (the body dropped) before the last write,
+    /// so a client that has the whole response sees it in the metrics.
+    async fn write_body(&mut self, mut body: Body) -> io::Result<()> {
+        let mut gathered = 0;
+        while let Some(segment) = body.next_segment() {
+            match segment {
+                Segment::Bytes(bytes) if self.out.len() + bytes.len() <= INLINE_MAX => {
+                    self.out.extend_from_slice(&bytes);
+                    gathered += bytes.len() as u64;
+                }
+                Segment::Bytes(bytes) => {
+                    self.flush(true).await?;
+                    body.sent(std::mem::take(&mut gathered));
+                    self.send(&bytes, true).await?;
+                    body.sent(bytes.len() as u64);
+                }
+                Segment::File { file, pos, len }
+                    if len <= (INLINE_MAX - self.out.len().min(INLINE_MAX)) as u64 =>
+                {
+                    read_at(&mut self.out, &file.file, pos, len)?;
+                    gathered += len;
+                }
+                Segment::File { file, pos, len } => {
+                    self.flush(true).await?;
+                    body.sent(std::mem::take(&mut gathered));
+                    self.sendfile(&file.file, pos, len, &body).await?;
+                }
+            }
+        }
+        body.sent(gathered);
+        drop(body);
+        self.flush(false).await
+    }
+
+    async fn flush(&mut self, more: bool) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.send(&self.out, more).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends all of `data`; `more` tells the kernel the response goes on,
+    /// so a head and the file after it share packets.
+    async fn send(&self, mut data: &[u8], more: bool) -> io::Result<()> {
+        let flags = if more {
+            SendFlags::NOSIGNAL | SendFlags::MORE
+        } else {
+            SendFlags::NOSIGNAL
+        };
+        while !data.is_empty() {
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                rustix::net::send(self.stream, data, flags).map_err(io::Error::from)
+            });
+            match sent {
+                Ok(n) => data = &data[n..],
+                Err(e) => self.on_write_error(e).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a file region straight from the page cache. A file that
+    /// shrank underneath aborts the connection instead of sending a short
+    /// body as if it were complete.
+    async fn sendfile(
+        &self,
+        file: &std::fs::File,
+        mut pos: u64,
+        len: u64,
+        body: &Body,
+    ) -> io::Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let count = usize::try_from(left)
+                .map_or(self.limits.send_chunk, |l| l.min(self.limits.send_chunk));
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(self.stream.as_fd(), file, Some(&mut pos), count)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while it was being sent",
+                    ));
+                }
+                Ok(n) => {
+                    left -= n as u64;
+                    body.sent(n as u64);
+                    // Let the worker's other connections have a turn.
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => self.on_write_error(e).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for room on `WouldBlock`, up to the idle timeout: a client that
+    /// reads nothing for that long is gone.
+    async fn on_write_error(&self, e: io::Error) -> io::Result<()> {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(self.limits.idle_timeout, self.stream.writable())
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+            }
+            io::ErrorKind::Interrupted => Ok(()),
+            _ => Err(e),
+        }
+    }
+
+    /// Answers a head that cannot be served, then closes.
+    async fn refuse(&mut self, e: HeadError, started: std::time::Instant) {
+        tracing::debug!(error = %e, "request head refused");
+        let status = e.status();
+        response::encode(&mut self.out, status, &HeaderMap::new(), 0, Persist::Close);
+        self.shared
+            .metrics
+            .unrouted
+            .record(status.as_u16(), started.elapsed());
+        if self.flush(false).await.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    /// Drops a request body of `len` bytes the handler did not want.
+    async fn discard(&mut self, mut len: u64, deadline: Instant) -> io::Result<()> {
+        loop {
+            let here = usize::try_from(len).map_or(self.buf.len(), |l| l.min(self.buf.len()));
+            self.buf.advance(here);
+            len -= here as u64;
+            if len == 0 {
+                return Ok(());
+            }
+            if self.read(deadline).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Half-closes, then drains what the client still sends for a moment,
+    /// so closing with unread input does not reset the response away.
+    async fn linger(&mut self) {
+        let _ = rustix::net::shutdown(self.stream, Shutdown::Write);
+        let deadline = Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_MAX {
+            self.buf.clear();
+            match self.read(deadline).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+}
+
+/// Whether the bytes so far could still be the HTTP/2 preface.
+fn could_be_h2(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    n > 0 && buf[..n] == H2_PREFACE[..n]
+}
+
+/// Appends `len` bytes of `file` from `pos` to `out`.
+fn read_at(out: &mut Vec<u8>, file: &std::fs::File, pos: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let start = out.len();
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    out.resize(start + len, 0);
+    file.read_exact_at(&mut out[start..], pos)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being sent",
+            ),
+            _ => e,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_h2_preface_is_recognised_from_its_first_byte() {
+        assert!(could_be_h2(b"P"));
+        assert!(could_be_h2(b"PRI * HTTP/2.0\r\n"));
+        assert!(could_be_h2(H2_PREFACE));
+        assert!(!could_be_h2(b""));
+        assert!(!could_be_h2(b"POST / HTTP/1.1\r\n"));
+        assert!(!could_be_h2(b"GET / HTTP/1.1\r\n"));
+    }
+}
