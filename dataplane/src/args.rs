@@ -72,6 +72,12 @@ pub struct Args {
     #[arg(long, env = "PIER_FILE_CACHE_ENTRIES", default_value = "4096")]
     pub file_cache_entries: NonZeroUsize,
 
+    /// Files up to this size keep their contents in the open-file cache and
+    /// leave with their response head in one write (at most this many bytes
+    /// times --file-cache-entries per worker). `0` keeps no contents.
+    #[arg(long, env = "PIER_FILE_CACHE_CONTENT", default_value = "16KiB", value_parser = bytes)]
+    pub file_cache_content: usize,
+
     /// Most ranges honoured in one request; with more the whole file is sent.
     #[arg(long, env = "PIER_MAX_RANGES", default_value = "16")]
     pub max_ranges: NonZeroUsize,

@@ -25,6 +25,7 @@ use std::borrow::Cow;
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
@@ -35,7 +36,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use pier_snapshot::StaticAction;
 use rustix::io::Errno;
 
-pub(crate) use self::cache::{CacheConfig, CacheCounters, Opened};
+pub(crate) use self::cache::{CONTENT_BYTES, CacheConfig, CacheCounters, Opened};
 use self::cache::{FileCache, Kind};
 use self::conditional::{Outcome, Validators};
 use self::encoding::Coding;
@@ -72,6 +73,8 @@ pub(crate) struct FileRequest<'a> {
     pub(crate) query: Option<&'a str>,
     /// The normalised path below the route's prefix: empty or starting with `/`.
     pub(crate) rel: &'a [u8],
+    /// When the request arrived; open-file cache entries are checked against it.
+    pub(crate) now: Instant,
 }
 
 /// Why no file is served: a status, or a redirect adding the slash a
@@ -92,6 +95,7 @@ struct Found<'r> {
 /// Opens paths below one route's root through the worker's cache.
 struct Opener<'a> {
     cache: &'a mut FileCache,
+    now: Instant,
     root: &'a Path,
     config: &'a CacheConfig,
     counters: &'a CacheCounters,
@@ -99,7 +103,8 @@ struct Opener<'a> {
 
 impl Opener<'_> {
     fn open(&mut self, rel: &[u8]) -> Result<Arc<Opened>, Errno> {
-        self.cache.open(self.root, rel, self.config, self.counters)
+        self.cache
+            .open(self.root, rel, self.now, self.config, self.counters)
     }
 }
 
@@ -138,6 +143,7 @@ impl StaticFiles {
         FileCache::with(|cache| {
             let mut opener = Opener {
                 cache,
+                now: req.now,
                 root: &self.root,
                 config: &limits.cache,
                 counters,
@@ -213,7 +219,7 @@ impl StaticFiles {
         is_get: bool,
         limits: &FileLimits,
     ) -> Response<Body> {
-        let content_type = content_type(&found.name);
+        let content_type = found.opened.content_type.clone();
         let (file, coding) = match self.precompressed_sibling(opener, &found.name, req.headers) {
             Some((file, coding)) => (file, Some(coding)),
             None => (found.opened, None),
@@ -261,7 +267,7 @@ impl StaticFiles {
                 }
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
                 if is_get && len > 0 {
-                    *res.body_mut() = Body::file(file, 0, len, limits.chunk);
+                    *res.body_mut() = region(file, 0, len, limits.chunk);
                 }
             }
             Outcome::Partial(ranges) => {
@@ -277,7 +283,7 @@ impl StaticFiles {
                         headers.insert(CONTENT_RANGE, value);
                     }
                     headers.insert(CONTENT_LENGTH, HeaderValue::from(range.len()));
-                    *res.body_mut() = Body::file(file, range.start, range.len(), limits.chunk);
+                    *res.body_mut() = region(file, range.start, range.len(), limits.chunk);
                 } else {
                     let boundary = format!("{:016x}", RandomState::new().hash_one(len));
                     let mut parts = Vec::with_capacity(ranges.len());
@@ -332,6 +338,20 @@ impl StaticFiles {
                 _ => None,
             }
         })
+    }
+}
+
+/// A region of a file as a body: a slice of the cached contents of a small
+/// file, or the region of its descriptor.
+fn region(file: Arc<Opened>, start: u64, len: u64, chunk: usize) -> Body {
+    let cached = file.contents.as_ref().and_then(|contents| {
+        let start = usize::try_from(start).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        (end <= contents.len()).then(|| contents.slice(start..end))
+    });
+    match cached {
+        Some(bytes) => Body::bytes(bytes),
+        None => Body::file(file, start, len, chunk),
     }
 }
 

@@ -8,8 +8,8 @@
 //!   connections cost a few hundred bytes each.
 //! - **File data never passes through user space.** A response head is
 //!   written with `MSG_MORE`, then the file region goes out with
-//!   `sendfile(2)`; small files (up to [`INLINE_MAX`]) are read into the
-//!   head's buffer instead, so the whole response leaves in one write.
+//!   `sendfile(2)`. Small files whose contents the open-file cache holds
+//!   leave with their head in one `sendmsg`, without a copy.
 //!
 //! ```text
 //!  idle ──readable──► read head ──► Shared::handle ──► write head + body ──┐
@@ -34,10 +34,12 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, Version};
-use rustix::net::{SendFlags, Shutdown};
-use tokio::io::Interest;
+use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -49,9 +51,8 @@ use crate::service::Shared;
 
 /// Room reserved in the read buffer before each read.
 const READ_RESERVE: usize = 4096;
-/// Responses up to this size (head and body) leave in one write; larger
-/// file regions go out with `sendfile`. This is also the write buffer's
-/// limit.
+/// In-memory body pieces are gathered behind the head up to this size
+/// (the write buffer's limit); larger ones are written on their own.
 pub(crate) const INLINE_MAX: usize = 16 * 1024;
 /// Largest unwanted request body read and dropped to keep a connection.
 pub(crate) const DISCARD_MAX: u64 = 64 * 1024;
@@ -88,7 +89,7 @@ pub(crate) enum Outcome {
 /// Serves HTTP/1.1 requests on `stream` until the connection ends, or
 /// hands it over when it turns out to be HTTP/2.
 pub(crate) async fn serve(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     shared: &Shared,
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
@@ -108,7 +109,7 @@ pub(crate) async fn serve(
 
 /// One connection's state while the engine serves it.
 struct Conn<'a> {
-    stream: &'a TcpStream,
+    stream: &'a mut TcpStream,
     shared: &'a Shared,
     limits: &'a Limits,
     /// Bytes read and not yet consumed: at most one head being read, plus
@@ -151,10 +152,11 @@ impl Conn<'_> {
                 }
             }
             self.set_active(true);
+            self.out.reserve(1024);
 
             // Read one head within the header timeout.
-            let started = std::time::Instant::now();
-            let deadline = Instant::now() + self.limits.header_timeout;
+            // The clock is read only when the head needs more than one read.
+            let mut deadline = None;
             let head = loop {
                 if served == 0 && could_be_h2(&self.buf) {
                     if self.buf.len() >= H2_PREFACE.len() {
@@ -165,11 +167,13 @@ impl Conn<'_> {
                         Ok(Some(head)) => break head,
                         Ok(None) => {}
                         Err(e) => {
-                            self.refuse(e, started).await;
+                            self.refuse(e).await;
                             return Outcome::Closed;
                         }
                     }
                 }
+                let deadline =
+                    *deadline.get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
                 match self.read(deadline).await {
                     Ok(0) => return Outcome::Closed,
                     Ok(_) => {}
@@ -227,7 +231,7 @@ impl Conn<'_> {
                 }
                 return Outcome::Closed;
             }
-            if discard > 0 && self.discard(discard, deadline).await.is_err() {
+            if discard > 0 && self.discard(discard).await.is_err() {
                 return Outcome::Closed;
             }
         }
@@ -247,80 +251,86 @@ impl Conn<'_> {
 
     /// Waits for the next request's first bytes without holding a buffer
     /// while none are there. End of stream is an error here.
+    ///
+    /// Reads go through `AsyncRead`, which treats a short read as proof that
+    /// the socket is drained (edge-triggered epoll): no extra `recv` that
+    /// only returns `EAGAIN` after each request.
     async fn first_bytes(&mut self) -> io::Result<()> {
-        loop {
-            self.stream.readable().await?;
-            self.buf.reserve(READ_RESERVE);
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => return Ok(()),
-                // Readiness was stale: give the buffer back and wait.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        self.stream.readable().await?;
+        self.buf.reserve(READ_RESERVE);
+        match self.stream.read_buf(&mut self.buf).await? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(()),
         }
     }
 
     /// Reads what the socket has into the buffer; 0 is end of stream.
     async fn read(&mut self, deadline: Instant) -> io::Result<usize> {
         self.buf.reserve(READ_RESERVE);
-        loop {
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tokio::time::timeout_at(deadline, self.stream.readable())
-                        .await
-                        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
     }
 
-    /// Writes the head in `out` and the body: small pieces gathered into
-    /// `out`, file regions too large for it sent with `sendfile`. The
-    /// response is accounted for (the body dropped) before the last write,
-    /// so a client that has the whole response sees it in the metrics.
+    /// Writes the head in `out` and the body. In-memory pieces follow the
+    /// head without a copy (one `sendmsg` with both); file regions go out
+    /// with `sendfile`. The response is accounted for (the body dropped)
+    /// before the last write, so a client that has the whole response sees
+    /// it in the metrics.
     async fn write_body(&mut self, mut body: Body) -> io::Result<()> {
-        let mut gathered = 0;
+        // Body bytes waiting to be written after `out`.
+        let mut tail = Bytes::new();
         while let Some(segment) = body.next_segment() {
             match segment {
-                Segment::Bytes(bytes) if self.out.len() + bytes.len() <= INLINE_MAX => {
-                    self.out.extend_from_slice(&bytes);
-                    gathered += bytes.len() as u64;
-                }
                 Segment::Bytes(bytes) => {
-                    self.flush(true).await?;
-                    body.sent(std::mem::take(&mut gathered));
-                    self.send(&bytes, true).await?;
-                    body.sent(bytes.len() as u64);
-                }
-                Segment::File { file, pos, len }
-                    if len <= (INLINE_MAX - self.out.len().min(INLINE_MAX)) as u64 =>
-                {
-                    read_at(&mut self.out, &file.file, pos, len)?;
-                    gathered += len;
+                    if self.out.len() + tail.len() <= INLINE_MAX {
+                        // Small pieces (multipart part heads) are gathered.
+                        self.out.extend_from_slice(&tail);
+                    } else {
+                        self.write_out(&tail, true).await?;
+                    }
+                    body.sent(tail.len() as u64);
+                    tail = bytes;
                 }
                 Segment::File { file, pos, len } => {
-                    self.flush(true).await?;
-                    body.sent(std::mem::take(&mut gathered));
+                    self.write_out(&tail, true).await?;
+                    body.sent(std::mem::take(&mut tail).len() as u64);
                     self.sendfile(&file.file, pos, len, &body).await?;
                 }
             }
         }
-        body.sent(gathered);
+        body.sent(tail.len() as u64);
         drop(body);
-        self.flush(false).await
+        self.write_out(&tail, false).await
     }
 
-    async fn flush(&mut self, more: bool) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.send(&self.out, more).await?;
-            self.out.clear();
+    /// Writes `out` then `tail`, and empties `out`.
+    async fn write_out(&mut self, tail: &[u8], more: bool) -> io::Result<()> {
+        let flags = if more {
+            SendFlags::NOSIGNAL | SendFlags::MORE
+        } else {
+            SendFlags::NOSIGNAL
+        };
+        let mut head = 0;
+        let mut rest = tail;
+        while head < self.out.len() {
+            let iov = [IoSlice::new(&self.out[head..]), IoSlice::new(rest)];
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                let mut control = SendAncillaryBuffer::default();
+                rustix::net::sendmsg(&*self.stream, &iov, &mut control, flags)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(n) => {
+                    let in_head = n.min(self.out.len() - head);
+                    head += in_head;
+                    rest = &rest[n - in_head..];
+                }
+                Err(e) => self.on_write_error(e).await?,
+            }
         }
-        Ok(())
+        self.out.clear();
+        self.send(rest, more).await
     }
 
     /// Sends all of `data`; `more` tells the kernel the response goes on,
@@ -333,7 +343,7 @@ impl Conn<'_> {
         };
         while !data.is_empty() {
             let sent = self.stream.try_io(Interest::WRITABLE, || {
-                rustix::net::send(self.stream, data, flags).map_err(io::Error::from)
+                rustix::net::send(&*self.stream, data, flags).map_err(io::Error::from)
             });
             match sent {
                 Ok(n) => data = &data[n..],
@@ -395,21 +405,23 @@ impl Conn<'_> {
     }
 
     /// Answers a head that cannot be served, then closes.
-    async fn refuse(&mut self, e: HeadError, started: std::time::Instant) {
+    async fn refuse(&mut self, e: HeadError) {
         tracing::debug!(error = %e, "request head refused");
         let status = e.status();
         response::encode(&mut self.out, status, &HeaderMap::new(), 0, Persist::Close);
         self.shared
             .metrics
             .unrouted
-            .record(status.as_u16(), started.elapsed());
-        if self.flush(false).await.is_ok() {
+            .record(status.as_u16(), Duration::ZERO);
+        if self.write_out(&[], false).await.is_ok() {
             self.linger().await;
         }
     }
 
-    /// Drops a request body of `len` bytes the handler did not want.
-    async fn discard(&mut self, mut len: u64, deadline: Instant) -> io::Result<()> {
+    /// Drops a request body of `len` bytes the handler did not want; the
+    /// rest of it must come within the header timeout.
+    async fn discard(&mut self, mut len: u64) -> io::Result<()> {
+        let deadline = Instant::now() + self.limits.header_timeout;
         loop {
             let here = usize::try_from(len).map_or(self.buf.len(), |l| l.min(self.buf.len()));
             self.buf.advance(here);
@@ -426,7 +438,7 @@ impl Conn<'_> {
     /// Half-closes, then drains what the client still sends for a moment,
     /// so closing with unread input does not reset the response away.
     async fn linger(&mut self) {
-        let _ = rustix::net::shutdown(self.stream, Shutdown::Write);
+        let _ = rustix::net::shutdown(&*self.stream, Shutdown::Write);
         let deadline = Instant::now() + LINGER;
         let mut drained = 0;
         while drained < LINGER_MAX {
@@ -443,22 +455,6 @@ impl Conn<'_> {
 fn could_be_h2(buf: &[u8]) -> bool {
     let n = buf.len().min(H2_PREFACE.len());
     n > 0 && buf[..n] == H2_PREFACE[..n]
-}
-
-/// Appends `len` bytes of `file` from `pos` to `out`.
-fn read_at(out: &mut Vec<u8>, file: &std::fs::File, pos: u64, len: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let start = out.len();
-    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    out.resize(start + len, 0);
-    file.read_exact_at(&mut out[start..], pos)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while it was being sent",
-            ),
-            _ => e,
-        })
 }
 
 #[cfg(test)]

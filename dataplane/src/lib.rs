@@ -100,6 +100,7 @@ impl Dataplane {
             read_chunk,
             file_cache_valid,
             file_cache_entries,
+            file_cache_content,
             max_ranges,
             log_format: _,
             log: _,
@@ -114,6 +115,7 @@ impl Dataplane {
                 cache: CacheConfig {
                     valid: file_cache_valid,
                     max_entries: file_cache_entries.get(),
+                    content_max: file_cache_content as u64,
                 },
             },
             max_connections.get(),

@@ -263,7 +263,7 @@ impl Metrics {
             self.snapshot_version.load()
         ));
         let cache = &self.file_cache;
-        let figures: [(&str, &str, &str, i128); 4] = [
+        let figures: [(&str, &str, &str, i128); 5] = [
             (
                 "file_cache_hits_total",
                 "counter",
@@ -287,6 +287,12 @@ impl Metrics {
                 "gauge",
                 "Open-file cache entries over all workers; each holds a file descriptor.",
                 cache.entries.load(Relaxed).into(),
+            ),
+            (
+                "file_cache_content_bytes",
+                "gauge",
+                "Bytes of small-file contents held by the open-file cache (--file-cache-content).",
+                crate::files::CONTENT_BYTES.load(Relaxed).into(),
             ),
         ];
         for (name, kind, help, value) in figures {

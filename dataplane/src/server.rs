@@ -126,7 +126,9 @@ async fn accept_loop(
         let h2 = Arc::clone(&h2);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let h1::Outcome::H2(read) = h1::serve(&stream, &shared, &limits, &mut shutdown).await
+            let mut stream = stream;
+            if let h1::Outcome::H2(read) =
+                h1::serve(&mut stream, &shared, &limits, &mut shutdown).await
             {
                 let timeouts = Timeouts {
                     header: limits.header_timeout,

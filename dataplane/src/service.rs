@@ -144,6 +144,7 @@ impl Shared {
                     raw_path: uri.path(),
                     query: uri.query(),
                     rel: &path[found.prefix_len..],
+                    now: started,
                 },
                 &self.files,
                 &self.metrics.file_cache,

@@ -14,6 +14,12 @@
 //!   same lifetime.
 //! - At most `--file-cache-entries` entries per worker; when full, expired
 //!   entries go first, then everything. Each entry holds one descriptor.
+//! - Regular files up to `--file-cache-content` bytes also keep their
+//!   contents, read when the entry is made, so a hot small file is answered
+//!   with one write and no file I/O (at most entries × that size per worker;
+//!   `pier_dataplane_file_cache_content_bytes` shows what is held). The
+//!   contents, validators and length are one consistent version: an edit
+//!   in place shows after revalidation, never mixed with old headers.
 //!
 //! The cache is thread-local: each worker runs on one thread, so there is
 //! no lock and no sharing.
@@ -27,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::HeaderValue;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -38,7 +45,13 @@ pub(crate) struct CacheConfig {
     pub(crate) valid: Duration,
     /// Most entries per worker.
     pub(crate) max_entries: usize,
+    /// Largest file whose contents are kept with its entry; 0 keeps none.
+    pub(crate) content_max: u64,
 }
+
+/// Bytes of file contents held by every worker's cache (and by responses
+/// still using evicted entries).
+pub(crate) static CONTENT_BYTES: AtomicI64 = AtomicI64::new(0);
 
 /// Counters shared by every worker's cache.
 #[derive(Debug, Default)]
@@ -68,6 +81,18 @@ pub(crate) struct Opened {
     /// Strong entity tag, quotes included.
     pub(crate) etag: HeaderValue,
     pub(crate) last_modified: HeaderValue,
+    /// From the extension of the path it was opened by.
+    pub(crate) content_type: HeaderValue,
+    /// The whole file, for small files.
+    pub(crate) contents: Option<Bytes>,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if let Some(contents) = &self.contents {
+            CONTENT_BYTES.fetch_sub(contents.len() as i64, Relaxed);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,19 +125,20 @@ impl FileCache {
         CACHE.with_borrow_mut(f)
     }
 
-    /// Opens `rel` below `root`, from the cache when the entry is fresh.
+    /// Opens `rel` below `root`, from the cache when the entry is fresh
+    /// at `now`.
     pub(crate) fn open(
         &mut self,
         root: &Path,
         rel: &[u8],
+        now: Instant,
         config: &CacheConfig,
         counters: &CacheCounters,
     ) -> Result<Arc<Opened>, Errno> {
-        let now = Instant::now();
         if config.valid.is_zero() {
             counters.misses.fetch_add(1, Relaxed);
             let dir = open_root(root)?;
-            return open_beneath(&dir, rel).map(Arc::new);
+            return open_beneath(&dir, rel, 0).map(Arc::new);
         }
         let fresh = |checked: Instant| now.saturating_duration_since(checked) < config.valid;
         if let Some(root) = self.roots.get(root) {
@@ -150,7 +176,7 @@ impl FileCache {
             }
         };
         let dir = root_entry.dir.clone()?;
-        let opened = open_beneath(&dir, rel).map(Arc::new);
+        let opened = open_beneath(&dir, rel, config.content_max).map(Arc::new);
         let entry = Entry {
             opened: opened.clone(),
             checked: now,
@@ -190,8 +216,9 @@ fn open_root(root: &Path) -> Result<File, Errno> {
 }
 
 /// Opens `rel` below `dir`; the kernel refuses any resolution that leaves
-/// it (`..`, absolute or escaping symlinks, magic links).
-fn open_beneath(dir: &File, rel: &[u8]) -> Result<Opened, Errno> {
+/// it (`..`, absolute or escaping symlinks, magic links). Regular files up
+/// to `content_max` bytes are read whole.
+fn open_beneath(dir: &File, rel: &[u8], content_max: u64) -> Result<Opened, Errno> {
     let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
@@ -229,6 +256,12 @@ fn open_beneath(dir: &File, rel: &[u8]) -> Result<Opened, Errno> {
         meta.len()
     );
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified));
+    let contents = (kind == Kind::File && meta.len() > 0 && meta.len() <= content_max)
+        .then(|| read_whole(&file, meta.len()))
+        .flatten();
+    if let Some(contents) = &contents {
+        CONTENT_BYTES.fetch_add(contents.len() as i64, Relaxed);
+    }
     Ok(Opened {
         file,
         kind,
@@ -237,5 +270,16 @@ fn open_beneath(dir: &File, rel: &[u8]) -> Result<Opened, Errno> {
         // Hex digits, dots, dashes and an HTTP date are always valid values.
         etag: HeaderValue::try_from(etag).map_err(|_| Errno::INVAL)?,
         last_modified: HeaderValue::try_from(last_modified).map_err(|_| Errno::INVAL)?,
+        content_type: super::content_type(rel),
+        contents,
     })
+}
+
+/// Reads a small file whole; `None` (serve from the descriptor) when it
+/// changed length meanwhile or cannot be read.
+fn read_whole(file: &File, len: u64) -> Option<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; usize::try_from(len).ok()?];
+    file.read_exact_at(&mut buf, 0).ok()?;
+    Some(Bytes::from(buf))
 }
