@@ -31,7 +31,7 @@ mod response;
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use std::io::IoSlice;
@@ -41,7 +41,6 @@ use http::{HeaderMap, Method, Version};
 use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::head::{Framing, HeadError};
@@ -88,23 +87,26 @@ pub(crate) enum Outcome {
 
 /// Serves HTTP/1.1 requests on `stream` until the connection ends, or
 /// hands it over when it turns out to be HTTP/2.
+///
+/// `idle` is set while the connection waits for a request with nothing in
+/// flight: shutdown closes such connections at once (see `server`), and
+/// the others close after their response once `Shared::draining` is set.
 pub(crate) async fn serve(
     stream: &mut TcpStream,
     shared: &Shared,
     limits: &Limits,
-    shutdown: &mut watch::Receiver<bool>,
+    idle: &AtomicBool,
 ) -> Outcome {
     let mut conn = Conn {
         stream,
         shared,
         limits,
+        idle,
         buf: BytesMut::new(),
         out: Vec::new(),
         active: false,
     };
-    let outcome = conn.run(shutdown).await;
-    conn.set_active(false);
-    outcome
+    conn.run().await
 }
 
 /// One connection's state while the engine serves it.
@@ -112,6 +114,7 @@ struct Conn<'a> {
     stream: &'a mut TcpStream,
     shared: &'a Shared,
     limits: &'a Limits,
+    idle: &'a AtomicBool,
     /// Bytes read and not yet consumed: at most one head being read, plus
     /// whatever the client sent after it.
     buf: BytesMut,
@@ -121,8 +124,20 @@ struct Conn<'a> {
     active: bool,
 }
 
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        self.set_active(false);
+    }
+}
+
 impl Conn<'_> {
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+    async fn run(&mut self) -> Outcome {
+        // One timer for the connection's life, moved lazily: each request
+        // only notes its deadline, and the timer is re-armed when it fires
+        // early. No timer registration per request.
+        let timer = tokio::time::sleep(self.limits.header_timeout);
+        tokio::pin!(timer);
+        let mut idle_deadline = timer.deadline();
         let mut served = 0u64;
         loop {
             if self.buf.is_empty() {
@@ -130,25 +145,34 @@ impl Conn<'_> {
                 self.buf = BytesMut::new();
                 self.out = Vec::new();
                 self.set_active(false);
-                if *shutdown.borrow() {
+                if served > 0 {
+                    idle_deadline = Instant::now() + self.limits.idle_timeout;
+                    // Deadlines only move later, except from the first
+                    // request's header timeout to a shorter idle timeout.
+                    if timer.deadline() > idle_deadline {
+                        timer.as_mut().reset(idle_deadline);
+                    }
+                }
+                self.idle.store(true, Relaxed);
+                if self.shared.draining.load(Relaxed) {
                     return Outcome::Closed;
                 }
-                let wait = if served == 0 {
-                    self.limits.header_timeout
-                } else {
-                    self.limits.idle_timeout
-                };
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => return Outcome::Closed,
-                    first = tokio::time::timeout(wait, self.first_bytes()) => match first {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return Outcome::Closed,
-                        Err(_) => {
-                            self.shared.metrics.connections_timed_out.fetch_add(1, Relaxed);
-                            return Outcome::Closed;
+                let first = loop {
+                    tokio::select! {
+                        biased;
+                        first = self.first_bytes() => break first,
+                        () = &mut timer => {
+                            if timer.deadline() >= idle_deadline {
+                                self.shared.metrics.connections_timed_out.fetch_add(1, Relaxed);
+                                return Outcome::Closed;
+                            }
+                            timer.as_mut().reset(idle_deadline);
                         }
-                    },
+                    }
+                };
+                self.idle.store(false, Relaxed);
+                if first.is_err() {
+                    return Outcome::Closed;
                 }
             }
             self.set_active(true);
@@ -191,7 +215,7 @@ impl Conn<'_> {
             served += 1;
 
             // Decide what becomes of the connection before answering.
-            let mut keep = head.keep_alive && !*shutdown.borrow();
+            let mut keep = head.keep_alive && !self.shared.draining.load(Relaxed);
             let has_body = head.framing != Framing::None;
             let mut discard = 0;
             match head.framing {

@@ -3,16 +3,19 @@
 //! kernel spreads connections and no request crosses threads (nginx's
 //! worker model).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
 
 use crate::h1;
 use crate::h2::{self, Timeouts};
@@ -120,15 +123,19 @@ async fn accept_loop(
         }
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let guard = open.enter();
+        let idle = Arc::new(AtomicBool::new(false));
+        let guard = open.enter(Arc::clone(&shared));
+        let id = guard.id;
         let shared = Arc::clone(&shared);
         let limits = Arc::clone(&limits);
         let h2 = Arc::clone(&h2);
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        let conn_idle = Arc::clone(&idle);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
             let mut stream = stream;
             if let h1::Outcome::H2(read) =
-                h1::serve(&mut stream, &shared, &limits, &mut shutdown).await
+                h1::serve(&mut stream, &shared, &limits, &conn_idle).await
             {
                 let timeouts = Timeouts {
                     header: limits.header_timeout,
@@ -139,10 +146,11 @@ async fn accept_loop(
                 // in, is not as large as hyper's connection state.
                 Box::pin(serve).await;
             }
-            shared.metrics.connections_open.fetch_sub(1, Relaxed);
-            drop(guard);
         });
+        open.track(id, task.abort_handle(), idle);
     }
+    // Idle HTTP/1.1 connections close now; the others after their response.
+    open.close_idle();
     drop(listener);
     let remaining = open.count();
     if remaining > 0 {
@@ -166,23 +174,64 @@ fn reject(stream: &TcpStream) {
     let _ = stream.try_write(RESPONSE);
 }
 
-/// Counts a worker's open connections so shutdown can wait for them.
+/// A worker's open connections, so shutdown can close the idle ones at
+/// once and wait for the rest. Touched once when a connection opens and
+/// once when it closes, never per request.
 #[derive(Debug, Default)]
 struct OpenConnections {
-    count: std::sync::atomic::AtomicUsize,
+    live: Mutex<HashMap<u64, Tracked>>,
+    next_id: AtomicU64,
     closed: Notify,
 }
 
-struct OpenGuard(Arc<OpenConnections>);
+#[derive(Debug)]
+struct Tracked {
+    abort: AbortHandle,
+    /// Set by the connection while it waits for a request.
+    idle: Arc<AtomicBool>,
+}
+
+/// Removes its connection when the task ends, however it ends.
+struct OpenGuard {
+    id: u64,
+    open: Arc<OpenConnections>,
+    shared: Arc<Shared>,
+}
 
 impl OpenConnections {
-    fn enter(self: &Arc<Self>) -> OpenGuard {
-        self.count.fetch_add(1, Relaxed);
-        OpenGuard(Arc::clone(self))
+    fn enter(self: &Arc<Self>, shared: Arc<Shared>) -> OpenGuard {
+        OpenGuard {
+            id: self.next_id.fetch_add(1, Relaxed),
+            open: Arc::clone(self),
+            shared,
+        }
+    }
+
+    fn track(&self, id: u64, abort: AbortHandle, idle: Arc<AtomicBool>) {
+        // The task has not run yet (this runtime has one thread), so its
+        // guard cannot have removed it already.
+        self.lock().insert(id, Tracked { abort, idle });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracked>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn count(&self) -> usize {
-        self.count.load(Relaxed)
+        self.lock().len()
+    }
+
+    /// Ends every connection waiting for a request. A request that raced
+    /// in meanwhile is lost with its connection, as with any server closing
+    /// an idle keep-alive connection; clients retry those.
+    fn close_idle(&self) {
+        for tracked in self.lock().values() {
+            if tracked.idle.load(Relaxed) {
+                tracked.abort.abort();
+            }
+        }
     }
 
     async fn all_closed(&self) {
@@ -198,8 +247,11 @@ impl OpenConnections {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Relaxed) == 1 {
-            self.0.closed.notify_waiters();
+        self.shared.metrics.connections_open.fetch_sub(1, Relaxed);
+        let mut live = self.open.lock();
+        live.remove(&self.id);
+        if live.is_empty() {
+            self.open.closed.notify_waiters();
         }
     }
 }

@@ -275,6 +275,23 @@ fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
 }
 
 #[test]
+fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    // A grace period far longer than the test: idle connections must not
+    // wait for it, and the in-flight download must be let finish.
+    let (mut pier, _dir) = site(&["--shutdown-grace", "60s", "--read-chunk", "64KiB"]);
+    let mut idle = pier.connect();
+    assert_eq!(send(&mut idle, &request("GET", "/", &[])).status, 200);
+    let (mut busy, received) = start_big_download(&pier);
+    let started = Instant::now();
+    pier.begin_shutdown();
+    let mut buf = [0u8; 1];
+    assert_eq!(idle.read(&mut buf).expect("closed, not timed out"), 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let received = finish_download(&mut busy, received, 8 << 20);
+    assert_eq!(received, 8 << 20, "the in-flight download completed");
+}
+
+#[test]
 fn admin_reports_health_readiness_and_metrics() {
     let (pier, _dir) = site(&[]);
     assert_eq!(pier.admin("/healthz").status, 200);
