@@ -42,8 +42,8 @@ pub struct Args {
     #[arg(long, env = "PIER_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub idle_timeout: Duration,
 
-    /// Largest request head accepted (bytes, at least 8KiB); larger ones get 431.
-    #[arg(long, env = "PIER_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = bytes_at_least_8k)]
+    /// Largest request head accepted (8KiB to 1MiB); larger ones get 431.
+    #[arg(long, env = "PIER_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = header_size)]
     pub max_header_size: usize,
 
     /// HTTP/2 streams a client may have open at once on one connection.
@@ -75,7 +75,7 @@ pub struct Args {
     /// Files up to this size keep their contents in the open-file cache and
     /// leave with their response head in one write (at most this many bytes
     /// times --file-cache-entries per worker). `0` keeps no contents.
-    #[arg(long, env = "PIER_FILE_CACHE_CONTENT", default_value = "16KiB", value_parser = bytes)]
+    #[arg(long, env = "PIER_FILE_CACHE_CONTENT", default_value = "16KiB", value_parser = bytes_or_zero)]
     pub file_cache_content: usize,
 
     /// Most ranges honoured in one request; with more the whole file is sent.
@@ -137,12 +137,20 @@ pub(crate) fn bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
-fn bytes_at_least_8k(s: &str) -> Result<usize, String> {
+fn header_size(s: &str) -> Result<usize, String> {
     let n = bytes(s)?;
     if n < 8192 {
         return Err(format!("{s:?} is below the minimum of 8KiB"));
     }
+    if n > 1 << 20 {
+        return Err(format!("{s:?} is above the maximum of 1MiB"));
+    }
     Ok(n)
+}
+
+/// Like [`bytes`], with `0` allowed (a feature turned off).
+fn bytes_or_zero(s: &str) -> Result<usize, String> {
+    if s.trim() == "0" { Ok(0) } else { bytes(s) }
 }
 
 #[cfg(test)]
@@ -166,6 +174,9 @@ mod tests {
         assert_eq!(bytes("1MiB"), Ok(1 << 20));
         assert!(bytes("0").is_err());
         assert!(bytes("1TB").is_err());
-        assert!(bytes_at_least_8k("4KiB").is_err());
+        assert!(header_size("4KiB").is_err());
+        assert!(header_size("2MiB").is_err());
+        assert_eq!(header_size("64KiB"), Ok(64 << 10));
+        assert_eq!(bytes_or_zero("0"), Ok(0));
     }
 }

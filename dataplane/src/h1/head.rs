@@ -4,6 +4,7 @@
 //! head is split off and frozen, and the request's target and header values
 //! are slices of it: no copy, and no allocation beyond the header map.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
@@ -55,11 +56,12 @@ impl HeadError {
     }
 }
 
-/// Offsets of one header field within the head.
+/// Offsets and lengths of one header field within the head (a head is
+/// far smaller than 4 GiB).
 #[derive(Clone, Copy, Default)]
 struct Field {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read
@@ -68,11 +70,15 @@ struct Field {
 pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>, HeadError> {
     let mut fields = [Field::default(); MAX_HEADERS];
     let (len, method, target, minor, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
+        // Left uninitialised: httparse writes only the headers it finds.
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
         let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-        let len = match req.parse(buf) {
+        let offset = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            (start as u32, s.len() as u32)
+        };
+        let len = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) if len <= max_size => len,
             Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
             Ok(httparse::Status::Partial) if buf.len() >= max_size => {
@@ -104,17 +110,18 @@ pub(crate) fn parse(buf: &mut BytesMut, max_size: usize) -> Result<Option<Head>,
     build(&head, method, target, minor, &fields[..count]).map(Some)
 }
 
-fn slice(head: &Bytes, (start, len): (usize, usize)) -> Bytes {
+fn slice(head: &Bytes, (start, len): (u32, u32)) -> Bytes {
+    let start = start as usize;
     head.slice(Range {
         start,
-        end: start + len,
+        end: start + len as usize,
     })
 }
 
 fn build(
     head: &Bytes,
-    method: (usize, usize),
-    target: (usize, usize),
+    method: (u32, u32),
+    target: (u32, u32),
     minor: u8,
     fields: &[Field],
 ) -> Result<Head, HeadError> {
