@@ -18,6 +18,7 @@
 
 mod compile;
 mod model;
+pub mod wire;
 
 pub use compile::{Compiled, Invalid, Resources, RouteError, compile};
 pub use model::{Action, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
