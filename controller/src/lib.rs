@@ -1,15 +1,163 @@
-//! Pier's controller. For now it holds the piece every later part builds
-//! on: turning the route resources it will watch into a snapshot with the
-//! same pure function the dataplane's standalone mode uses.
+//! Pier's controller: watches route resources, compiles them with the same
+//! pure function the dataplane's standalone mode uses, writes their status,
+//! and pushes each new snapshot to every connected dataplane.
 //!
 //! ```text
-//!  API server ──watch──► reflector stores ──► pier_snapshot::compile ──► push to dataplanes
-//!                         (control-plane issue)                        (control-plane issue)
+//!  API server ──watch──► reflector stores ──► compile ──► Published snapshot
+//!      ▲                                                     │ HTTP/2 + TLS + token
+//!      └── status: Accepted, ResolvedRefs, Programmed ◄── acks ◄── dataplanes
 //! ```
+//!
+//! [`Controller::start`] runs it inside a tokio runtime (the binary and the
+//! end-to-end tests both use it).
 
-use pier_snapshot::{Compiled, Resources};
+mod admin;
+mod channel;
+mod fleet;
+mod metrics;
+mod reconcile;
+mod status;
 
-/// Compiles the resources currently in the stores into a snapshot.
-pub fn build(resources: &Resources) -> Compiled {
-    pier_snapshot::compile(resources)
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pier_snapshot::{Snapshot, wire};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use crate::channel::{ChannelError, tls_config};
+use crate::channel::{Published, Service};
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::reconcile::Reconciler;
+
+/// What the controller needs to run.
+#[derive(Debug)]
+pub struct Config {
+    /// Namespaces to watch; empty: all.
+    pub namespaces: Vec<String>,
+    /// Quiet time that coalesces a burst of changes into one build.
+    pub coalesce: Duration,
+    /// Where dataplanes connect for snapshots.
+    pub snapshot_listen: SocketAddr,
+    /// TLS of the snapshot service.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Bearer token dataplanes must present.
+    pub token: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub admin_listen: SocketAddr,
+}
+
+/// Why the controller cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The empty snapshot could not be encoded (a bug).
+    #[error("cannot encode the initial snapshot: {0}")]
+    Encode(#[from] wire::WireError),
+}
+
+/// A running controller; its tasks stop when it is dropped.
+#[derive(Debug)]
+pub struct Controller {
+    snapshot_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    _alive: watch::Sender<()>,
+}
+
+impl Controller {
+    /// Binds the listeners and starts watching, serving and reconciling.
+    ///
+    /// # Errors
+    /// A listener that cannot be bound.
+    pub async fn start(client: kube::Client, config: Config) -> Result<Self, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let snapshots = bind(config.snapshot_listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let snapshot_addr = local(&snapshots, config.snapshot_listen);
+        let admin_addr = local(&admin, config.admin_listen);
+
+        let empty = Snapshot::empty();
+        let (publish, published) = watch::channel(Arc::new(Published {
+            version: empty.version.clone(),
+            frame: Bytes::from(wire::encode(&empty)?),
+        }));
+        let (ready_tx, ready) = watch::channel(false);
+        // Dropped with the controller: every task it spawned then ends,
+        // connections included.
+        let (alive_tx, alive) = watch::channel(());
+        let fleet = Arc::new(Fleet::default());
+        let metrics = Arc::new(Metrics::default());
+        let service = Arc::new(Service {
+            token: config.token,
+            published: published.clone(),
+            fleet: Arc::clone(&fleet),
+            metrics: Arc::clone(&metrics),
+        });
+        let reconciler = Reconciler {
+            client,
+            namespaces: config.namespaces,
+            coalesce: config.coalesce,
+            fleet: Arc::clone(&fleet),
+            metrics: Arc::clone(&metrics),
+            publish,
+            ready: ready_tx,
+            alive: alive.clone(),
+        };
+        let tasks = vec![
+            tokio::spawn(reconciler.run()),
+            // Dataplanes get snapshots only once the stores are complete.
+            tokio::spawn({
+                let mut ready = ready.clone();
+                async move {
+                    if ready.wait_for(|r| *r).await.is_ok() {
+                        channel::serve(snapshots, config.tls, service, alive).await;
+                    }
+                }
+            }),
+            tokio::spawn(admin::serve(admin, fleet, metrics, published, ready)),
+        ];
+        tracing::info!(snapshots = %snapshot_addr, admin = %admin_addr, "controller started");
+        Ok(Self {
+            snapshot_addr,
+            admin_addr,
+            tasks,
+            _alive: alive_tx,
+        })
+    }
+
+    /// Address of the snapshot service.
+    pub fn snapshot_addr(&self) -> SocketAddr {
+        self.snapshot_addr
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }

@@ -105,7 +105,7 @@ impl Decoder {
     /// # Errors
     /// A frame over the limit or with malformed JSON; the stream should
     /// then be closed, since framing is lost.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+    pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         let Some(prefix) = self.buf.first_chunk::<4>() else {
             return Ok(None);
         };
@@ -152,7 +152,7 @@ mod tests {
             let mut got = Vec::new();
             for piece in stream.chunks(chunk) {
                 decoder.push(piece);
-                while let Some(m) = decoder.next::<DataplaneMessage>().expect("valid") {
+                while let Some(m) = decoder.decode::<DataplaneMessage>().expect("valid") {
                     got.push(m);
                 }
             }
@@ -166,7 +166,7 @@ mod tests {
         let snapshot = Snapshot::empty();
         let mut decoder = Decoder::default();
         decoder.push(&encode(&snapshot).expect("encodes"));
-        let back: Snapshot = decoder.next().expect("valid").expect("complete");
+        let back: Snapshot = decoder.decode().expect("valid").expect("complete");
         assert_eq!(back, snapshot);
         assert!(back.is_consistent());
     }
@@ -175,10 +175,10 @@ mod tests {
     fn oversized_and_malformed_frames_are_errors() {
         let mut decoder = Decoder::default();
         decoder.push(&u32::MAX.to_be_bytes());
-        assert!(matches!(decoder.next::<Ack>(), Err(WireError::TooLarge(_))));
+        assert!(matches!(decoder.decode::<Ack>(), Err(WireError::TooLarge(_))));
 
         let mut decoder = Decoder::default();
         decoder.push(&[0, 0, 0, 2, b'{', b'x']);
-        assert!(matches!(decoder.next::<Ack>(), Err(WireError::Json(_))));
+        assert!(matches!(decoder.decode::<Ack>(), Err(WireError::Json(_))));
     }
 }

@@ -1,0 +1,246 @@
+//! The dataplanes connected to this controller and the snapshot version
+//! each one acknowledged, so route status can say where a route is served.
+//!
+//! The contents of the last [`VERSIONS_KEPT`] published snapshots are kept
+//! (route → generation); an acknowledgement of an older version counts as
+//! serving nothing current. Touched on connect, disconnect, ack and
+//! publish, never on a dataplane's request path.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use pier_snapshot::RouteKey;
+use tokio::sync::watch;
+
+use crate::status::Programming;
+
+/// Published snapshot versions whose contents are remembered.
+pub(crate) const VERSIONS_KEPT: usize = 32;
+
+/// Which generation of each route a snapshot version holds.
+pub(crate) type Contents = HashMap<RouteKey, i64>;
+
+/// Connected dataplanes.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    state: Mutex<State>,
+    /// Bumped on every change that can move a route's `Programmed`.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    dataplanes: HashMap<u64, Dataplane>,
+    versions: VecDeque<(String, Arc<Contents>, Instant)>,
+}
+
+#[derive(Debug)]
+struct Dataplane {
+    name: String,
+    acked: Option<String>,
+    rejected: Option<(String, String)>,
+}
+
+/// One dataplane as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DataplaneView {
+    pub(crate) name: String,
+    pub(crate) acked: Option<String>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Fleet {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Notified whenever programming may have changed.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Remembers what a newly published version holds.
+    pub(crate) fn published(&self, version: &str, contents: Arc<Contents>) {
+        let mut state = self.lock();
+        if state.versions.iter().any(|(v, _, _)| v == version) {
+            return;
+        }
+        state
+            .versions
+            .push_back((version.to_owned(), contents, Instant::now()));
+        while state.versions.len() > VERSIONS_KEPT {
+            state.versions.pop_front();
+        }
+    }
+
+    /// Registers a connected dataplane; returns its connection id.
+    pub(crate) fn connect(&self, name: &str) -> u64 {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.dataplanes.insert(
+            id,
+            Dataplane {
+                name: name.to_owned(),
+                acked: None,
+                rejected: None,
+            },
+        );
+        drop(state);
+        self.bump();
+        id
+    }
+
+    pub(crate) fn disconnect(&self, id: u64) {
+        self.lock().dataplanes.remove(&id);
+        self.bump();
+    }
+
+    /// Records an acknowledgement. Returns how long ago the version was
+    /// published, for the push-to-ack histogram.
+    pub(crate) fn ack(&self, id: u64, version: &str, rejected: Option<String>) -> Option<Duration> {
+        let mut state = self.lock();
+        let published = state
+            .versions
+            .iter()
+            .find(|(v, _, _)| v == version)
+            .map(|(_, _, at)| at.elapsed());
+        if let Some(dataplane) = state.dataplanes.get_mut(&id) {
+            match rejected {
+                None => dataplane.acked = Some(version.to_owned()),
+                Some(reason) => dataplane.rejected = Some((version.to_owned(), reason)),
+            }
+        }
+        drop(state);
+        self.bump();
+        published
+    }
+
+    /// Where generation `generation` of `route` is served.
+    pub(crate) fn programming(&self, route: &RouteKey, generation: i64) -> Programming {
+        let state = self.lock();
+        let connected = state.dataplanes.len();
+        if connected == 0 {
+            return Programming::NoDataplanes;
+        }
+        let serving = state
+            .dataplanes
+            .values()
+            .filter(|d| {
+                d.acked.as_deref().is_some_and(|acked| {
+                    state
+                        .versions
+                        .iter()
+                        .find(|(v, _, _)| v == acked)
+                        .is_some_and(|(_, contents, _)| contents.get(route) == Some(&generation))
+                })
+            })
+            .count();
+        if serving == connected {
+            Programming::Programmed { connected }
+        } else {
+            Programming::Pending { serving, connected }
+        }
+    }
+
+    /// Connected dataplanes and their acknowledged versions.
+    pub(crate) fn dataplanes(&self) -> Vec<DataplaneView> {
+        let mut all: Vec<DataplaneView> = self
+            .lock()
+            .dataplanes
+            .values()
+            .map(|d| DataplaneView {
+                name: d.name.clone(),
+                acked: d.acked.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pier_snapshot::RouteKind;
+
+    use super::*;
+
+    fn key(name: &str) -> RouteKey {
+        RouteKey {
+            kind: RouteKind::StaticRoute,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_route_is_programmed_once_every_dataplane_acked_its_generation() {
+        let fleet = Fleet::default();
+        assert_eq!(fleet.programming(&key("a"), 1), Programming::NoDataplanes);
+        fleet.published("v1", Arc::new([(key("a"), 1)].into()));
+        fleet.published("v2", Arc::new([(key("a"), 2)].into()));
+        let one = fleet.connect("dp-1");
+        let two = fleet.connect("dp-2");
+        fleet.ack(one, "v2", None);
+        assert_eq!(
+            fleet.programming(&key("a"), 2),
+            Programming::Pending {
+                serving: 1,
+                connected: 2
+            }
+        );
+        fleet.ack(two, "v1", None);
+        assert_eq!(
+            fleet.programming(&key("a"), 2),
+            Programming::Pending {
+                serving: 1,
+                connected: 2
+            },
+            "an older generation does not count"
+        );
+        fleet.ack(two, "v2", None);
+        assert_eq!(
+            fleet.programming(&key("a"), 2),
+            Programming::Programmed { connected: 2 }
+        );
+        fleet.ack(one, "v3", Some("inconsistent".into()));
+        assert_eq!(
+            fleet.programming(&key("a"), 2),
+            Programming::Programmed { connected: 2 },
+            "a rejected push leaves what was served"
+        );
+        fleet.disconnect(two);
+        assert_eq!(fleet.dataplanes().len(), 1);
+    }
+
+    #[test]
+    fn only_recent_versions_are_remembered() {
+        let fleet = Fleet::default();
+        for i in 0..=VERSIONS_KEPT {
+            fleet.published(&format!("v{i}"), Arc::new([(key("a"), 1)].into()));
+        }
+        let id = fleet.connect("dp");
+        fleet.ack(id, "v0", None);
+        assert_eq!(
+            fleet.programming(&key("a"), 1),
+            Programming::Pending {
+                serving: 0,
+                connected: 1
+            }
+        );
+    }
+}
