@@ -1,6 +1,13 @@
 //! `StaticRoute` and the pieces every route kind shares.
+//!
+//! CEL rules (`#[x_kube(validation = …)]`) let the API server refuse what
+//! its schema can judge; the rest is reported in status by the compiler.
 
-use kube::CustomResource;
+// kube's `KubeSchema` derive re-declares each struct, `pub`, inside a
+// function; every type here is re-exported from the crate root anyway.
+#![allow(unreachable_pub)]
+
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +18,7 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 /// The matched path prefix is stripped before the file is looked up, like
 /// nginx's `alias`: with `path: {type: PathPrefix, value: /assets}` and
 /// `root: /srv/a`, the request `/assets/x.png` reads `/srv/a/x.png`.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[kube(
     group = "pier.dev",
     version = "v1alpha1",
@@ -34,6 +41,7 @@ pub struct StaticRouteSpec {
     /// one leading wildcard label (`*.cdn.example.com`, matching any name
     /// below it). Empty or absent: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253), regex(pattern = HOST_PATTERN)))]
     pub hosts: Vec<String>,
 
     /// Which request paths the route matches. Absent: `PathPrefix /`.
@@ -41,14 +49,20 @@ pub struct StaticRouteSpec {
     pub path: Option<PathMatch>,
 
     /// Absolute path of the directory in the dataplane that files are served from.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("root must be an absolute path in the dataplane"))]
+    #[schemars(length(min = 1, max = 4096))]
     pub root: String,
 
     /// File served for a request naming a directory. Default `index.html`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.contains('/') && self != '.' && self != '..'").message("index must be a file name, without '/'"))]
+    #[schemars(length(min = 1, max = 255))]
     pub index: Option<String>,
 
     /// `Cache-Control` header value sent with every file of this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.matches('[\\r\\n\\x00]')").message("cacheControl must not contain CR, LF or NUL"))]
+    #[schemars(length(max = 1024))]
     pub cache_control: Option<String>,
 
     /// Serve `FILE.br` or `FILE.gz` instead of `FILE` when it exists and the
@@ -59,17 +73,26 @@ pub struct StaticRouteSpec {
     /// Path, relative to `root`, served with status 200 when the requested
     /// file does not exist (single-page applications).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("fallback must start with '/'"))]
+    #[schemars(length(max = 4096))]
     pub fallback: Option<String>,
 }
 
+/// Host names: DNS labels, optionally behind one leading `*.` wildcard
+/// label (Gateway API's hostname shape).
+const HOST_PATTERN: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
 /// Gateway API's path match: a type and a value.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PathMatch {
     /// How `value` is compared with the request path. Default `PathPrefix`.
     #[serde(default, rename = "type")]
     pub kind: PathMatchType,
     /// The path to match; it starts with `/`.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with '/'"))]
+    #[schemars(length(min = 1, max = 4096))]
     pub value: String,
 }
 

@@ -10,8 +10,38 @@ use std::time::Duration;
 #[command(name = "pier-dataplane", version, about)]
 pub struct Args {
     /// Directory of route manifests to serve (standalone mode); watched for changes.
-    #[arg(long, env = "PIER_ROUTES")]
-    pub routes: PathBuf,
+    #[arg(
+        long,
+        env = "PIER_ROUTES",
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    pub routes: Option<PathBuf>,
+
+    /// Controller to take snapshots from (cluster mode), as https://HOST:PORT.
+    #[arg(long, env = "PIER_CONTROLLER", requires_all = ["controller_ca", "controller_token_file"])]
+    pub controller: Option<String>,
+
+    /// PEM CA certificate(s) that sign the controller's certificate.
+    #[arg(long, env = "PIER_CONTROLLER_CA")]
+    pub controller_ca: Option<PathBuf>,
+
+    /// File holding the bearer token of the snapshot service.
+    #[arg(long, env = "PIER_CONTROLLER_TOKEN_FILE")]
+    pub controller_token_file: Option<PathBuf>,
+
+    /// Name to verify in the controller's certificate (default: the URL's host).
+    #[arg(long, env = "PIER_CONTROLLER_SERVER_NAME")]
+    pub controller_server_name: Option<String>,
+
+    /// File keeping the last applied snapshot, served at start while the
+    /// controller is unreachable (cluster mode).
+    #[arg(long, env = "PIER_SNAPSHOT_STORE")]
+    pub snapshot_store: Option<PathBuf>,
+
+    /// This dataplane's name for the controller (default: $POD_NAME, then the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub name: Option<String>,
 
     /// Address for client traffic.
     #[arg(long, env = "PIER_LISTEN", default_value = "0.0.0.0:8080")]

@@ -17,6 +17,7 @@
 mod admin;
 pub mod args;
 mod body;
+mod controlplane;
 mod files;
 mod h1;
 mod h2;
@@ -50,6 +51,9 @@ pub enum StartError {
     /// The routes directory could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The controller connection is misconfigured.
+    #[error(transparent)]
+    Controller(#[from] controlplane::ChannelError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -64,6 +68,18 @@ pub enum StartError {
     Runtime(#[source] io::Error),
 }
 
+/// Where snapshots come from.
+#[derive(Debug)]
+enum Source {
+    /// Standalone: a routes directory, as it was when first loaded.
+    Routes {
+        dir: PathBuf,
+        loaded: standalone::Fingerprint,
+    },
+    /// Cluster mode: the controller.
+    Controller(Box<controlplane::Upstream>),
+}
+
 /// A dataplane with its listeners bound, ready to [`run`](Dataplane::run).
 #[derive(Debug)]
 pub struct Dataplane {
@@ -71,9 +87,7 @@ pub struct Dataplane {
     listeners: Vec<std::net::TcpListener>,
     admin: std::net::TcpListener,
     listen_addr: SocketAddr,
-    routes: PathBuf,
-    /// The routes directory as it was when the first snapshot was loaded.
-    loaded: standalone::Fingerprint,
+    source: Source,
     watch_interval: Duration,
     limits: ConnLimits,
 }
@@ -86,6 +100,12 @@ impl Dataplane {
         // Destructured so that a flag nobody reads fails to compile.
         let Args {
             routes,
+            controller,
+            controller_ca,
+            controller_token_file,
+            controller_server_name,
+            snapshot_store,
+            name,
             listen,
             admin,
             workers,
@@ -120,8 +140,40 @@ impl Dataplane {
             },
             max_connections.get(),
         ));
-        let loaded = standalone::fingerprint(&routes);
-        shared.apply(standalone::load(&routes)?);
+        let source = match (routes, controller, controller_ca, controller_token_file) {
+            (Some(dir), ..) => {
+                let loaded = standalone::fingerprint(&dir);
+                shared.apply(standalone::load(&dir)?);
+                Source::Routes { dir, loaded }
+            }
+            (None, Some(url), Some(ca), Some(token)) => {
+                let name = name
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| "pier-dataplane".to_owned());
+                let upstream = controlplane::Upstream::new(
+                    &url,
+                    &ca,
+                    &token,
+                    controller_server_name.as_deref(),
+                    name,
+                    snapshot_store,
+                )?;
+                if let Some(stored) = upstream.stored() {
+                    tracing::info!(version = %stored.version, "serving the stored snapshot until the controller answers");
+                    shared.apply(pier_snapshot::Compiled {
+                        snapshot: stored,
+                        errors: Vec::new(),
+                    });
+                }
+                Source::Controller(Box::new(upstream))
+            }
+            // clap requires --routes or --controller with its CA and token.
+            _ => {
+                return Err(StartError::Runtime(io::Error::other(
+                    "give --routes DIR, or --controller URL with --controller-ca and --controller-token-file",
+                )));
+            }
+        };
 
         let backlog = i32::try_from(backlog.get()).unwrap_or(i32::MAX);
         let listeners =
@@ -145,8 +197,7 @@ impl Dataplane {
             listeners,
             admin,
             listen_addr,
-            routes,
-            loaded,
+            source,
             watch_interval,
             limits: ConnLimits {
                 h1: h1::Limits {
@@ -196,14 +247,24 @@ impl Dataplane {
             let admin =
                 tokio::net::TcpListener::from_std(self.admin).map_err(StartError::Runtime)?;
             tokio::spawn(admin::serve(admin, Arc::clone(&shared), stopped.clone()));
-            tokio::spawn(standalone::watch(
-                self.routes,
-                self.loaded,
-                self.watch_interval,
-                Arc::clone(&shared),
-                stopped.clone(),
-            ));
-            shared.ready.store(true, Relaxed);
+            match self.source {
+                Source::Routes { dir, loaded } => {
+                    tokio::spawn(standalone::watch(
+                        dir,
+                        loaded,
+                        self.watch_interval,
+                        Arc::clone(&shared),
+                        stopped.clone(),
+                    ));
+                }
+                Source::Controller(upstream) => {
+                    tokio::spawn(controlplane::run(
+                        *upstream,
+                        Arc::clone(&shared),
+                        stopped.clone(),
+                    ));
+                }
+            }
             tracing::info!(listen = %self.listen_addr, workers = workers.len(), "serving");
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");

@@ -127,6 +127,8 @@ pub(crate) struct Metrics {
     pub(crate) snapshot_applied_unix: AtomicU64,
     pub(crate) snapshot_version: ArcSwap<String>,
     pub(crate) file_cache: CacheCounters,
+    /// Cluster mode: a snapshot stream to the controller is open.
+    pub(crate) controller_connected: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -145,6 +147,7 @@ impl Default for Metrics {
             snapshot_applied_unix: AtomicU64::new(0),
             snapshot_version: ArcSwap::from_pointee(String::new()),
             file_cache: CacheCounters::default(),
+            controller_connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -298,6 +301,12 @@ impl Metrics {
         for (name, kind, help, value) in figures {
             out.plain(name, kind, help, value);
         }
+        out.plain(
+            "controller_connected",
+            "gauge",
+            "Cluster mode: 1 while a snapshot stream to the controller is open.",
+            i128::from(u8::from(self.controller_connected.load(Relaxed))),
+        );
         allocator(&mut out);
         out.text
     }

@@ -35,7 +35,8 @@ pub(crate) struct Shared {
     pub(crate) table: ArcSwap<Table>,
     pub(crate) metrics: Metrics,
     pub(crate) files: FileLimits,
-    /// Set once the first snapshot is active and listeners are bound.
+    /// Set once a snapshot is active (listeners are bound before any
+    /// request can ask).
     pub(crate) ready: AtomicBool,
     /// Set when shutdown begins; `/readyz` then fails so load balancers stop
     /// sending new connections while in-flight requests finish.
@@ -82,6 +83,8 @@ impl Shared {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         m.snapshot_applied_unix.store(now, Relaxed);
+        // Serving a snapshot: ready (once the admin listener asks).
+        self.ready.store(true, Relaxed);
         tracing::info!(%version, routes, invalid = compiled.errors.len(), "snapshot applied");
     }
 
