@@ -1,0 +1,198 @@
+//! A whole Pier installation for one test: a real API server (the
+//! harness), the controller in-process, and one dataplane in-process in
+//! cluster mode, talking over TLS with a bearer token as in a cluster.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pier_controller::Controller;
+use pier_dataplane::{Args, Dataplane};
+use pier_e2e::ControlPlane;
+use tempfile::TempDir;
+
+const TOKEN: &str = "e2e-snapshot-token";
+
+/// Polls `check` until it holds; panics naming `what` after 60 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Cluster {
+    pub cp: ControlPlane,
+    dir: TempDir,
+    controller: Option<Controller>,
+    /// Kept across controller restarts so the dataplane finds it again.
+    snapshot_addr: SocketAddr,
+    dataplane: Option<Running>,
+}
+
+impl Cluster {
+    /// A control plane with Pier's CRDs, a controller and a dataplane.
+    pub async fn start() -> Self {
+        let cp = ControlPlane::start().await.expect("control plane starts");
+        cp.install_pier_crds().await.expect("CRDs installed");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = cp
+            .issue_serving_cert("pier-controller")
+            .expect("snapshot service certificate");
+        std::fs::write(dir.path().join("tls.crt"), cert).expect("write cert");
+        std::fs::write(dir.path().join("tls.key"), key).expect("write key");
+        std::fs::write(dir.path().join("ca.crt"), cp.ca_pem()).expect("write CA");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("write token");
+        let mut cluster = Self {
+            cp,
+            dir,
+            controller: None,
+            snapshot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dataplane: None,
+        };
+        cluster.start_controller().await;
+        cluster.dataplane = Some(cluster.start_dataplane());
+        cluster
+    }
+
+    /// Starts the controller on the snapshot address used so far.
+    pub async fn start_controller(&mut self) {
+        let tls = pier_controller::tls_config(
+            &self.dir.path().join("tls.crt"),
+            &self.dir.path().join("tls.key"),
+        )
+        .expect("TLS config");
+        let controller = Controller::start(
+            self.cp.client(),
+            pier_controller::Config {
+                namespaces: Vec::new(),
+                coalesce: Duration::from_millis(50),
+                snapshot_listen: self.snapshot_addr,
+                tls,
+                token: TOKEN.to_owned(),
+                admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+        )
+        .await
+        .expect("controller starts");
+        self.snapshot_addr = controller.snapshot_addr();
+        self.controller = Some(controller);
+    }
+
+    pub fn stop_controller(&mut self) {
+        self.controller = None;
+    }
+
+    pub fn controller(&self) -> Option<&Controller> {
+        self.controller.as_ref()
+    }
+
+    fn start_dataplane(&self) -> Running {
+        let path = |name: &str| self.dir.path().join(name).to_string_lossy().into_owned();
+        let url = format!("https://{}", self.snapshot_addr);
+        let argv = [
+            "pier-dataplane",
+            "--controller",
+            &url,
+            "--controller-ca",
+            &path("ca.crt"),
+            "--controller-token-file",
+            &path("token"),
+            "--controller-server-name",
+            "localhost",
+            "--snapshot-store",
+            &path("snapshot.json"),
+            "--name",
+            "dataplane-0",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--shutdown-grace",
+            "1s",
+        ];
+        let args = Args::try_parse_from(argv).expect("flags parse");
+        Running::start(Dataplane::bind(args).expect("dataplane starts"))
+    }
+
+    /// Stops the dataplane and starts a new one with the same store.
+    pub fn restart_dataplane(&mut self) {
+        self.dataplane = None;
+        self.dataplane = Some(self.start_dataplane());
+    }
+
+    /// A directory of files under the test's temp dir; returns its path.
+    pub fn docroot(&self, name: &str, files: &[(&str, &str)]) -> String {
+        let root: PathBuf = self.dir.path().join("docroots").join(name);
+        std::fs::create_dir_all(&root).expect("docroot");
+        for (file, contents) in files {
+            std::fs::write(root.join(file), contents).expect("write file");
+        }
+        root.to_string_lossy().into_owned()
+    }
+
+    /// `GET path` with `Host: host` from the dataplane: status and body,
+    /// or `None` when the connection fails.
+    pub fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
+        let addr = self.dataplane.as_ref()?.addr;
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).ok()?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    }
+}
+
+/// A dataplane running on its own thread until dropped.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(dataplane: Dataplane) -> Self {
+        let addr = dataplane.listen_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            dataplane
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .expect("dataplane runs");
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
