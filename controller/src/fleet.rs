@@ -6,7 +6,7 @@
 //! serving nothing current. Touched on connect, disconnect, ack and
 //! publish, never on a dataplane's request path.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -130,27 +130,41 @@ impl Fleet {
         published
     }
 
-    /// Where generation `generation` of `route` is served.
-    pub(crate) fn programming(&self, route: &RouteKey, generation: i64) -> Programming {
+    /// Where generation `generation` of `route` is served, counting this
+    /// replica's dataplanes and those `remote` replicas report (name →
+    /// acknowledged version; a name connected here counts once).
+    pub(crate) fn programming(
+        &self,
+        route: &RouteKey,
+        generation: i64,
+        remote: &BTreeMap<String, String>,
+    ) -> Programming {
         let state = self.lock();
-        let connected = state.dataplanes.len();
-        if connected == 0 {
-            return Programming::NoDataplanes;
-        }
-        let serving = state
+        let serves = |acked: Option<&str>| {
+            acked.is_some_and(|acked| {
+                state
+                    .versions
+                    .iter()
+                    .find(|(v, _, _)| v == acked)
+                    .is_some_and(|(_, contents, _)| contents.get(route) == Some(&generation))
+            })
+        };
+        let local = state
             .dataplanes
             .values()
-            .filter(|d| {
-                d.acked.as_deref().is_some_and(|acked| {
-                    state
-                        .versions
-                        .iter()
-                        .find(|(v, _, _)| v == acked)
-                        .is_some_and(|(_, contents, _)| contents.get(route) == Some(&generation))
-                })
-            })
-            .count();
-        if serving == connected {
+            .map(|d| (d.name.as_str(), serves(d.acked.as_deref())));
+        let elsewhere = remote
+            .iter()
+            .filter(|(name, _)| !state.dataplanes.values().any(|d| &d.name == *name))
+            .map(|(name, version)| (name.as_str(), serves(Some(version))));
+        let (mut connected, mut serving) = (0, 0);
+        for (_, ok) in local.chain(elsewhere) {
+            connected += 1;
+            serving += usize::from(ok);
+        }
+        if connected == 0 {
+            Programming::NoDataplanes
+        } else if serving == connected {
             Programming::Programmed { connected }
         } else {
             Programming::Pending { serving, connected }
@@ -189,15 +203,19 @@ mod tests {
 
     #[test]
     fn a_route_is_programmed_once_every_dataplane_acked_its_generation() {
+        let none = BTreeMap::new();
         let fleet = Fleet::default();
-        assert_eq!(fleet.programming(&key("a"), 1), Programming::NoDataplanes);
+        assert_eq!(
+            fleet.programming(&key("a"), 1, &none),
+            Programming::NoDataplanes
+        );
         fleet.published("v1", Arc::new([(key("a"), 1)].into()));
         fleet.published("v2", Arc::new([(key("a"), 2)].into()));
         let one = fleet.connect("dp-1");
         let two = fleet.connect("dp-2");
         fleet.ack(one, "v2", None);
         assert_eq!(
-            fleet.programming(&key("a"), 2),
+            fleet.programming(&key("a"), 2, &none),
             Programming::Pending {
                 serving: 1,
                 connected: 2
@@ -205,7 +223,7 @@ mod tests {
         );
         fleet.ack(two, "v1", None);
         assert_eq!(
-            fleet.programming(&key("a"), 2),
+            fleet.programming(&key("a"), 2, &none),
             Programming::Pending {
                 serving: 1,
                 connected: 2
@@ -214,12 +232,12 @@ mod tests {
         );
         fleet.ack(two, "v2", None);
         assert_eq!(
-            fleet.programming(&key("a"), 2),
+            fleet.programming(&key("a"), 2, &none),
             Programming::Programmed { connected: 2 }
         );
         fleet.ack(one, "v3", Some("inconsistent".into()));
         assert_eq!(
-            fleet.programming(&key("a"), 2),
+            fleet.programming(&key("a"), 2, &none),
             Programming::Programmed { connected: 2 },
             "a rejected push leaves what was served"
         );
@@ -228,7 +246,37 @@ mod tests {
     }
 
     #[test]
+    fn dataplanes_of_other_replicas_count_too() {
+        let fleet = Fleet::default();
+        fleet.published("v1", Arc::new([(key("a"), 1)].into()));
+        fleet.published("v2", Arc::new([(key("a"), 2)].into()));
+        let local = fleet.connect("dp-1");
+        fleet.ack(local, "v2", None);
+        let mut remote = BTreeMap::from([("dp-2".to_owned(), "v1".to_owned())]);
+        assert_eq!(
+            fleet.programming(&key("a"), 2, &remote),
+            Programming::Pending {
+                serving: 1,
+                connected: 2
+            }
+        );
+        remote.insert("dp-2".into(), "v2".into());
+        // The same dataplane reported stale elsewhere counts once, as here.
+        remote.insert("dp-1".into(), "v1".into());
+        assert_eq!(
+            fleet.programming(&key("a"), 2, &remote),
+            Programming::Programmed { connected: 2 }
+        );
+        fleet.disconnect(local);
+        assert_eq!(
+            fleet.programming(&key("a"), 2, &BTreeMap::new()),
+            Programming::NoDataplanes
+        );
+    }
+
+    #[test]
     fn only_recent_versions_are_remembered() {
+        let none = BTreeMap::new();
         let fleet = Fleet::default();
         for i in 0..=VERSIONS_KEPT {
             fleet.published(&format!("v{i}"), Arc::new([(key("a"), 1)].into()));
@@ -236,7 +284,7 @@ mod tests {
         let id = fleet.connect("dp");
         fleet.ack(id, "v0", None);
         assert_eq!(
-            fleet.programming(&key("a"), 1),
+            fleet.programming(&key("a"), 1, &none),
             Programming::Pending {
                 serving: 0,
                 connected: 1

@@ -14,6 +14,7 @@
 mod admin;
 mod channel;
 mod fleet;
+mod lease;
 mod metrics;
 mod reconcile;
 mod status;
@@ -31,6 +32,7 @@ use tokio::task::JoinHandle;
 pub use crate::channel::{ChannelError, tls_config};
 use crate::channel::{Published, Service};
 use crate::fleet::Fleet;
+pub use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 
@@ -49,6 +51,9 @@ pub struct Config {
     pub token: String,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub admin_listen: SocketAddr,
+    /// Leader election among replicas; `None`: this replica always leads
+    /// (a single replica).
+    pub lease: Option<LeaseConfig>,
 }
 
 /// Why the controller cannot start.
@@ -74,6 +79,7 @@ pub struct Controller {
     snapshot_addr: SocketAddr,
     admin_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    election: Option<JoinHandle<()>>,
     _alive: watch::Sender<()>,
 }
 
@@ -104,6 +110,7 @@ impl Controller {
         // connections included.
         let (alive_tx, alive) = watch::channel(());
         let fleet = Arc::new(Fleet::default());
+        let (leader_tx, leader) = watch::channel(config.lease.is_none());
         let metrics = Arc::new(Metrics::default());
         let service = Arc::new(Service {
             token: config.token,
@@ -112,7 +119,7 @@ impl Controller {
             metrics: Arc::clone(&metrics),
         });
         let reconciler = Reconciler {
-            client,
+            client: client.clone(),
             namespaces: config.namespaces,
             coalesce: config.coalesce,
             fleet: Arc::clone(&fleet),
@@ -120,8 +127,26 @@ impl Controller {
             publish,
             ready: ready_tx,
             alive: alive.clone(),
+            leader: leader.clone(),
+            lease: config.lease.clone(),
         };
-        let tasks = vec![
+        let mut tasks = Vec::new();
+        let mut election = None;
+        if let Some(lease) = config.lease {
+            election = Some(tokio::spawn(lease::elect(
+                client.clone(),
+                lease.clone(),
+                leader_tx,
+                alive.clone(),
+            )));
+            tasks.push(tokio::spawn(lease::report(
+                client,
+                lease,
+                Arc::clone(&fleet),
+                alive.clone(),
+            )));
+        }
+        tasks.extend([
             tokio::spawn(reconciler.run()),
             // Dataplanes get snapshots only once the stores are complete.
             tokio::spawn({
@@ -133,12 +158,13 @@ impl Controller {
                 }
             }),
             tokio::spawn(admin::serve(admin, fleet, metrics, published, ready)),
-        ];
+        ]);
         tracing::info!(snapshots = %snapshot_addr, admin = %admin_addr, "controller started");
         Ok(Self {
             snapshot_addr,
             admin_addr,
             tasks,
+            election,
             _alive: alive_tx,
         })
     }
@@ -152,11 +178,21 @@ impl Controller {
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
+
+    /// Stops the controller, giving up its lease (if it leads) before the
+    /// tasks end, so another replica takes over at once.
+    pub async fn stop(mut self) {
+        drop(std::mem::replace(&mut self._alive, watch::channel(()).0));
+        // The election task releases the lease on its way out.
+        if let Some(election) = self.election.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+        }
+    }
 }
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.election) {
             task.abort();
         }
     }

@@ -38,8 +38,33 @@ struct Args {
     admin: SocketAddr,
 
     /// Quiet time that coalesces a burst of changes into one build.
-    #[arg(long, env = "PIER_COALESCE", default_value = "100ms", value_parser = millis)]
+    #[arg(long, env = "PIER_COALESCE", default_value = "100ms", value_parser = duration)]
     coalesce: Duration,
+
+    /// Elect one status writer among replicas with a Lease (turn off only
+    /// for a single replica outside a cluster).
+    #[arg(long, env = "PIER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+
+    /// Namespace of the election Lease and the replica reports.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+
+    /// Name of the election Lease.
+    #[arg(long, env = "PIER_LEASE_NAME", default_value = "pier-controller")]
+    lease_name: String,
+
+    /// This replica's identity (default: $POD_NAME, then the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// How long a leader holds the Lease without renewing it.
+    #[arg(long, env = "PIER_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    lease_duration: Duration,
+
+    /// How often the leader renews (and followers retry).
+    #[arg(long, env = "PIER_LEASE_RENEW", default_value = "5s", value_parser = duration)]
+    lease_renew: Duration,
 
     /// Log format: `text` or `json`.
     #[arg(long, env = "PIER_LOG_FORMAT", default_value = "text")]
@@ -56,11 +81,18 @@ enum LogFormat {
     Json,
 }
 
-fn millis(s: &str) -> Result<Duration, String> {
-    let n = s.trim().strip_suffix("ms").unwrap_or(s.trim());
-    n.parse()
-        .map(Duration::from_millis)
-        .map_err(|_| format!("{s:?} is not a duration in milliseconds such as 100ms"))
+/// `100ms`, `15s` or a plain number of seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let parsed = if let Some(ms) = s.strip_suffix("ms") {
+        ms.parse().map(Duration::from_millis)
+    } else {
+        s.strip_suffix('s')
+            .unwrap_or(s)
+            .parse()
+            .map(Duration::from_secs)
+    };
+    parsed.map_err(|_| format!("{s:?} is not a duration such as 100ms or 15s"))
 }
 
 #[tokio::main]
@@ -83,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    let _controller = pier_controller::Controller::start(
+    let controller = pier_controller::Controller::start(
         client,
         pier_controller::Config {
             namespaces: args.namespaces,
@@ -92,6 +124,16 @@ async fn main() -> anyhow::Result<()> {
             tls,
             token,
             admin_listen: args.admin,
+            lease: args.leader_elect.then(|| pier_controller::LeaseConfig {
+                namespace: args.lease_namespace,
+                name: args.lease_name,
+                identity: args.identity.unwrap_or_else(|| {
+                    std::env::var("HOSTNAME")
+                        .unwrap_or_else(|_| format!("pier-controller-{}", std::process::id()))
+                }),
+                duration: args.lease_duration,
+                renew: args.lease_renew,
+            }),
         },
     )
     .await?;
@@ -101,5 +143,6 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("stopping");
+    controller.stop().await;
     Ok(())
 }

@@ -11,12 +11,13 @@
 //! Nothing is published before every store has listed its resources once,
 //! so a restarting controller never pushes a partial (or empty) snapshot.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
@@ -28,6 +29,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::channel::Published;
 use crate::fleet::{Contents, Fleet};
+use crate::lease::{self, FLEET_LABEL, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::status::{self, Verdict};
 
@@ -46,6 +48,10 @@ pub(crate) struct Reconciler {
     pub(crate) ready: watch::Sender<bool>,
     /// Closes when the controller stops.
     pub(crate) alive: watch::Receiver<()>,
+    /// Whether this replica writes status.
+    pub(crate) leader: watch::Receiver<bool>,
+    /// Leader election, when several replicas may run.
+    pub(crate) lease: Option<LeaseConfig>,
 }
 
 impl Reconciler {
@@ -85,6 +91,35 @@ impl Reconciler {
                 }
             });
         }
+        let reports = self.lease.as_ref().map(|lease| {
+            let api: Api<Lease> = Api::namespaced(self.client.clone(), &lease.namespace);
+            let selector = format!("{FLEET_LABEL}={}", lease.name);
+            let (reader, writer) = reflector::store();
+            let events = reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default().labels(&selector)),
+            )
+            .default_backoff();
+            let changed = Arc::clone(&changed);
+            let mut alive = self.alive.clone();
+            tokio::spawn(async move {
+                futures::pin_mut!(events);
+                loop {
+                    let event = tokio::select! {
+                        event = events.next() => event,
+                        _ = alive.changed() => return,
+                    };
+                    match event {
+                        Some(Ok(_)) => changed.notify_one(),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "fleet report watch failed; retrying")
+                        }
+                        None => return,
+                    }
+                }
+            });
+            reader
+        });
         for store in &stores {
             if store.wait_until_ready().await.is_err() {
                 tracing::error!("a route store closed before it was ready");
@@ -95,11 +130,15 @@ impl Reconciler {
         tracing::info!("route stores ready");
 
         let mut acks = self.fleet.subscribe();
+        let mut leader = self.leader.clone();
+        // Without an election the leader flag never changes.
+        let mut electing = self.lease.is_some();
         loop {
-            self.reconcile(&stores).await;
+            self.reconcile(&stores, reports.as_ref()).await;
             tokio::select! {
                 () = changed.notified() => {}
                 result = acks.changed() => if result.is_err() { return },
+                result = leader.changed(), if electing => electing = result.is_ok(),
             }
             // Let a burst of changes settle into one build.
             tokio::time::sleep(self.coalesce).await;
@@ -107,7 +146,7 @@ impl Reconciler {
         }
     }
 
-    async fn reconcile(&self, stores: &[Store<StaticRoute>]) {
+    async fn reconcile(&self, stores: &[Store<StaticRoute>], reports: Option<&Store<Lease>>) {
         let started = Instant::now();
         let routes: Vec<Arc<StaticRoute>> = stores.iter().flat_map(Store::state).collect();
         let compiled = pier_snapshot::compile(&Resources {
@@ -115,9 +154,32 @@ impl Reconciler {
         });
         self.metrics.reconciled(started.elapsed());
         self.publish(&compiled, &routes);
-        if self.write_status(&compiled, &routes).await.is_err() {
+        if !*self.leader.borrow() {
+            return;
+        }
+        let remote = self.remote_dataplanes(reports);
+        if self
+            .write_status(&compiled, &routes, &remote)
+            .await
+            .is_err()
+        {
             self.metrics.reconcile_failed();
         }
+    }
+
+    /// Dataplanes the other replicas report, by name.
+    fn remote_dataplanes(&self, reports: Option<&Store<Lease>>) -> BTreeMap<String, String> {
+        let (Some(reports), Some(lease)) = (reports, &self.lease) else {
+            return BTreeMap::new();
+        };
+        let own = lease::report_name(lease);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        reports
+            .state()
+            .iter()
+            .filter(|report| report.metadata.name.as_deref() != Some(own.as_str()))
+            .flat_map(|report| lease::reported(report, now))
+            .collect()
     }
 
     fn publish(&self, compiled: &Compiled, routes: &[Arc<StaticRoute>]) {
@@ -159,6 +221,7 @@ impl Reconciler {
         &self,
         compiled: &Compiled,
         routes: &[Arc<StaticRoute>],
+        remote: &BTreeMap<String, String>,
     ) -> Result<(), kube::Error> {
         let errors: HashMap<&RouteKey, &pier_snapshot::RouteError> =
             compiled.errors.iter().map(|e| (&e.key, e)).collect();
@@ -174,7 +237,7 @@ impl Reconciler {
                 },
                 None => Verdict::Accepted,
             };
-            let programming = self.fleet.programming(&key, generation);
+            let programming = self.fleet.programming(&key, generation, remote);
             let current = route
                 .status
                 .as_ref()

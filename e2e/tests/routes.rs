@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pier_crds::StaticRoute;
@@ -198,5 +199,56 @@ async fn dataplanes_keep_serving_without_the_controller_and_converge_when_it_ret
         "the dataplane converges on the controller's view",
         || async { cluster.get("any", "/").is_some_and(|(s, _)| s == 404) },
     )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
+    let mut cluster = Cluster::start_replicated().await;
+    let leases: Api<Lease> = Api::namespaced(cluster.cp.client(), "default");
+    let holder = || async {
+        leases
+            .get_opt("pier-controller")
+            .await
+            .expect("lease read")
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    eventually("replica a leads", || async {
+        holder().await.as_deref() == Some("a")
+    })
+    .await;
+
+    // The dataplane is connected to b; the leader a learns of it from b's
+    // report and marks the route Programmed.
+    let root = cluster.docroot("site", &[("index.html", "ha")]);
+    let api: Api<StaticRoute> = Api::namespaced(cluster.cp.client(), "default");
+    api.create(
+        &PostParams::default(),
+        &route("site", json!({"root": root})),
+    )
+    .await
+    .expect("created");
+    eventually("Programmed through the other replica's report", || async {
+        let got = api.get("site").await.expect("read back");
+        condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(1)))
+    })
+    .await;
+
+    // a dies without releasing the lease; b takes over once it expires.
+    let (identity, leader) = cluster.replicas.remove(0);
+    assert_eq!(identity, "a");
+    drop(leader);
+    eventually("replica b leads", || async {
+        holder().await.as_deref() == Some("b")
+    })
+    .await;
+    let patch = json!({"spec": {"cacheControl": "max-age=60"}});
+    api.patch("site", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("updated");
+    eventually("the new leader writes status for generation 2", || async {
+        let got = api.get("site").await.expect("read back");
+        condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(2)))
+    })
     .await;
 }

@@ -35,6 +35,8 @@ pub struct Cluster {
     pub cp: ControlPlane,
     dir: TempDir,
     controller: Option<Controller>,
+    /// Replicas started with leader election, by identity.
+    pub replicas: Vec<(String, Controller)>,
     /// Kept across controller restarts so the dataplane finds it again.
     snapshot_addr: SocketAddr,
     dataplane: Option<Running>,
@@ -43,6 +45,34 @@ pub struct Cluster {
 impl Cluster {
     /// A control plane with Pier's CRDs, a controller and a dataplane.
     pub async fn start() -> Self {
+        let mut cluster = Self::bare().await;
+        cluster.start_controller().await;
+        cluster.dataplane = Some(cluster.start_dataplane());
+        cluster
+    }
+
+    /// Two controller replicas, `a` then `b`, electing a leader through a
+    /// Lease, with the dataplane connected to `b`.
+    pub async fn start_replicated() -> Self {
+        let mut cluster = Self::bare().await;
+        for identity in ["a", "b"] {
+            let lease = pier_controller::LeaseConfig {
+                namespace: "default".into(),
+                name: "pier-controller".into(),
+                identity: identity.into(),
+                duration: Duration::from_secs(2),
+                renew: Duration::from_millis(300),
+            };
+            let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            let controller = cluster.controller_with(listen, Some(lease)).await;
+            cluster.snapshot_addr = controller.snapshot_addr();
+            cluster.replicas.push((identity.to_owned(), controller));
+        }
+        cluster.dataplane = Some(cluster.start_dataplane());
+        cluster
+    }
+
+    async fn bare() -> Self {
         let cp = ControlPlane::start().await.expect("control plane starts");
         cp.install_pier_crds().await.expect("CRDs installed");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -53,40 +83,47 @@ impl Cluster {
         std::fs::write(dir.path().join("tls.key"), key).expect("write key");
         std::fs::write(dir.path().join("ca.crt"), cp.ca_pem()).expect("write CA");
         std::fs::write(dir.path().join("token"), TOKEN).expect("write token");
-        let mut cluster = Self {
+        Self {
             cp,
             dir,
             controller: None,
+            replicas: Vec::new(),
             snapshot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dataplane: None,
-        };
-        cluster.start_controller().await;
-        cluster.dataplane = Some(cluster.start_dataplane());
-        cluster
+        }
     }
 
     /// Starts the controller on the snapshot address used so far.
     pub async fn start_controller(&mut self) {
+        let controller = self.controller_with(self.snapshot_addr, None).await;
+        self.snapshot_addr = controller.snapshot_addr();
+        self.controller = Some(controller);
+    }
+
+    async fn controller_with(
+        &self,
+        snapshot_listen: SocketAddr,
+        lease: Option<pier_controller::LeaseConfig>,
+    ) -> Controller {
         let tls = pier_controller::tls_config(
             &self.dir.path().join("tls.crt"),
             &self.dir.path().join("tls.key"),
         )
         .expect("TLS config");
-        let controller = Controller::start(
+        Controller::start(
             self.cp.client(),
             pier_controller::Config {
                 namespaces: Vec::new(),
                 coalesce: Duration::from_millis(50),
-                snapshot_listen: self.snapshot_addr,
+                snapshot_listen,
                 tls,
                 token: TOKEN.to_owned(),
                 admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                lease,
             },
         )
         .await
-        .expect("controller starts");
-        self.snapshot_addr = controller.snapshot_addr();
-        self.controller = Some(controller);
+        .expect("controller starts")
     }
 
     pub fn stop_controller(&mut self) {
