@@ -175,7 +175,10 @@ mod tests {
     fn oversized_and_malformed_frames_are_errors() {
         let mut decoder = Decoder::default();
         decoder.push(&u32::MAX.to_be_bytes());
-        assert!(matches!(decoder.decode::<Ack>(), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            decoder.decode::<Ack>(),
+            Err(WireError::TooLarge(_))
+        ));
 
         let mut decoder = Decoder::default();
         decoder.push(&[0, 0, 0, 2, b'{', b'x']);
