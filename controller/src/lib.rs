@@ -128,6 +128,13 @@ impl Controller {
             ready: ready_tx,
             alive: alive.clone(),
             leader: leader.clone(),
+            recorder: kube::runtime::events::Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "pier-controller".into(),
+                    instance: config.lease.as_ref().map(|l| l.identity.clone()),
+                },
+            ),
             lease: config.lease.clone(),
         };
         let mut tasks = Vec::new();

@@ -19,7 +19,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -52,6 +54,8 @@ pub(crate) struct Reconciler {
     pub(crate) leader: watch::Receiver<bool>,
     /// Leader election, when several replicas may run.
     pub(crate) lease: Option<LeaseConfig>,
+    /// Publishes Events on condition transitions.
+    pub(crate) recorder: Recorder,
 }
 
 impl Reconciler {
@@ -261,7 +265,11 @@ impl Reconciler {
                 )
                 .await
             {
-                Ok(_) => self.metrics.status_written(),
+                Ok(_) => {
+                    self.metrics.status_written();
+                    self.announce(route, status::transitions(current, &desired))
+                        .await;
+                }
                 // Deleted meanwhile: the watch will drop it.
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
@@ -271,6 +279,31 @@ impl Reconciler {
             }
         }
         failed.map_or(Ok(()), Err)
+    }
+}
+
+impl Reconciler {
+    /// One Event per condition transition: `Normal` when it became true,
+    /// `Warning` when it became false. A failure is logged, never retried:
+    /// Events are best effort, status is the record.
+    async fn announce(&self, route: &StaticRoute, transitions: Vec<status::Transition>) {
+        let reference = route.object_ref(&());
+        for transition in transitions {
+            let event = Event {
+                type_: if transition.ok {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason: transition.reason,
+                note: Some(transition.message),
+                action: transition.kind,
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "event not published");
+            }
+        }
     }
 }
 

@@ -100,6 +100,38 @@ pub(crate) fn desired(
     vec![accepted, resolved, programmed]
 }
 
+/// A condition whose status changed: worth an Event.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) kind: String,
+    pub(crate) ok: bool,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+/// The `Accepted` and `Programmed` conditions whose status differs between
+/// `current` and `desired` (new ones included). `Programmed` going to
+/// `False` only because a new generation is pending is no news.
+pub(crate) fn transitions(current: &[Condition], desired: &[Condition]) -> Vec<Transition> {
+    desired
+        .iter()
+        .filter(|d| d.type_ == ACCEPTED || d.type_ == PROGRAMMED)
+        .filter(|d| {
+            current
+                .iter()
+                .find(|c| c.type_ == d.type_)
+                .is_none_or(|c| c.status != d.status)
+        })
+        .filter(|d| !(d.type_ == PROGRAMMED && d.status == "False" && d.reason == "Pending"))
+        .map(|d| Transition {
+            kind: d.type_.clone(),
+            ok: d.status == "True",
+            reason: d.reason.clone(),
+            message: d.message.clone(),
+        })
+        .collect()
+}
+
 /// Whether `current` differs from `desired` in anything but transition
 /// times, which `desired` already carries over.
 pub(crate) fn differs(current: &[Condition], desired: &[Condition]) -> bool {
@@ -188,6 +220,56 @@ mod tests {
             &time("2026-11-23T11:00:00Z"),
         );
         assert!(!differs(&after, &again), "nothing to write");
+    }
+
+    #[test]
+    fn transitions_name_what_changed_status() {
+        let now = time("2026-11-23T10:00:00Z");
+        let programmed = desired(
+            Some(1),
+            &Verdict::Accepted,
+            Programming::Programmed { connected: 1 },
+            &[],
+            &now,
+        );
+        let kinds: Vec<_> = transitions(&[], &programmed)
+            .into_iter()
+            .map(|t| (t.kind, t.ok))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(ACCEPTED.to_owned(), true), (PROGRAMMED.to_owned(), true)]
+        );
+        assert!(transitions(&programmed, &programmed).is_empty());
+
+        let pending = desired(
+            Some(2),
+            &Verdict::Accepted,
+            Programming::Pending {
+                serving: 0,
+                connected: 1,
+            },
+            &programmed,
+            &now,
+        );
+        assert!(
+            transitions(&programmed, &pending).is_empty(),
+            "a pending rollout is no news"
+        );
+
+        let conflict = desired(
+            Some(2),
+            &Verdict::Invalid {
+                reason: "Conflict".into(),
+                message: "taken".into(),
+            },
+            Programming::NoDataplanes,
+            &programmed,
+            &now,
+        );
+        let got = transitions(&programmed, &conflict);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].ok, &*got[0].reason), (false, "Conflict"));
     }
 
     #[test]

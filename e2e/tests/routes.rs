@@ -147,6 +147,22 @@ async fn invalid_routes_are_refused_or_reported_and_the_rest_keep_serving() {
             && condition(&got, "Programmed").is_some_and(|(s, _, _)| s == "False")
     })
     .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.cp.client(), "default");
+    eventually("a Warning Event names the conflict", || async {
+        events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Conflict")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("rival")
+            })
+    })
+    .await;
     eventually("the older route is served and programmed", || async {
         let got = api.get("good").await.expect("read back");
         condition(&got, "Programmed").is_some_and(|(s, _, _)| s == "True")
