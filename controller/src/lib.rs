@@ -34,7 +34,7 @@ use crate::channel::{Published, Service};
 use crate::fleet::Fleet;
 pub use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Reconciler, StatusWriter};
 
 /// What the controller needs to run.
 #[derive(Debug)]
@@ -118,6 +118,8 @@ impl Controller {
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
         });
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (status_tx, batches) = watch::channel(Arc::default());
         let reconciler = Reconciler {
             client: client.clone(),
             namespaces: config.namespaces,
@@ -128,6 +130,13 @@ impl Controller {
             ready: ready_tx,
             alive: alive.clone(),
             leader: leader.clone(),
+            status: status_tx,
+            changed: Arc::clone(&changed),
+            lease: config.lease.clone(),
+        };
+        let writer = StatusWriter {
+            client: client.clone(),
+            metrics: Arc::clone(&metrics),
             recorder: kube::runtime::events::Recorder::new(
                 client.clone(),
                 kube::runtime::events::Reporter {
@@ -135,7 +144,7 @@ impl Controller {
                     instance: config.lease.as_ref().map(|l| l.identity.clone()),
                 },
             ),
-            lease: config.lease.clone(),
+            retry: changed,
         };
         let mut tasks = Vec::new();
         let mut election = None;
@@ -155,6 +164,7 @@ impl Controller {
         }
         tasks.extend([
             tokio::spawn(reconciler.run()),
+            tokio::spawn(writer.run(batches, alive.clone())),
             // Dataplanes get snapshots only once the stores are complete.
             tokio::spawn({
                 let mut ready = ready.clone();

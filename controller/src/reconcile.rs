@@ -54,13 +54,15 @@ pub(crate) struct Reconciler {
     pub(crate) leader: watch::Receiver<bool>,
     /// Leader election, when several replicas may run.
     pub(crate) lease: Option<LeaseConfig>,
-    /// Publishes Events on condition transitions.
-    pub(crate) recorder: Recorder,
+    /// Hands status writes to the [`StatusWriter`].
+    pub(crate) status: watch::Sender<Arc<Batch>>,
+    /// Also wakes the loop (watch events, status retries).
+    pub(crate) changed: Arc<Notify>,
 }
 
 impl Reconciler {
     pub(crate) async fn run(self) {
-        let changed = Arc::new(Notify::new());
+        let changed = Arc::clone(&self.changed);
         let mut stores = Vec::new();
         let scopes: Vec<Option<String>> = if self.namespaces.is_empty() {
             vec![None]
@@ -162,13 +164,8 @@ impl Reconciler {
             return;
         }
         let remote = self.remote_dataplanes(reports);
-        if self
-            .write_status(&compiled, &routes, &remote)
-            .await
-            .is_err()
-        {
-            self.metrics.reconcile_failed();
-        }
+        let batch = self.status_batch(&compiled, &routes, &remote);
+        self.status.send_replace(Arc::new(batch));
     }
 
     /// Dataplanes the other replicas report, by name.
@@ -220,17 +217,18 @@ impl Reconciler {
         }));
     }
 
-    /// Patches the status of every route whose conditions changed.
-    async fn write_status(
+    /// The status writes the routes need now: every route whose stored
+    /// conditions differ from the desired ones.
+    fn status_batch(
         &self,
         compiled: &Compiled,
         routes: &[Arc<StaticRoute>],
         remote: &BTreeMap<String, String>,
-    ) -> Result<(), kube::Error> {
+    ) -> Batch {
         let errors: HashMap<&RouteKey, &pier_snapshot::RouteError> =
             compiled.errors.iter().map(|e| (&e.key, e)).collect();
         let now = Time(jiff_now());
-        let mut failed = None;
+        let mut batch = Batch::default();
         for route in routes {
             let key = key(route);
             let generation = generation(route);
@@ -248,47 +246,144 @@ impl Reconciler {
                 .map(|s| s.conditions.as_slice())
                 .unwrap_or_default();
             let desired = status::desired(Some(generation), &verdict, programming, current, &now);
-            if !status::differs(current, &desired) {
-                continue;
+            if status::differs(current, &desired) {
+                batch.writes.push(Arc::new(StatusWrite {
+                    transitions: status::transitions(current, &desired),
+                    route: Arc::clone(route),
+                    key: key.clone(),
+                    desired,
+                }));
             }
-            let api: Api<StaticRoute> = Api::namespaced(self.client.clone(), &key.namespace);
-            let patch = serde_json::json!({
-                "apiVersion": "pier.dev/v1alpha1",
-                "kind": "StaticRoute",
-                "status": { "conditions": desired },
-            });
-            match api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-            {
-                Ok(_) => {
-                    self.metrics.status_written();
-                    self.announce(route, status::transitions(current, &desired))
-                        .await;
-                }
-                // Deleted meanwhile: the watch will drop it.
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(route = %key, error = %e, "status write failed");
-                    failed = Some(e);
-                }
-            }
+            batch.live.insert(key);
         }
-        failed.map_or(Ok(()), Err)
+        batch
     }
 }
 
-impl Reconciler {
+/// Status patches in flight at once: enough to keep up with thousands of
+/// routes, few enough not to crowd the API server.
+const STATUS_CONCURRENCY: usize = 16;
+/// A failed status write is tried again after this long.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
+
+/// The writes one reconcile pass found necessary.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    writes: Vec<Arc<StatusWrite>>,
+    /// Every route that exists, to forget the ones deleted.
+    live: std::collections::HashSet<RouteKey>,
+}
+
+#[derive(Debug)]
+struct StatusWrite {
+    route: Arc<StaticRoute>,
+    key: RouteKey,
+    desired: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    transitions: Vec<status::Transition>,
+}
+
+/// Writes status apart from the reconcile loop, so publishing a snapshot
+/// never waits for thousands of status patches. Only the newest batch
+/// matters; what it already wrote it does not write again.
+pub(crate) struct StatusWriter {
+    pub(crate) client: Client,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) recorder: Recorder,
+    /// Wakes the reconcile loop to retry after a failure.
+    pub(crate) retry: Arc<Notify>,
+}
+
+impl StatusWriter {
+    pub(crate) async fn run(
+        self,
+        mut batches: watch::Receiver<Arc<Batch>>,
+        mut alive: watch::Receiver<()>,
+    ) {
+        let this = Arc::new(self);
+        let mut written: HashMap<RouteKey, Arc<StatusWrite>> = HashMap::new();
+        loop {
+            tokio::select! {
+                changed = batches.changed() => if changed.is_err() { return },
+                _ = alive.changed() => return,
+            }
+            let batch = Arc::clone(&batches.borrow_and_update());
+            written.retain(|key, _| batch.live.contains(key));
+            let todo: Vec<Arc<StatusWrite>> = batch
+                .writes
+                .iter()
+                .filter(|w| {
+                    written
+                        .get(&w.key)
+                        .is_none_or(|done| done.desired != w.desired)
+                })
+                .cloned()
+                .collect();
+            let outcomes: Vec<(Arc<StatusWrite>, bool)> = futures::stream::iter(todo)
+                .map(|w| {
+                    let this = Arc::clone(&this);
+                    async move {
+                        let ok = this.write(&w).await;
+                        (w, ok)
+                    }
+                })
+                .buffer_unordered(STATUS_CONCURRENCY)
+                .collect()
+                .await;
+            let mut failed = false;
+            for (write, ok) in outcomes {
+                if ok {
+                    written.insert(write.key.clone(), write);
+                } else {
+                    failed = true;
+                }
+            }
+            if failed {
+                this.metrics.reconcile_failed();
+                let retry = Arc::clone(&this.retry);
+                tokio::spawn(async move {
+                    tokio::time::sleep(STATUS_RETRY).await;
+                    retry.notify_one();
+                });
+            }
+        }
+    }
+
+    /// Patches one route's status (server-side apply); true when done or
+    /// moot (the route is gone).
+    async fn write(&self, write: &StatusWrite) -> bool {
+        let api: Api<StaticRoute> = Api::namespaced(self.client.clone(), &write.key.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "pier.dev/v1alpha1",
+            "kind": "StaticRoute",
+            "status": { "conditions": write.desired },
+        });
+        let params = PatchParams::apply(MANAGER).force();
+        match api
+            .patch_status(&write.key.name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.metrics.status_written();
+                self.announce(&write.route, &write.transitions).await;
+                true
+            }
+            // Deleted meanwhile: the watch will drop it.
+            Err(kube::Error::Api(e)) if e.code == 404 => true,
+            Err(e) => {
+                tracing::warn!(route = %write.key, error = %e, "status write failed");
+                false
+            }
+        }
+    }
+}
+
+impl StatusWriter {
     /// One Event per condition transition: `Normal` when it became true,
     /// `Warning` when it became false. A failure is logged, never retried:
     /// Events are best effort, status is the record.
-    async fn announce(&self, route: &StaticRoute, transitions: Vec<status::Transition>) {
+    async fn announce(&self, route: &StaticRoute, transitions: &[status::Transition]) {
         let reference = route.object_ref(&());
-        for transition in transitions {
+        for transition in transitions.iter().cloned() {
             let event = Event {
                 type_: if transition.ok {
                     EventType::Normal

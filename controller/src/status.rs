@@ -101,7 +101,7 @@ pub(crate) fn desired(
 }
 
 /// A condition whose status changed: worth an Event.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Transition {
     pub(crate) kind: String,
     pub(crate) ok: bool,

@@ -51,8 +51,8 @@ impl Cluster {
         cluster
     }
 
-    /// Two controller replicas, `a` then `b`, electing a leader through a
-    /// Lease, with the dataplane connected to `b`.
+    /// Two controller replicas, `a` and `b`, electing a leader through a
+    /// Lease, with the dataplane connected to the one that does not lead.
     pub async fn start_replicated() -> Self {
         let mut cluster = Self::bare().await;
         for identity in ["a", "b"] {
@@ -65,11 +65,37 @@ impl Cluster {
             };
             let listen = SocketAddr::from(([127, 0, 0, 1], 0));
             let controller = cluster.controller_with(listen, Some(lease)).await;
-            cluster.snapshot_addr = controller.snapshot_addr();
             cluster.replicas.push((identity.to_owned(), controller));
         }
+        let leader = cluster.leader().await;
+        let follower = cluster
+            .replicas
+            .iter()
+            .find(|(identity, _)| *identity != leader)
+            .expect("two replicas");
+        cluster.snapshot_addr = follower.1.snapshot_addr();
         cluster.dataplane = Some(cluster.start_dataplane());
         cluster
+    }
+
+    /// The identity holding the election Lease, once one does.
+    pub async fn leader(&self) -> String {
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(self.cp.client(), "default");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let holder = leases
+                .get_opt("pier-controller")
+                .await
+                .expect("lease read")
+                .and_then(|l| l.spec?.holder_identity)
+                .filter(|h| !h.is_empty());
+            if let Some(holder) = holder {
+                return holder;
+            }
+            assert!(Instant::now() < deadline, "no replica took the lease");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn bare() -> Self {
