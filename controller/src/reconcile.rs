@@ -157,6 +157,7 @@ impl Reconciler {
         let routes: Vec<Arc<StaticRoute>> = stores.iter().flat_map(Store::state).collect();
         let compiled = pier_snapshot::compile(&Resources {
             static_routes: routes.iter().map(|r| StaticRoute::clone(r)).collect(),
+            ..Resources::default()
         });
         self.metrics.reconciled(started.elapsed());
         self.publish(&compiled, &routes);

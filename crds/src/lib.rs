@@ -17,8 +17,13 @@
 //! `cargo run -p pier-crds --bin crdgen -- --write`; a test fails when the
 //! committed files drift.
 
+mod proxy;
 mod route;
 
+pub use proxy::{
+    Backend, Balancer, BalancerType, Header, HeaderOps, ProxyRoute, ProxyRouteSpec, Rewrite,
+    Timeouts,
+};
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, StaticRoute, StaticRouteSpec, Time,
 };

@@ -80,7 +80,7 @@ pub struct StaticRouteSpec {
 
 /// Host names: DNS labels, optionally behind one leading `*.` wildcard
 /// label (Gateway API's hostname shape).
-const HOST_PATTERN: &str =
+pub(crate) const HOST_PATTERN: &str =
     r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// Gateway API's path match: a type and a value.

@@ -27,6 +27,7 @@
 //! does not want.
 
 mod head;
+mod proxy;
 mod response;
 
 use std::io;
@@ -46,7 +47,7 @@ use tokio::time::Instant;
 use self::head::{Framing, HeadError};
 use self::response::Persist;
 use crate::body::{Body, Segment};
-use crate::service::Shared;
+use crate::service::{Dispatch, Shared};
 
 /// Room reserved in the read buffer before each read.
 const READ_RESERVE: usize = 4096;
@@ -214,6 +215,17 @@ impl Conn<'_> {
             };
             served += 1;
 
+            let res = match self.shared.dispatch(&head.request, None) {
+                Dispatch::Respond(res) => res,
+                Dispatch::Proxy(target) => {
+                    let keep = head.keep_alive && !self.shared.draining.load(Relaxed);
+                    if self.proxy(head, target, keep).await {
+                        continue;
+                    }
+                    return Outcome::Closed;
+                }
+            };
+
             // Decide what becomes of the connection before answering.
             let mut keep = head.keep_alive && !self.shared.draining.load(Relaxed);
             let has_body = head.framing != Framing::None;
@@ -230,7 +242,7 @@ impl Conn<'_> {
             };
             let is_head = head.request.method() == Method::HEAD;
 
-            let (parts, mut body) = self.shared.handle(&head.request, None).into_parts();
+            let (parts, mut body) = res.into_parts();
             drop(head);
             response::encode(
                 &mut self.out,

@@ -127,6 +127,14 @@ pub(crate) struct Metrics {
     pub(crate) snapshot_applied_unix: AtomicU64,
     pub(crate) snapshot_version: ArcSwap<String>,
     pub(crate) file_cache: CacheCounters,
+    /// Idle upstream connections pooled over all workers.
+    pub(crate) upstream_idle: AtomicI64,
+    /// Upstream connections opened.
+    pub(crate) upstream_connects: AtomicU64,
+    /// Upstream connections that failed or timed out opening.
+    pub(crate) upstream_connect_errors: AtomicU64,
+    /// Upstream exchanges that timed out (response head or body).
+    pub(crate) upstream_timeouts: AtomicU64,
     /// Cluster mode: a snapshot stream to the controller is open.
     pub(crate) controller_connected: std::sync::atomic::AtomicBool,
 }
@@ -147,6 +155,10 @@ impl Default for Metrics {
             snapshot_applied_unix: AtomicU64::new(0),
             snapshot_version: ArcSwap::from_pointee(String::new()),
             file_cache: CacheCounters::default(),
+            upstream_idle: AtomicI64::new(0),
+            upstream_connects: AtomicU64::new(0),
+            upstream_connect_errors: AtomicU64::new(0),
+            upstream_timeouts: AtomicU64::new(0),
             controller_connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -299,6 +311,35 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, value) in figures {
+            out.plain(name, kind, help, value);
+        }
+        let upstream: [(&str, &str, &str, i128); 4] = [
+            (
+                "upstream_idle_connections",
+                "gauge",
+                "Idle upstream connections kept for reuse (at most 32 per endpoint and worker).",
+                self.upstream_idle.load(Relaxed).into(),
+            ),
+            (
+                "upstream_connections_total",
+                "counter",
+                "Upstream connections opened.",
+                self.upstream_connects.load(Relaxed).into(),
+            ),
+            (
+                "upstream_connect_errors_total",
+                "counter",
+                "Upstream connections that failed or timed out opening (answered 502 or 504).",
+                self.upstream_connect_errors.load(Relaxed).into(),
+            ),
+            (
+                "upstream_timeouts_total",
+                "counter",
+                "Upstream exchanges cut by the route's responseHeader or idle timeout.",
+                self.upstream_timeouts.load(Relaxed).into(),
+            ),
+        ];
+        for (name, kind, help, value) in upstream {
             out.plain(name, kind, help, value);
         }
         out.plain(

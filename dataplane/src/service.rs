@@ -88,13 +88,33 @@ impl Shared {
         tracing::info!(%version, routes, invalid = compiled.errors.len(), "snapshot applied");
     }
 
-    /// Answers one request. `activity` tracks requests in flight on an
-    /// HTTP/2 connection; the HTTP/1.1 engine tracks its own.
+    /// Answers one request over HTTP/2, where proxy routes are not served
+    /// yet (502, logged).
     pub(crate) fn handle<B>(
         &self,
         req: &Request<B>,
         activity: Option<&Arc<Activity>>,
     ) -> Response<Body> {
+        match self.dispatch(req, activity) {
+            Dispatch::Respond(res) => res,
+            Dispatch::Proxy(target) => {
+                tracing::warn!(route = %target.entry().label, "proxy routes are served over HTTP/1.1 only so far");
+                let res = files::status(StatusCode::BAD_GATEWAY);
+                target.entry().metrics.record(502, target.started.elapsed());
+                if let Some(activity) = activity {
+                    activity.request_done();
+                }
+                res
+            }
+        }
+    }
+
+    /// Answers one request, or says which proxy route takes it.
+    pub(crate) fn dispatch<B>(
+        &self,
+        req: &Request<B>,
+        activity: Option<&Arc<Activity>>,
+    ) -> Dispatch {
         // Phase 1: accept.
         let started = Instant::now();
         if let Some(activity) = activity {
@@ -123,7 +143,7 @@ impl Shared {
                     PathError::TooLong => StatusCode::URI_TOO_LONG,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                return done(unrouted(), files::status(code));
+                return Dispatch::Respond(done(unrouted(), files::status(code)));
             }
         };
 
@@ -134,12 +154,23 @@ impl Shared {
             .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
             .unwrap_or("");
         let Some(found) = table.router.lookup(host, &path) else {
-            return done(unrouted(), files::status(StatusCode::NOT_FOUND));
+            return Dispatch::Respond(done(unrouted(), files::status(StatusCode::NOT_FOUND)));
         };
         let entry = &table.routes[found.route];
 
         // Phase 4: handle.
         let res = match &entry.handler {
+            Handler::Proxy(_) => {
+                let route = found.route;
+                let prefix_len = found.prefix_len;
+                return Dispatch::Proxy(Box::new(ProxyTarget {
+                    table: arc_swap::Guard::into_inner(table),
+                    route,
+                    prefix_len,
+                    path: path.into_owned(),
+                    started,
+                }));
+            }
             Handler::Static(static_files) => static_files.serve(
                 &FileRequest {
                     method: req.method(),
@@ -155,7 +186,37 @@ impl Shared {
         };
 
         // Phase 5: account (when the body ends).
-        done(Arc::clone(&entry.metrics), res)
+        Dispatch::Respond(done(Arc::clone(&entry.metrics), res))
+    }
+}
+
+/// What the request path decided. Lives on the stack for one request;
+/// `Respond` is the hot static path, so it stays unboxed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Dispatch {
+    /// A response built right away (files, errors).
+    Respond(Response<Body>),
+    /// A proxy route takes the request.
+    Proxy(Box<ProxyTarget>),
+}
+
+/// A request bound for a proxy route.
+#[derive(Debug)]
+pub(crate) struct ProxyTarget {
+    /// The table the route was found in, kept for the whole exchange.
+    pub(crate) table: Arc<Table>,
+    pub(crate) route: usize,
+    /// Bytes of `path` the route's prefix matched.
+    pub(crate) prefix_len: usize,
+    /// The normalised request path.
+    pub(crate) path: Vec<u8>,
+    pub(crate) started: Instant,
+}
+
+impl ProxyTarget {
+    pub(crate) fn entry(&self) -> &crate::table::Entry {
+        &self.table.routes[self.route]
     }
 }
 

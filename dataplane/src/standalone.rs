@@ -3,7 +3,7 @@
 //! uses, and watched for changes.
 //!
 //! ```text
-//!  DIR/*.yaml ──parse──► StaticRoute objects ──pier_snapshot::compile──► Shared::apply
+//!  DIR/*.yaml ──parse──► StaticRoute / ProxyRoute ──pier_snapshot::compile──► Shared::apply
 //!      ▲                                                                      │
 //!      └──────────── poll every --watch-interval (name, size, mtime) ─────────┘
 //! ```
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
-use pier_crds::StaticRoute;
+use pier_crds::{ProxyRoute, StaticRoute};
 use pier_snapshot::{Compiled, Resources};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -100,6 +100,14 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
                         route.spec.root = relative_to(&file, &route.spec.root);
                     }
                     resources.static_routes.push(route);
+                }
+                ("pier.dev/v1alpha1", "ProxyRoute") => {
+                    let mut route = ProxyRoute::deserialize(value).map_err(parse_error)?;
+                    route
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".to_owned());
+                    resources.proxy_routes.push(route);
                 }
                 (api_version, kind) => tracing::warn!(
                     file = %file.display(),

@@ -9,6 +9,7 @@ use pier_snapshot::{Action, RouteKey, Snapshot};
 
 use crate::files::StaticFiles;
 use crate::metrics::RouteMetrics;
+use crate::proxy::Proxy;
 use crate::routing::Router;
 
 /// One snapshot, ready to serve.
@@ -32,6 +33,7 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) enum Handler {
     Static(StaticFiles),
+    Proxy(Proxy),
 }
 
 impl Table {
@@ -55,6 +57,7 @@ impl Table {
                 label: label(&route.key),
                 handler: match &route.action {
                     Action::Static(action) => Handler::Static(StaticFiles::new(action)),
+                    Action::Proxy(action) => Handler::Proxy(Proxy::new(action)),
                 },
                 metrics: old.remove(&route.key).map(Arc::clone).unwrap_or_default(),
             })

@@ -30,6 +30,7 @@ fn snapshot_for(root: &std::path::Path) -> Snapshot {
     let route: StaticRoute = serde_yaml::from_str(&manifest).expect("manifest");
     pier_snapshot::compile(&Resources {
         static_routes: vec![route],
+        ..Resources::default()
     })
     .snapshot
 }

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use pier_crds::{PathMatchType, StaticRoute, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
 use crate::model::{Action, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
 
@@ -16,6 +17,8 @@ const MAX_PATH_LEN: usize = 1024;
 pub struct Resources {
     /// Every `StaticRoute` in scope.
     pub static_routes: Vec<StaticRoute>,
+    /// Every `ProxyRoute` in scope.
+    pub proxy_routes: Vec<ProxyRoute>,
 }
 
 /// The result of [`compile`]: a snapshot of every valid route, and one error
@@ -95,6 +98,32 @@ pub enum Invalid {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A backend is unusable.
+    #[error("backend {value:?} {why}")]
+    Backend {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A header name or value is unusable.
+    #[error("header {name:?} {why}")]
+    Header {
+        /// The header name as given.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A timeout is unusable.
+    #[error("timeout {field} {value:?} {why}")]
+    Timeout {
+        /// The spec field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// Another route already serves one of this route's host and path pairs.
     #[error("host {host:?} and path {path:?} are already served by {winner}")]
     Conflict {
@@ -117,7 +146,9 @@ impl Invalid {
             Self::Root { .. } => "InvalidRoot",
             Self::Index { .. } => "InvalidIndex",
             Self::Fallback { .. } => "InvalidFallback",
-            Self::HeaderValue { .. } => "InvalidHeaderValue",
+            Self::HeaderValue { .. } | Self::Header { .. } => "InvalidHeaderValue",
+            Self::Backend { .. } => "InvalidBackend",
+            Self::Timeout { .. } => "InvalidTimeout",
             Self::Conflict { .. } => "Conflict",
         }
     }
@@ -134,20 +165,21 @@ pub fn compile(resources: &Resources) -> Compiled {
     let mut candidates = Vec::with_capacity(resources.static_routes.len());
     let mut errors = Vec::new();
 
-    for resource in &resources.static_routes {
+    let mut add = |kind: RouteKind,
+                   metadata: &ObjectMeta,
+                   build: &dyn Fn(&RouteKey) -> Result<Route, Invalid>| {
         let key = RouteKey {
-            kind: RouteKind::StaticRoute,
-            namespace: resource
-                .metadata
+            kind,
+            namespace: metadata
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".to_owned()),
-            name: resource.metadata.name.clone().unwrap_or_default(),
+            name: metadata.name.clone().unwrap_or_default(),
         };
-        let generation = resource.metadata.generation;
-        match static_route(&key, resource) {
+        let generation = metadata.generation;
+        match build(&key) {
             Ok(route) => candidates.push(Candidate {
-                created: resource.metadata.creation_timestamp.clone(),
+                created: metadata.creation_timestamp.clone(),
                 generation,
                 route,
             }),
@@ -157,6 +189,16 @@ pub fn compile(resources: &Resources) -> Compiled {
                 invalid,
             }),
         }
+    };
+    for resource in &resources.static_routes {
+        add(RouteKind::StaticRoute, &resource.metadata, &|key| {
+            static_route(key, resource)
+        });
+    }
+    for resource in &resources.proxy_routes {
+        add(RouteKind::ProxyRoute, &resource.metadata, &|key| {
+            proxy::proxy_route(key, resource)
+        });
     }
 
     // Older routes claim their host/path pairs first.
@@ -391,6 +433,8 @@ fn header_value(value: &str) -> Result<String, &'static str> {
     }
     Ok(value.trim().to_owned())
 }
+
+mod proxy;
 
 #[cfg(test)]
 mod tests;

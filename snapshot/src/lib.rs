@@ -21,4 +21,7 @@ mod model;
 pub mod wire;
 
 pub use compile::{Compiled, Invalid, Resources, RouteError, compile};
-pub use model::{Action, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
+pub use model::{
+    Action, Endpoint, HeaderEdits, PathRule, ProxyAction, ProxyTimeouts, Route, RouteKey,
+    RouteKind, Snapshot, StaticAction,
+};

@@ -50,6 +50,8 @@ fn content_version(routes: &[Route]) -> String {
 pub enum RouteKind {
     /// A `StaticRoute`.
     StaticRoute,
+    /// A `ProxyRoute`.
+    ProxyRoute,
 }
 
 impl RouteKind {
@@ -57,6 +59,7 @@ impl RouteKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::StaticRoute => "StaticRoute",
+            Self::ProxyRoute => "ProxyRoute",
         }
     }
 }
@@ -118,6 +121,67 @@ impl PathRule {
 pub enum Action {
     /// Serve files from a directory.
     Static(StaticAction),
+    /// Pass requests to backends.
+    Proxy(ProxyAction),
+}
+
+/// A validated `ProxyRoute` spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyAction {
+    /// Where requests go, with their weights; at least one weight is above 0.
+    pub endpoints: Vec<Endpoint>,
+    /// Replaces the matched prefix of the path (Prefix routes only).
+    pub rewrite_prefix: Option<String>,
+    /// The `Host` sent upstream; `None` keeps the client's.
+    pub rewrite_host: Option<String>,
+    /// Edits of the request sent upstream.
+    pub request_headers: HeaderEdits,
+    /// Edits of the response sent to the client.
+    pub response_headers: HeaderEdits,
+    /// Limits towards the backends, in milliseconds.
+    pub timeouts: ProxyTimeouts,
+}
+
+/// One place requests go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// `IP:PORT`, as a socket address prints it.
+    pub address: String,
+    /// Share of requests relative to the route's other endpoints.
+    pub weight: u32,
+}
+
+/// Header edits, names lower-cased and values checked.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderEdits {
+    /// Replace any header of the same name.
+    pub set: Vec<(String, String)>,
+    /// Append.
+    pub add: Vec<(String, String)>,
+    /// Delete.
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Proxy time limits in milliseconds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTimeouts {
+    /// Establishing a connection.
+    pub connect_ms: u64,
+    /// From the request sent to the response head received.
+    pub response_header_ms: u64,
+    /// Longest silence while a body is transferred.
+    pub idle_ms: u64,
 }
 
 /// A validated `StaticRoute` spec.

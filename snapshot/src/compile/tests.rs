@@ -1,4 +1,4 @@
-use pier_crds::StaticRoute;
+use pier_crds::{ProxyRoute, StaticRoute};
 
 use super::*;
 
@@ -15,6 +15,7 @@ fn named(name: &str, spec: &str) -> StaticRoute {
 fn compile_all(routes: Vec<StaticRoute>) -> Compiled {
     compile(&Resources {
         static_routes: routes,
+        ..Resources::default()
     })
 }
 
@@ -25,7 +26,9 @@ fn defaults_are_prefix_root_and_index_html() {
     let route = &out.snapshot.routes[0];
     assert_eq!(route.path, PathRule::Prefix("/".into()));
     assert!(route.hosts.is_empty());
-    let Action::Static(action) = &route.action;
+    let Action::Static(action) = &route.action else {
+        panic!("a static action: {:?}", route.action);
+    };
     assert_eq!(action.root, "/srv/a");
     assert_eq!(action.index, "index.html");
 }
@@ -158,4 +161,123 @@ fn snapshot_round_trips_through_json_and_detects_tampering() {
     assert!(back.is_consistent());
     back.routes.clear();
     assert!(!back.is_consistent());
+}
+
+fn proxy(name: &str, spec: &str) -> ProxyRoute {
+    serde_yaml::from_str(&format!(
+        "apiVersion: pier.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
+    ))
+    .expect("test manifest parses")
+}
+
+fn compile_proxies(routes: Vec<ProxyRoute>) -> Compiled {
+    compile(&Resources {
+        proxy_routes: routes,
+        ..Resources::default()
+    })
+}
+
+#[test]
+fn proxy_routes_compile_with_defaults_and_normalised_fields() {
+    let out = compile_proxies(vec![proxy(
+        "api",
+        r#"{hosts: [API.example.com], path: {value: /api/}, backends: [{address: "127.0.0.1:9001", weight: 2}, {address: "[::1]:9002"}],
+            rewrite: {pathPrefix: /v2, host: internal.example},
+            requestHeaders: {set: [{name: X-Env, value: " prod "}], remove: [X-Debug]},
+            timeouts: {connect: 500ms}}"#,
+    )]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let route = &out.snapshot.routes[0];
+    assert_eq!(route.key.kind, RouteKind::ProxyRoute);
+    assert_eq!(route.hosts, ["api.example.com"]);
+    assert_eq!(route.path, PathRule::Prefix("/api".into()));
+    let Action::Proxy(action) = &route.action else {
+        panic!("a proxy action: {:?}", route.action);
+    };
+    let endpoints: Vec<(&str, u32)> = action
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.weight))
+        .collect();
+    assert_eq!(endpoints, [("127.0.0.1:9001", 2), ("[::1]:9002", 1)]);
+    assert_eq!(action.rewrite_prefix.as_deref(), Some("/v2"));
+    assert_eq!(action.rewrite_host.as_deref(), Some("internal.example"));
+    assert_eq!(
+        action.request_headers.set,
+        [("x-env".to_owned(), "prod".to_owned())]
+    );
+    assert_eq!(action.request_headers.remove, ["x-debug"]);
+    assert_eq!(action.timeouts.connect_ms, 500);
+    assert_eq!(action.timeouts.response_header_ms, 30_000);
+}
+
+#[test]
+fn invalid_proxy_routes_are_reported_with_their_reason() {
+    let cases = [
+        (
+            r#"{backends: [{address: "localhost:80"}]}"#,
+            "InvalidBackend",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:0"}]}"#,
+            "InvalidBackend",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80", weight: 0}]}"#,
+            "InvalidBackend",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80"}], requestHeaders: {set: [{name: "Bad Name", value: x}]}}"#,
+            "InvalidHeaderValue",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80"}], responseHeaders: {add: [{name: X-A, value: "a\r\nb"}]}}"#,
+            "InvalidHeaderValue",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80"}], requestHeaders: {set: [{name: Content-Length, value: "1"}]}}"#,
+            "InvalidHeaderValue",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80"}], timeouts: {idle: 0s}}"#,
+            "InvalidTimeout",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80"}], timeouts: {idle: 5 s}}"#,
+            "InvalidTimeout",
+        ),
+        (
+            r#"{path: {type: Exact, value: /x}, backends: [{address: "127.0.0.1:80"}], rewrite: {pathPrefix: /y}}"#,
+            "InvalidPath",
+        ),
+    ];
+    for (spec, reason) in cases {
+        let out = compile_proxies(vec![proxy("p", spec)]);
+        assert!(out.snapshot.routes.is_empty(), "{spec} compiled");
+        assert_eq!(
+            out.errors[0].invalid.reason(),
+            reason,
+            "{spec}: {}",
+            out.errors[0].invalid
+        );
+    }
+}
+
+#[test]
+fn static_and_proxy_routes_share_one_precedence_for_conflicts() {
+    let mut older = named("files", "{root: /srv, hosts: [a.example]}");
+    older.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+    let mut younger = proxy(
+        "app",
+        r#"{hosts: [a.example], backends: [{address: "127.0.0.1:80"}]}"#,
+    );
+    younger.metadata.creation_timestamp = Some(Time("2026-06-01T00:00:00Z".parse().expect("time")));
+    let out = compile(&Resources {
+        static_routes: vec![older],
+        proxy_routes: vec![younger],
+    });
+    assert_eq!(out.snapshot.routes.len(), 1);
+    assert_eq!(out.snapshot.routes[0].key.kind, RouteKind::StaticRoute);
+    assert_eq!(out.errors[0].key.kind, RouteKind::ProxyRoute);
+    assert_eq!(out.errors[0].invalid.reason(), "Conflict");
 }

@@ -1,0 +1,176 @@
+//! `ProxyRoute`: requests passed to backends.
+//!
+//! This first slice carries fixed-address backends with weights, smooth
+//! weighted round-robin, path and host rewriting, header operations and
+//! timeouts. Services, the other balancers, retries and X-Sendfile follow.
+
+// kube's `KubeSchema` derive re-declares each struct, `pub`, inside a
+// function; every type here is re-exported from the crate root anyway.
+#![allow(unreachable_pub)]
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::route::{HOST_PATTERN, PathMatch, RouteStatus};
+
+/// Passes matching requests to backends.
+///
+/// The matched path prefix can be replaced (`rewrite.pathPrefix`) and the
+/// upstream `Host` set (`rewrite.host`); `X-Forwarded-For`, `-Proto` and
+/// `-Host` are added, hop-by-hop headers removed both ways.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[kube(
+    group = "pier.dev",
+    version = "v1alpha1",
+    kind = "ProxyRoute",
+    plural = "proxyroutes",
+    shortname = "proute",
+    category = "pier",
+    namespaced,
+    status = "RouteStatus",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.path.value"}"#,
+    printcolumn = r#"{"name":"Backends","type":"string","jsonPath":".spec.backends[*].address"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRouteSpec {
+    /// Host names this route answers for, as for `StaticRoute`. Empty or
+    /// absent: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253), regex(pattern = HOST_PATTERN)))]
+    pub hosts: Vec<String>,
+
+    /// Which request paths the route matches. Absent: `PathPrefix /`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+
+    /// Where requests go; each request goes to one, by weight.
+    #[schemars(length(min = 1, max = 64))]
+    pub backends: Vec<Backend>,
+
+    /// How a backend is chosen. Absent: `RoundRobin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<Balancer>,
+
+    /// Changes to the request's path and `Host` on the way to the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+
+    /// Headers changed on the request sent to the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderOps>,
+
+    /// Headers changed on the response sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderOps>,
+
+    /// Time limits towards the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+}
+
+/// One backend: a fixed address (standalone mode and tests).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// `IP:PORT` or `[IPv6]:PORT`.
+    #[schemars(length(min = 1, max = 64))]
+    pub address: String,
+    /// Share of requests relative to the other backends; 0 takes none.
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1_000_000))]
+    pub weight: Option<u32>,
+}
+
+/// How a backend is chosen.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Balancer {
+    /// The algorithm.
+    #[serde(default, rename = "type")]
+    pub kind: BalancerType,
+}
+
+/// Balancing algorithms.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BalancerType {
+    /// Smooth weighted round-robin (nginx's): requests follow the weights
+    /// evenly interleaved, not in bursts.
+    #[default]
+    RoundRobin,
+}
+
+/// Changes to the request on the way to the backend.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewrite {
+    /// Replaces the matched path prefix: with `path: {value: /api}` and
+    /// `pathPrefix: /v2`, `/api/users` reaches the backend as `/v2/users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("rewrite.pathPrefix must start with '/'"))]
+    #[schemars(length(max = 1024))]
+    pub path_prefix: Option<String>,
+    /// The `Host` sent to the backend. Absent: the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub host: Option<String>,
+}
+
+/// Header changes: `set` replaces, `add` appends, `remove` deletes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderOps {
+    /// Headers replacing any of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub set: Vec<Header>,
+    /// Headers appended to those of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub add: Vec<Header>,
+    /// Names of headers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256), regex(pattern = TOKEN_PATTERN)))]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    /// The name: an HTTP token.
+    #[schemars(length(min = 1, max = 256), regex(pattern = TOKEN_PATTERN))]
+    pub name: String,
+    /// The value; CR, LF and NUL are refused.
+    #[x_kube(validation = Rule::new("!self.matches('[\\\\r\\\\n\\\\x00]')").message("header values must not contain CR, LF or NUL"))]
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// Time limits towards the backend, as durations such as `500ms`, `2s`, `1m`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Establishing a connection. Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub connect: Option<String>,
+    /// From the request sent to the response head received. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub response_header: Option<String>,
+    /// Longest silence while a body is transferred. Default `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub idle: Option<String>,
+}
+
+/// An HTTP token (RFC 9110): header names.
+const TOKEN_PATTERN: &str = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$";
+/// A duration: digits and one unit.
+const DURATION_PATTERN: &str = r"^[0-9]{1,9}(ms|s|m|h)$";

@@ -1,0 +1,591 @@
+//! One proxied exchange on an HTTP/1.1 client connection.
+//!
+//! ```text
+//!  pick endpoint ─► idle pooled connection, or connect (timeouts.connect)
+//!   ─► request head (path rewritten, hop-by-hop removed, X-Forwarded-*,
+//!      header edits) ─► request body relayed as it arrives
+//!   ─► response head (timeouts.responseHeader; 1xx skipped)
+//!   ─► response head to the client ─► body relayed (timeouts.idle)
+//!   ─► upstream connection back to the pool when the exchange was clean
+//! ```
+//!
+//! Errors before the response head reached the client become 502 (bad or
+//! no answer), 503 (no endpoint) or 504 (timeout). After it, the client
+//! connection is closed mid-body: a short body is never passed off as
+//! complete (a chunked body lacks its last chunk, a sized one its bytes).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Buf;
+use http::header::{CONTENT_LENGTH, DATE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+use super::Conn;
+use super::head::{Framing, Head, MAX_HEADERS};
+use super::response::{self, Persist};
+use crate::proxy::chunked::{self, Piece};
+use crate::proxy::{self as px, BUFFER, Proxy, strip_hop_by_hop};
+use crate::service::ProxyTarget;
+use crate::table::Handler;
+
+/// How a proxied exchange failed.
+#[derive(Debug)]
+enum Failure {
+    /// Before anything reached the client: answer with this status.
+    Before(StatusCode),
+    /// After the response head was sent: the client connection is cut.
+    After,
+}
+
+/// How the upstream response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upstream {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes.
+    Close,
+}
+
+/// A parsed upstream response head.
+struct ResponseHead {
+    status: StatusCode,
+    headers: HeaderMap,
+    keep_alive: bool,
+    framing: Upstream,
+}
+
+impl Conn<'_> {
+    /// Forwards one request to the route's backends and relays the answer.
+    /// Returns whether the client connection can carry another request.
+    pub(super) async fn proxy(&mut self, head: Head, target: Box<ProxyTarget>, keep: bool) -> bool {
+        let Handler::Proxy(proxy) = &target.entry().handler else {
+            return false;
+        };
+        let outcome = self.exchange(&head, &target, proxy, keep).await;
+        let entry = target.entry();
+        let (status, keep) = match outcome {
+            Ok((status, keep)) => (status.as_u16(), keep),
+            Err(Failure::Before(status)) => {
+                let persist = Persist::Close;
+                response::encode(&mut self.out, status, &HeaderMap::new(), 0, persist);
+                let _ = self.write_out(&[], false).await;
+                (status.as_u16(), false)
+            }
+            Err(Failure::After) => (502, false),
+        };
+        entry.metrics.record(status, target.started.elapsed());
+        keep
+    }
+
+    async fn exchange(
+        &mut self,
+        head: &Head,
+        target: &ProxyTarget,
+        proxy: &Proxy,
+        keep_client: bool,
+    ) -> Result<(StatusCode, bool), Failure> {
+        let addr = proxy
+            .pick()
+            .ok_or(Failure::Before(StatusCode::SERVICE_UNAVAILABLE))?;
+        let request = self.upstream_request(head, target, proxy);
+        let metrics = &self.shared.metrics;
+
+        // A pooled connection may have been closed by the backend while
+        // idle; a request without a body is safe to send again on a new one.
+        let mut pooled = px::take_idle(addr, metrics);
+        let (mut upstream, response) = loop {
+            let reused = pooled.is_some();
+            let mut upstream = match pooled.take() {
+                Some(stream) => stream,
+                None => self.connect(addr, proxy).await?,
+            };
+            match self
+                .send_and_receive(&mut upstream, &request, head, proxy)
+                .await
+            {
+                Ok(response) => break (upstream, response),
+                Err(e) if reused && head.framing == Framing::None && is_stale(&e) => continue,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    metrics.upstream_timeouts.fetch_add(1, Relaxed);
+                    return Err(Failure::Before(StatusCode::GATEWAY_TIMEOUT));
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "upstream exchange failed");
+                    return Err(Failure::Before(StatusCode::BAD_GATEWAY));
+                }
+            }
+        };
+        let (response, leftover) = response;
+
+        // The response head for the client.
+        let is_head = head.request.method() == Method::HEAD;
+        let version_10 = head.request.version() == Version::HTTP_10;
+        let no_body = is_head || !response::has_body(false, response.status);
+        let mut headers = response.headers;
+        let length = headers.get(CONTENT_LENGTH).cloned();
+        strip_hop_by_hop(&mut headers);
+        proxy.response_edits.apply(&mut headers);
+        let rechunk = !no_body
+            && !version_10
+            && matches!(response.framing, Upstream::Chunked | Upstream::Close);
+        let keep_client =
+            keep_client && (no_body || rechunk || matches!(response.framing, Upstream::Length(_)));
+        self.out.clear();
+        write_status_line(&mut self.out, response.status);
+        for (name, value) in &headers {
+            write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !headers.contains_key(DATE) {
+            write_field(&mut self.out, b"date", &response::date());
+        }
+        match response.framing {
+            _ if no_body => {
+                if let Some(length) = &length {
+                    write_field(&mut self.out, b"content-length", length.as_bytes());
+                }
+            }
+            Upstream::Length(n) => {
+                write_field(&mut self.out, b"content-length", n.to_string().as_bytes());
+            }
+            _ if rechunk => write_field(&mut self.out, b"transfer-encoding", b"chunked"),
+            _ => {}
+        }
+        match (keep_client, version_10) {
+            (false, _) => write_field(&mut self.out, b"connection", b"close"),
+            (true, true) => write_field(&mut self.out, b"connection", b"keep-alive"),
+            (true, false) => {}
+        }
+        self.out.extend_from_slice(b"\r\n");
+
+        // The body.
+        let framing = if no_body {
+            Upstream::None
+        } else {
+            response.framing
+        };
+        let clean = self
+            .relay_body(&mut upstream, framing, leftover, rechunk, proxy)
+            .await
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    metrics.upstream_timeouts.fetch_add(1, Relaxed);
+                }
+                tracing::debug!(%addr, error = %e, "response body not completed");
+                Failure::After
+            })?;
+        if clean && response.keep_alive && framing != Upstream::Close {
+            px::put_idle(addr, upstream, metrics);
+        }
+        Ok((response.status, keep_client))
+    }
+
+    /// The request head sent upstream.
+    fn upstream_request(&self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Vec<u8> {
+        let req = &head.request;
+        let mut headers = req.headers().clone();
+        let client_host = headers.get(HOST).cloned();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(HOST);
+        forwarded(
+            &mut headers,
+            self.stream.peer_addr().ok(),
+            client_host.as_ref(),
+        );
+        proxy.request_edits.apply(&mut headers);
+
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        px::upstream_path(
+            req.uri().path(),
+            req.uri().query(),
+            &target.path,
+            target.prefix_len,
+            proxy.rewrite_prefix.as_deref(),
+            &mut out,
+        );
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let host = proxy.rewrite_host.as_ref().or(client_host.as_ref());
+        if let Some(host) = host {
+            write_field(&mut out, b"host", host.as_bytes());
+        }
+        for (name, value) in &headers {
+            write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        match head.framing {
+            Framing::None => {}
+            Framing::Length(n) => {
+                write_field(&mut out, b"content-length", n.to_string().as_bytes())
+            }
+            Framing::Chunked => write_field(&mut out, b"transfer-encoding", b"chunked"),
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    async fn connect(&self, addr: SocketAddr, proxy: &Proxy) -> Result<TcpStream, Failure> {
+        let metrics = &self.shared.metrics;
+        metrics.upstream_connects.fetch_add(1, Relaxed);
+        match timeout(proxy.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(e)) => {
+                metrics.upstream_connect_errors.fetch_add(1, Relaxed);
+                tracing::debug!(%addr, error = %e, "upstream connect failed");
+                Err(Failure::Before(StatusCode::BAD_GATEWAY))
+            }
+            Err(_) => {
+                metrics.upstream_connect_errors.fetch_add(1, Relaxed);
+                Err(Failure::Before(StatusCode::GATEWAY_TIMEOUT))
+            }
+        }
+    }
+
+    /// Sends the head and the request body, then reads the response head.
+    /// Returns it with the body bytes read along with it.
+    async fn send_and_receive(
+        &mut self,
+        upstream: &mut TcpStream,
+        request: &[u8],
+        head: &Head,
+        proxy: &Proxy,
+    ) -> io::Result<(ResponseHead, Vec<u8>)> {
+        timed(proxy.idle_timeout, upstream.write_all(request)).await?;
+        match head.framing {
+            Framing::None => {}
+            Framing::Length(n) => {
+                if head.expect_continue && (self.buf.len() as u64) < n {
+                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.write_out(&[], false).await?;
+                }
+                self.relay_request_length(upstream, n, proxy).await?;
+            }
+            Framing::Chunked => {
+                if head.expect_continue {
+                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.write_out(&[], false).await?;
+                }
+                self.relay_request_chunked(upstream, proxy).await?;
+            }
+        }
+        let deadline = Instant::now() + proxy.response_header_timeout;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            if buf.len() >= self.limits.max_header_size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response head too large",
+                ));
+            }
+            buf.reserve(4096);
+            let n = tokio::time::timeout_at(deadline, upstream.read_buf(&mut buf))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "backend closed before a response head",
+                ));
+            }
+            while let Some((response, len)) = parse_response(&buf, head.request.method())? {
+                buf.drain(..len);
+                if response.status.is_informational() {
+                    // 100 Continue and friends were answered here already.
+                    continue;
+                }
+                return Ok((response, buf));
+            }
+        }
+    }
+
+    /// Relays a request body of `n` bytes: what was read with the head,
+    /// then the rest as it arrives.
+    async fn relay_request_length(
+        &mut self,
+        upstream: &mut TcpStream,
+        mut n: u64,
+        proxy: &Proxy,
+    ) -> io::Result<()> {
+        while n > 0 {
+            if self.buf.is_empty() && self.read(Instant::now() + proxy.idle_timeout).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let take = usize::try_from(n).map_or(self.buf.len(), |n| n.min(self.buf.len()));
+            timed(proxy.idle_timeout, upstream.write_all(&self.buf[..take])).await?;
+            self.buf.advance(take);
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Relays a chunked request body, checked chunk by chunk.
+    async fn relay_request_chunked(
+        &mut self,
+        upstream: &mut TcpStream,
+        proxy: &Proxy,
+    ) -> io::Result<()> {
+        let mut decoder = chunked::Decoder::default();
+        loop {
+            if self.buf.is_empty() && self.read(Instant::now() + proxy.idle_timeout).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let used = decoder
+                .feed(&self.buf, &mut Vec::new())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            // The framing is valid: pass it on as it came.
+            timed(proxy.idle_timeout, upstream.write_all(&self.buf[..used])).await?;
+            self.buf.advance(used);
+            if decoder.is_done() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Relays the response body. Returns whether it ended exactly where
+    /// its framing said, so the upstream connection can be reused.
+    async fn relay_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        framing: Upstream,
+        leftover: Vec<u8>,
+        rechunk: bool,
+        proxy: &Proxy,
+    ) -> io::Result<bool> {
+        let idle = proxy.idle_timeout;
+        match framing {
+            Upstream::None => {
+                self.write_out(&[], false).await?;
+                Ok(leftover.is_empty())
+            }
+            Upstream::Length(n) => {
+                let mut left = n;
+                let first = usize::try_from(n).map_or(leftover.len(), |n| n.min(leftover.len()));
+                let clean = first == leftover.len();
+                self.write_out(&leftover[..first], left > first as u64)
+                    .await?;
+                left -= first as u64;
+                let mut buf = vec![0; BUFFER];
+                while left > 0 {
+                    let want = usize::try_from(left).map_or(BUFFER, |l| l.min(BUFFER));
+                    let got = timed(idle, upstream.read(&mut buf[..want])).await?;
+                    if got == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "backend closed mid-body",
+                        ));
+                    }
+                    left -= got as u64;
+                    self.write_out(&buf[..got], left > 0).await?;
+                }
+                Ok(clean)
+            }
+            Upstream::Chunked => {
+                // The head goes out now: the first chunk may take a while.
+                self.write_out(&[], true).await?;
+                let mut decoder = chunked::Decoder::default();
+                let mut pieces = Vec::new();
+                let mut data = leftover;
+                let mut clean = true;
+                loop {
+                    pieces.clear();
+                    let used = decoder
+                        .feed(&data, &mut pieces)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    clean &= used == data.len();
+                    for Piece::Data(range) in pieces.drain(..) {
+                        self.send_piece(&data[range], rechunk).await?;
+                    }
+                    if decoder.is_done() {
+                        break;
+                    }
+                    data.clear();
+                    data.reserve(BUFFER);
+                    if timed(idle, upstream.read_buf(&mut data)).await? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "backend closed mid-body",
+                        ));
+                    }
+                }
+                self.finish(rechunk).await?;
+                Ok(clean)
+            }
+            Upstream::Close => {
+                self.write_out(&[], true).await?;
+                self.send_piece(&leftover, rechunk).await?;
+                let mut buf = vec![0; BUFFER];
+                loop {
+                    let got = timed(idle, upstream.read(&mut buf)).await?;
+                    if got == 0 {
+                        break;
+                    }
+                    self.send_piece(&buf[..got], rechunk).await?;
+                }
+                self.finish(rechunk).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Sends body bytes, as a chunk when re-framing.
+    async fn send_piece(&mut self, data: &[u8], rechunk: bool) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if rechunk {
+            self.out
+                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            self.write_out(data, true).await?;
+            self.out.extend_from_slice(b"\r\n");
+            Ok(())
+        } else {
+            self.write_out(data, true).await
+        }
+    }
+
+    /// Ends the body: the last chunk when re-framing, and whatever is
+    /// still in the write buffer.
+    async fn finish(&mut self, rechunk: bool) -> io::Result<()> {
+        if rechunk {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.write_out(&[], false).await
+    }
+}
+
+/// Adds `X-Forwarded-For` (appended to any the client sent), `-Proto` and
+/// `-Host`.
+fn forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&HeaderValue>) {
+    if let Some(peer) = peer {
+        let name = HeaderName::from_static("x-forwarded-for");
+        let ip = peer.ip().to_string();
+        let value = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+}
+
+/// Parses a response head at the start of `buf`: the head and its length,
+/// or `None` when incomplete.
+fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<(ResponseHead, usize)>> {
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(&format!("malformed response head: {e}"))),
+    };
+    let status = res
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| invalid("invalid status"))?;
+    let version_11 = res.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = !version_11;
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid("header value"))?;
+        if name == CONTENT_LENGTH {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| invalid("invalid Content-Length"))?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(invalid("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if name == http::header::TRANSFER_ENCODING {
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == http::header::CONNECTION {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && !version_11 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = if *method == Method::HEAD || !response::has_body(false, status) {
+        Upstream::None
+    } else if chunked {
+        Upstream::Chunked
+    } else if let Some(n) = length {
+        Upstream::Length(n)
+    } else {
+        Upstream::Close
+    };
+    Ok(Some((
+        ResponseHead {
+            status,
+            headers,
+            keep_alive: !close,
+            framing,
+        },
+        len,
+    )))
+}
+
+fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a failure on a reused connection means the backend had closed
+/// it while idle (so the request can go again on a new one).
+fn is_stale(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+async fn timed<T>(limit: Duration, io: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    timeout(limit, io)
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}

@@ -1,0 +1,306 @@
+//! `ProxyRoute`: the compiled handler, the per-worker upstream connection
+//! pool, and the pure parts of forwarding (upstream request head, client
+//! response head, hop-by-hop rules). The exchange itself runs in the
+//! HTTP/1.1 engine (`h1/proxy.rs`), which owns the client connection.
+//!
+//! Limits: [`MAX_IDLE_PER_ENDPOINT`] idle upstream connections per endpoint
+//! and worker (`pier_dataplane_upstream_idle_connections`); response
+//! heads up to `--max-header-size`; bodies move through one
+//! [`BUFFER`]-byte buffer per exchange, so a slow client slows the backend
+//! instead of growing memory (buffering comes with the hybrid-buffering
+//! issue).
+
+pub(crate) mod chunked;
+mod schedule;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pier_snapshot::{HeaderEdits, ProxyAction};
+use tokio::net::TcpStream;
+
+use self::schedule::Schedule;
+use crate::metrics::Metrics;
+
+/// Idle upstream connections kept per endpoint and worker.
+pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 32;
+/// Bytes moved per read while relaying a body.
+pub(crate) const BUFFER: usize = 64 * 1024;
+
+/// A compiled `ProxyRoute` action.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    pub(crate) endpoints: Box<[SocketAddr]>,
+    schedule: Option<Schedule>,
+    pub(crate) rewrite_prefix: Option<Box<[u8]>>,
+    pub(crate) rewrite_host: Option<HeaderValue>,
+    pub(crate) request_edits: Edits,
+    pub(crate) response_edits: Edits,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+/// Header edits ready to apply.
+#[derive(Debug, Default)]
+pub(crate) struct Edits {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl Edits {
+    fn new(edits: &HeaderEdits) -> Self {
+        // The compiler checked names and values; anything still refused
+        // here is skipped rather than sent.
+        let pair = |(n, v): &(String, String)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        };
+        Self {
+            set: edits.set.iter().filter_map(pair).collect(),
+            add: edits.add.iter().filter_map(pair).collect(),
+            remove: edits
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    /// Applies remove, then set, then add.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+impl Proxy {
+    pub(crate) fn new(action: &ProxyAction) -> Self {
+        let (endpoints, weights): (Vec<SocketAddr>, Vec<u32>) = action
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.address.parse::<SocketAddr>().ok()?, e.weight)))
+            .unzip();
+        let ms = Duration::from_millis;
+        Self {
+            schedule: Schedule::new(&weights),
+            endpoints: endpoints.into(),
+            rewrite_prefix: action
+                .rewrite_prefix
+                .as_deref()
+                .map(|p| p.as_bytes().into()),
+            rewrite_host: action
+                .rewrite_host
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
+            request_edits: Edits::new(&action.request_headers),
+            response_edits: Edits::new(&action.response_headers),
+            connect_timeout: ms(action.timeouts.connect_ms),
+            response_header_timeout: ms(action.timeouts.response_header_ms),
+            idle_timeout: ms(action.timeouts.idle_ms),
+        }
+    }
+
+    /// The next endpoint by weight; `None` when the route has none.
+    pub(crate) fn pick(&self) -> Option<SocketAddr> {
+        let i = self.schedule.as_ref()?.pick();
+        self.endpoints.get(i).copied()
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),
+/// plus the framing fields the proxy writes itself.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+];
+
+/// Removes hop-by-hop fields, including those the `Connection` header names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named.iter().chain(
+        HOP_BY_HOP
+            .iter()
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        headers.remove(name);
+    }
+}
+
+/// The path sent upstream: the matched prefix replaced when the route
+/// rewrites it. The request target's own encoding is kept when its raw path
+/// starts with the matched prefix; otherwise the decoded path is
+/// re-encoded.
+pub(crate) fn upstream_path(
+    raw_path: &str,
+    query: Option<&str>,
+    normalized: &[u8],
+    prefix_len: usize,
+    rewrite: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
+    match rewrite {
+        None => out.extend_from_slice(raw_path.as_bytes()),
+        Some(prefix) => {
+            let matched = &normalized[..prefix_len.min(normalized.len())];
+            let rest: Vec<u8> = match raw_path.as_bytes().strip_prefix(matched) {
+                Some(rest) => rest.to_vec(),
+                None => encode(&normalized[matched.len()..]),
+            };
+            if prefix == b"/" && rest.starts_with(b"/") {
+                out.extend_from_slice(&rest);
+            } else {
+                out.extend_from_slice(prefix);
+                if rest.is_empty() && prefix.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(&rest);
+            }
+        }
+    }
+    if let Some(query) = query {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
+}
+
+/// Percent-encodes what may not appear raw in a path.
+fn encode(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &b in path {
+        if b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+thread_local! {
+    /// Idle upstream connections of this worker, by endpoint.
+    static POOL: RefCell<HashMap<SocketAddr, Vec<TcpStream>>> = RefCell::new(HashMap::new());
+}
+
+/// Takes an idle connection to `addr` that is still open.
+pub(crate) fn take_idle(addr: SocketAddr, metrics: &Metrics) -> Option<TcpStream> {
+    POOL.with_borrow_mut(|pool| {
+        let idle = pool.get_mut(&addr)?;
+        while let Some(stream) = idle.pop() {
+            metrics.upstream_idle.fetch_sub(1, Relaxed);
+            // An idle connection has nothing to read: a byte or an end of
+            // stream means the backend closed it or broke the protocol.
+            let mut probe = [0u8; 1];
+            if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                return Some(stream);
+            }
+        }
+        None
+    })
+}
+
+/// Keeps a connection whose exchange completed, if there is room.
+pub(crate) fn put_idle(addr: SocketAddr, stream: TcpStream, metrics: &Metrics) {
+    POOL.with_borrow_mut(|pool| {
+        let idle = pool.entry(addr).or_default();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(stream);
+            metrics.upstream_idle.fetch_add(1, Relaxed);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(raw: &str, query: Option<&str>, prefix_len: usize, rewrite: Option<&str>) -> String {
+        let normalized = crate::files::path::normalize(raw).expect("valid path");
+        let mut out = Vec::new();
+        upstream_path(
+            raw,
+            query,
+            &normalized,
+            prefix_len,
+            rewrite.map(str::as_bytes),
+            &mut out,
+        );
+        String::from_utf8(out).expect("ASCII")
+    }
+
+    #[test]
+    fn prefixes_are_replaced_and_encoding_kept() {
+        assert_eq!(path("/api/users", Some("a=1"), 4, None), "/api/users?a=1");
+        assert_eq!(path("/api/users", None, 4, Some("/v2")), "/v2/users");
+        assert_eq!(path("/api/us%20ers", None, 4, Some("/v2")), "/v2/us%20ers");
+        assert_eq!(path("/api", None, 4, Some("/v2")), "/v2");
+        assert_eq!(path("/api/x", None, 4, Some("/")), "/x");
+        assert_eq!(path("/%61pi/x y", None, 4, Some("/v2")), "/v2/x%20y");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go_including_those_connection_names() {
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+            ("content-length", "5"),
+        ] {
+            headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn edits_remove_then_set_then_add() {
+        let edits = Edits::new(&HeaderEdits {
+            set: vec![("x-env".into(), "prod".into())],
+            add: vec![("x-tag".into(), "b".into())],
+            remove: vec!["server".into()],
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("server", HeaderValue::from_static("backend"));
+        headers.insert("x-env", HeaderValue::from_static("dev"));
+        headers.insert("x-tag", HeaderValue::from_static("a"));
+        edits.apply(&mut headers);
+        assert!(headers.get("server").is_none());
+        assert_eq!(headers["x-env"], "prod");
+        let tags: Vec<_> = headers.get_all("x-tag").iter().collect();
+        assert_eq!(tags, ["a", "b"]);
+    }
+}

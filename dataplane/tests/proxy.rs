@@ -1,0 +1,307 @@
+//! ProxyRoute over real sockets: local backends (hyper servers and raw
+//! sockets) behind a dataplane in standalone mode.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use support::{Running, request, send};
+
+/// A backend that answers every request with a description of it.
+struct Backend {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+/// Starts a backend named `name` on its own thread.
+fn backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| answer(name, req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    Backend { addr, connections }
+}
+
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn answer(
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<AnyBody>, std::convert::Infallible> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let method = req.method().to_string();
+    let mut headers: Vec<String> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+        .collect();
+    headers.sort();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let text = format!(
+        "backend={name}\nmethod={method}\npath={path}\n{}\nbody={}",
+        headers.join("\n"),
+        String::from_utf8_lossy(&body)
+    );
+    let mut res = if path.starts_with("/chunked") {
+        // A body of unknown length: hyper sends it chunked.
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(2);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from("first-")).await;
+            let _ = tx.send_data(Bytes::from(text)).await;
+        });
+        Response::new(body.boxed())
+    } else if let Some(size) = path.strip_prefix("/big/") {
+        let size: usize = size.parse().unwrap_or(0);
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        Response::new(Full::new(Bytes::from(data)).boxed())
+    } else {
+        Response::new(Full::new(Bytes::from(text)).boxed())
+    };
+    res.headers_mut()
+        .insert("server", http::HeaderValue::from_static("backend-server"));
+    res.headers_mut().insert(
+        "x-backend",
+        http::HeaderValue::from_str(name).expect("name"),
+    );
+    Ok(res)
+}
+
+fn proxy_route(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: pier.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
+    )
+}
+
+fn start(spec: &str) -> Running {
+    Running::start(&[("proxy.yaml", &proxy_route("app", spec))], &[])
+}
+
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix(name))
+}
+
+#[test]
+fn round_robin_follows_the_weights() {
+    let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{}\"}}, {{address: \"{}\"}}, {{address: \"{}\", weight: 2}}]}}",
+        a.addr, b.addr, c.addr
+    ));
+    let mut stream = pier.connect();
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..1000 {
+        let res = send(&mut stream, &request("GET", "/", &[]));
+        assert_eq!(res.status, 200);
+        *counts
+            .entry(res.header("x-backend").unwrap_or("?").to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!((counts["a"], counts["b"], counts["c"]), (250, 250, 500));
+    // Upstream connections are kept alive and reused.
+    for backend in [&a, &b, &c] {
+        assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[test]
+fn requests_are_rewritten_and_forwarded_headers_added() {
+    let a = backend("a");
+    let pier = start(&format!(
+        "{{path: {{value: /api}}, backends: [{{address: \"{}\"}}],
+          rewrite: {{pathPrefix: /v2, host: internal.example}},
+          requestHeaders: {{set: [{{name: X-Env, value: prod}}], remove: [X-Debug]}},
+          responseHeaders: {{remove: [Server], add: [{{name: X-Served-By, value: pier}}]}}}}",
+        a.addr
+    ));
+    let res = pier.get(
+        "/api/users?id=7",
+        &[
+            "X-Debug: 1",
+            "X-Forwarded-For: 10.0.0.1",
+            "Connection: keep-alive, X-Hop",
+            "X-Hop: secret",
+        ],
+    );
+    assert_eq!(res.status, 200);
+    let text = res.text();
+    assert_eq!(field(&text, "path="), Some("/v2/users?id=7"), "{text}");
+    assert!(text.contains("\nhost: internal.example\n"), "{text}");
+    assert!(text.contains("\nx-env: prod\n"), "{text}");
+    assert!(
+        text.contains("\nx-forwarded-for: 10.0.0.1, 127.0.0.1\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nx-forwarded-proto: http\n"), "{text}");
+    assert!(text.contains("\nx-forwarded-host: test\n"), "{text}");
+    assert!(!text.contains("x-debug"), "{text}");
+    assert!(
+        !text.contains("x-hop"),
+        "hop-by-hop named in Connection: {text}"
+    );
+    assert_eq!(res.header("server"), None);
+    assert_eq!(res.header("x-served-by"), Some("pier"));
+    // Outside the prefix: no route.
+    assert_eq!(pier.get("/other", &[]).status, 404);
+}
+
+#[test]
+fn request_bodies_are_relayed_sized_chunked_and_after_100_continue() {
+    let a = backend("a");
+    let pier = start(&format!("{{backends: [{{address: \"{}\"}}]}}", a.addr));
+    let mut stream = pier.connect();
+    let sized = "POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world";
+    let res = send(&mut stream, sized);
+    assert_eq!(field(&res.text(), "body="), Some("hello world"));
+    let chunked = "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let res = send(&mut stream, chunked);
+    assert_eq!(field(&res.text(), "body="), Some("hello world"));
+    assert_eq!(field(&res.text(), "method="), Some("POST"));
+
+    // Expect: 100-continue: the client waits for the interim answer.
+    stream
+        .write_all(
+            b"PUT /e HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .expect("send head");
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).expect("100 Continue");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"data").expect("send body");
+    let res = support::read_response(&mut stream, false);
+    assert_eq!(field(&res.text(), "body="), Some("data"));
+
+    // A malformed chunked body is refused, never forwarded.
+    let mut stream = pier.connect();
+    stream
+        .write_all(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        .expect("send");
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(!text.contains("backend=a"), "{text}");
+}
+
+#[test]
+fn response_bodies_are_relayed_exactly_chunked_or_sized() {
+    let a = backend("a");
+    let pier = start(&format!("{{backends: [{{address: \"{}\"}}]}}", a.addr));
+    let mut stream = pier.connect();
+    stream
+        .write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.contains("first-"), "{text}");
+    // The connection still works after a chunked response.
+    let res = send(&mut stream, &request("GET", "/big/1048583", &[]));
+    let want: Vec<u8> = (0..1_048_583).map(|i| (i % 251) as u8).collect();
+    assert!(res.body == want, "a 1 MiB body arrives intact");
+
+    // An HTTP/1.0 client gets the chunked body de-chunked, then a close.
+    let mut stream = pier.connect();
+    stream
+        .write_all(b"GET /chunked HTTP/1.0\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).expect("read to close");
+    let text = String::from_utf8_lossy(&all);
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.contains("\r\n\r\nfirst-backend=a"), "{text}");
+}
+
+#[test]
+fn backend_failures_get_clear_statuses() {
+    // Nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let pier = start(&format!("{{backends: [{{address: \"{closed}\"}}]}}"));
+    assert_eq!(pier.get("/", &[]).status, 502);
+
+    let a = backend("a");
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{}\"}}], timeouts: {{responseHeader: 200ms}}}}",
+        a.addr
+    ));
+    assert_eq!(pier.get("/slow", &[]).status, 504);
+    assert_eq!(pier.get("/fast", &[]).status, 200, "the route still works");
+}
+
+#[test]
+fn a_backend_dying_mid_body_aborts_the_client_transfer() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly ten b");
+            // Closed with 990 bytes missing.
+        }
+    });
+    let pier = start(&format!("{{backends: [{{address: \"{addr}\"}}]}}"));
+    let mut stream = pier.connect();
+    stream
+        .write_all(request("GET", "/", &[]).as_bytes())
+        .expect("send");
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("content-length: 1000"), "{text}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert_eq!(
+        body, "only ten b",
+        "the transfer ends short and the connection closes"
+    );
+}
