@@ -1,7 +1,7 @@
 //! The reconcile loop: reflector stores in, snapshots and route status out.
 //!
 //! ```text
-//!  watch StaticRoute (per namespace) ──► reflector stores ──┐ change
+//!  watch StaticRoute, ProxyRoute ──► reflector stores ───────┐ change
 //!  dataplane acks (Fleet) ───────────────────────────────────┤
 //!                                                            ▼ coalesce (--coalesce)
 //!            compile(stores) ──► new version? publish ──► snapshot service
@@ -24,8 +24,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
-use pier_crds::StaticRoute;
+use kube::{Api, Client};
+use pier_crds::{ProxyRoute, StaticRoute};
 use pier_snapshot::{Compiled, Resources, RouteKey, RouteKind, wire};
 use tokio::sync::{Notify, watch};
 
@@ -62,75 +62,35 @@ pub(crate) struct Reconciler {
 
 impl Reconciler {
     pub(crate) async fn run(self) {
-        let changed = Arc::clone(&self.changed);
-        let mut stores = Vec::new();
+        let changed = &self.changed;
         let scopes: Vec<Option<String>> = if self.namespaces.is_empty() {
             vec![None]
         } else {
             self.namespaces.iter().cloned().map(Some).collect()
         };
-        for scope in scopes {
-            let api: Api<StaticRoute> = match &scope {
-                Some(ns) => Api::namespaced(self.client.clone(), ns),
-                None => Api::all(self.client.clone()),
-            };
-            let (reader, writer) = reflector::store();
-            stores.push(reader);
-            let changed = Arc::clone(&changed);
-            let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff();
-            let mut alive = self.alive.clone();
-            tokio::spawn(async move {
-                futures::pin_mut!(events);
-                loop {
-                    let event = tokio::select! {
-                        event = events.next() => event,
-                        _ = alive.changed() => return,
-                    };
-                    match event {
-                        Some(Ok(_)) => changed.notify_one(),
-                        Some(Err(e)) => {
-                            tracing::warn!(scope = ?scope, error = %e, "watch failed; retrying")
-                        }
-                        None => return,
-                    }
-                }
-            });
+        let mut statics = Vec::new();
+        let mut proxies = Vec::new();
+        for scope in &scopes {
+            statics.push(self.watch(
+                self.api::<StaticRoute>(scope.as_deref()),
+                watcher::Config::default(),
+                changed,
+            ));
+            proxies.push(self.watch(
+                self.api::<ProxyRoute>(scope.as_deref()),
+                watcher::Config::default(),
+                changed,
+            ));
         }
         let reports = self.lease.as_ref().map(|lease| {
             let api: Api<Lease> = Api::namespaced(self.client.clone(), &lease.namespace);
             let selector = format!("{FLEET_LABEL}={}", lease.name);
-            let (reader, writer) = reflector::store();
-            let events = reflector::reflector(
-                writer,
-                watcher(api, watcher::Config::default().labels(&selector)),
-            )
-            .default_backoff();
-            let changed = Arc::clone(&changed);
-            let mut alive = self.alive.clone();
-            tokio::spawn(async move {
-                futures::pin_mut!(events);
-                loop {
-                    let event = tokio::select! {
-                        event = events.next() => event,
-                        _ = alive.changed() => return,
-                    };
-                    match event {
-                        Some(Ok(_)) => changed.notify_one(),
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "fleet report watch failed; retrying")
-                        }
-                        None => return,
-                    }
-                }
-            });
-            reader
+            self.watch(api, watcher::Config::default().labels(&selector), changed)
         });
-        for store in &stores {
-            if store.wait_until_ready().await.is_err() {
-                tracing::error!("a route store closed before it was ready");
-                return;
-            }
+        let stores = Stores { statics, proxies };
+        if !stores.wait_until_ready().await {
+            tracing::error!("a route store closed before it was ready");
+            return;
         }
         let _ = self.ready.send(true);
         tracing::info!("route stores ready");
@@ -152,13 +112,67 @@ impl Reconciler {
         }
     }
 
-    async fn reconcile(&self, stores: &[Store<StaticRoute>], reports: Option<&Store<Lease>>) {
-        let started = Instant::now();
-        let routes: Vec<Arc<StaticRoute>> = stores.iter().flat_map(Store::state).collect();
-        let compiled = pier_snapshot::compile(&Resources {
-            static_routes: routes.iter().map(|r| StaticRoute::clone(r)).collect(),
-            ..Resources::default()
+    /// An API for `K` in `scope` (a namespace), or in all namespaces.
+    fn api<K>(&self, scope: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match scope {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Mirrors `api` into a store, waking the loop on every change, until
+    /// the controller stops.
+    fn watch<K>(&self, api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let (reader, writer) = reflector::store();
+        let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        let changed = Arc::clone(changed);
+        let mut alive = self.alive.clone();
+        tokio::spawn(async move {
+            futures::pin_mut!(events);
+            loop {
+                let event = tokio::select! {
+                    event = events.next() => event,
+                    _ = alive.changed() => return,
+                };
+                match event {
+                    Some(Ok(_)) => changed.notify_one(),
+                    Some(Err(e)) => {
+                        tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying")
+                    }
+                    None => return,
+                }
+            }
         });
+        reader
+    }
+
+    async fn reconcile(&self, stores: &Stores, reports: Option<&Store<Lease>>) {
+        let started = Instant::now();
+        let statics: Vec<Arc<StaticRoute>> = stores.statics.iter().flat_map(Store::state).collect();
+        let proxies: Vec<Arc<ProxyRoute>> = stores.proxies.iter().flat_map(Store::state).collect();
+        let compiled = pier_snapshot::compile(&Resources {
+            static_routes: statics.iter().map(|r| StaticRoute::clone(r)).collect(),
+            proxy_routes: proxies.iter().map(|r| ProxyRoute::clone(r)).collect(),
+        });
+        let routes: Vec<RouteObject> = statics
+            .into_iter()
+            .map(RouteObject::Static)
+            .chain(proxies.into_iter().map(RouteObject::Proxy))
+            .collect();
         self.metrics.reconciled(started.elapsed());
         self.publish(&compiled, &routes);
         if !*self.leader.borrow() {
@@ -184,7 +198,7 @@ impl Reconciler {
             .collect()
     }
 
-    fn publish(&self, compiled: &Compiled, routes: &[Arc<StaticRoute>]) {
+    fn publish(&self, compiled: &Compiled, routes: &[RouteObject]) {
         let snapshot = &compiled.snapshot;
         if self.publish.borrow().version == snapshot.version {
             return;
@@ -197,7 +211,7 @@ impl Reconciler {
             }
         };
         let generations: HashMap<RouteKey, i64> =
-            routes.iter().map(|r| (key(r), generation(r))).collect();
+            routes.iter().map(|r| (r.key(), r.generation())).collect();
         let contents: Contents = snapshot
             .routes
             .iter()
@@ -223,7 +237,7 @@ impl Reconciler {
     fn status_batch(
         &self,
         compiled: &Compiled,
-        routes: &[Arc<StaticRoute>],
+        routes: &[RouteObject],
         remote: &BTreeMap<String, String>,
     ) -> Batch {
         let errors: HashMap<&RouteKey, &pier_snapshot::RouteError> =
@@ -231,8 +245,8 @@ impl Reconciler {
         let now = Time(jiff_now());
         let mut batch = Batch::default();
         for route in routes {
-            let key = key(route);
-            let generation = generation(route);
+            let key = route.key();
+            let generation = route.generation();
             let verdict = match errors.get(&key) {
                 Some(error) => Verdict::Invalid {
                     reason: error.invalid.reason().to_owned(),
@@ -241,16 +255,12 @@ impl Reconciler {
                 None => Verdict::Accepted,
             };
             let programming = self.fleet.programming(&key, generation, remote);
-            let current = route
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
+            let current = route.conditions();
             let desired = status::desired(Some(generation), &verdict, programming, current, &now);
             if status::differs(current, &desired) {
                 batch.writes.push(Arc::new(StatusWrite {
                     transitions: status::transitions(current, &desired),
-                    route: Arc::clone(route),
+                    route: route.clone(),
                     key: key.clone(),
                     desired,
                 }));
@@ -277,7 +287,7 @@ pub(crate) struct Batch {
 
 #[derive(Debug)]
 struct StatusWrite {
-    route: Arc<StaticRoute>,
+    route: RouteObject,
     key: RouteKey,
     desired: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
     transitions: Vec<status::Transition>,
@@ -352,17 +362,24 @@ impl StatusWriter {
     /// Patches one route's status (server-side apply); true when done or
     /// moot (the route is gone).
     async fn write(&self, write: &StatusWrite) -> bool {
-        let api: Api<StaticRoute> = Api::namespaced(self.client.clone(), &write.key.namespace);
         let patch = serde_json::json!({
             "apiVersion": "pier.dev/v1alpha1",
-            "kind": "StaticRoute",
+            "kind": write.key.kind.as_str(),
             "status": { "conditions": write.desired },
         });
         let params = PatchParams::apply(MANAGER).force();
-        match api
-            .patch_status(&write.key.name, &params, &Patch::Apply(&patch))
-            .await
-        {
+        let (ns, name) = (&write.key.namespace, &write.key.name);
+        let patched = match write.key.kind {
+            RouteKind::StaticRoute => Api::<StaticRoute>::namespaced(self.client.clone(), ns)
+                .patch_status(name, &params, &Patch::Apply(&patch))
+                .await
+                .map(drop),
+            RouteKind::ProxyRoute => Api::<ProxyRoute>::namespaced(self.client.clone(), ns)
+                .patch_status(name, &params, &Patch::Apply(&patch))
+                .await
+                .map(drop),
+        };
+        match patched {
             Ok(_) => {
                 self.metrics.status_written();
                 self.announce(&write.route, &write.transitions).await;
@@ -382,8 +399,8 @@ impl StatusWriter {
     /// One Event per condition transition: `Normal` when it became true,
     /// `Warning` when it became false. A failure is logged, never retried:
     /// Events are best effort, status is the record.
-    async fn announce(&self, route: &StaticRoute, transitions: &[status::Transition]) {
-        let reference = route.object_ref(&());
+    async fn announce(&self, route: &RouteObject, transitions: &[status::Transition]) {
+        let reference = route.object_ref();
         for transition in transitions.iter().cloned() {
             let event = Event {
                 type_: if transition.ok {
@@ -403,16 +420,75 @@ impl StatusWriter {
     }
 }
 
-fn key(route: &StaticRoute) -> RouteKey {
-    RouteKey {
-        kind: RouteKind::StaticRoute,
-        namespace: route.namespace().unwrap_or_default(),
-        name: route.name_any(),
+/// The route stores of every watched namespace.
+struct Stores {
+    statics: Vec<Store<StaticRoute>>,
+    proxies: Vec<Store<ProxyRoute>>,
+}
+
+impl Stores {
+    /// Waits until every store listed its resources once; false when one
+    /// closed first.
+    async fn wait_until_ready(&self) -> bool {
+        for store in &self.statics {
+            if store.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        for store in &self.proxies {
+            if store.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 }
 
-fn generation(route: &StaticRoute) -> i64 {
-    route.metadata.generation.unwrap_or(0)
+/// A route resource of either kind.
+#[derive(Clone, Debug)]
+enum RouteObject {
+    Static(Arc<StaticRoute>),
+    Proxy(Arc<ProxyRoute>),
+}
+
+impl RouteObject {
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Self::Static(r) => &r.metadata,
+            Self::Proxy(r) => &r.metadata,
+        }
+    }
+
+    fn key(&self) -> RouteKey {
+        let meta = self.meta();
+        RouteKey {
+            kind: match self {
+                Self::Static(_) => RouteKind::StaticRoute,
+                Self::Proxy(_) => RouteKind::ProxyRoute,
+            },
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    fn generation(&self) -> i64 {
+        self.meta().generation.unwrap_or(0)
+    }
+
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        let status = match self {
+            Self::Static(r) => r.status.as_ref(),
+            Self::Proxy(r) => r.status.as_ref(),
+        };
+        status.map(|s| s.conditions.as_slice()).unwrap_or_default()
+    }
+
+    fn object_ref(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        match self {
+            Self::Static(r) => r.object_ref(&()),
+            Self::Proxy(r) => r.object_ref(&()),
+        }
+    }
 }
 
 /// The current time to the second, as the API server stores it.

@@ -38,7 +38,10 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD of the API with the file name it is committed under in `crds/yaml/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![("staticroutes.pier.dev.yaml", StaticRoute::crd())]
+    vec![
+        ("staticroutes.pier.dev.yaml", StaticRoute::crd()),
+        ("proxyroutes.pier.dev.yaml", ProxyRoute::crd()),
+    ]
 }
 
 /// Renders a CRD the way it is committed: YAML with a leading document marker.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use pier_crds::StaticRoute;
+use pier_crds::{ProxyRoute, StaticRoute};
 use serde_json::json;
 use support::{Cluster, eventually};
 
@@ -259,4 +259,92 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
         condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(2)))
     })
     .await;
+}
+
+/// A backend answering every request on its connections with `body`.
+fn tiny_backend(body: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_routes_are_served_through_the_controller() {
+    let cluster = Cluster::start().await;
+    let backend = tiny_backend("from the backend");
+    let api: Api<ProxyRoute> = Api::namespaced(cluster.cp.client(), "default");
+    let app: ProxyRoute = serde_json::from_value(json!({
+        "apiVersion": "pier.dev/v1alpha1",
+        "kind": "ProxyRoute",
+        "metadata": {"name": "app", "namespace": "default"},
+        "spec": {"hosts": ["app.example.com"], "backends": [{"address": backend.to_string()}]},
+    }))
+    .expect("a ProxyRoute");
+    api.create(&PostParams::default(), &app)
+        .await
+        .expect("created");
+    eventually("the backend answers through the dataplane", || async {
+        cluster
+            .get("app.example.com", "/")
+            .is_some_and(|(s, b)| s == 200 && b == "from the backend")
+    })
+    .await;
+    eventually("the ProxyRoute is Programmed", || async {
+        let got = api.get("app").await.expect("read back");
+        got.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Programmed" && c.status == "True")
+        })
+    })
+    .await;
+
+    // The schema refuses header values that would split a header.
+    let bad: ProxyRoute = serde_json::from_value(json!({
+        "apiVersion": "pier.dev/v1alpha1",
+        "kind": "ProxyRoute",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {
+            "backends": [{"address": backend.to_string()}],
+            "requestHeaders": {"set": [{"name": "X-A", "value": "a\r\nInjected: 1"}]},
+        },
+    }))
+    .expect("a ProxyRoute");
+    match api.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(
+                e.message.contains("must not contain CR, LF or NUL"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("a CR/LF header value was accepted: {other:?}"),
+    }
 }
