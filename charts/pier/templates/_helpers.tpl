@@ -113,11 +113,12 @@ dataplanes dial and what the certificate is issued for.
 
 {{/* The controller's rules on routes, Events and backends. */}}
 {{- define "pier.rbac.routeRules" -}}
+# Routes: read them, write their status (server-side apply).
 - apiGroups: ["pier.dev"]
-  resources: ["staticroutes"]
+  resources: ["staticroutes", "proxyroutes"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["pier.dev"]
-  resources: ["staticroutes/status"]
+  resources: ["staticroutes/status", "proxyroutes/status"]
   verbs: ["patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
