@@ -477,6 +477,38 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
     let deletes = routes_as(&client).delete("site", &Default::default()).await;
     assert_forbidden(deletes, "deleting routes");
 
+    // rbac.secretNamespaces opens Secrets read-only in the namespaces it
+    // names, and nowhere else.
+    run_helm(
+        &helm,
+        &cp,
+        &[
+            "upgrade".into(),
+            "pier".into(),
+            path_arg(&chart()),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--set".into(),
+            format!("rbac.secretNamespaces={{{NAMESPACE}}}"),
+        ],
+    );
+    let granted: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    eventually("Secrets are readable in the granted namespace", || async {
+        granted.list(&ListParams::default()).await.is_ok()
+    })
+    .await;
+    let other: Api<Secret> = Api::namespaced(client.clone(), "default");
+    assert_forbidden(
+        other.list(&ListParams::default()).await,
+        "Secrets outside rbac.secretNamespaces",
+    );
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "x"}})).expect("a Secret");
+    assert_forbidden(
+        granted.create(&PostParams::default(), &secret).await,
+        "writing Secrets",
+    );
+
     // The dashboard names only metrics the binaries export.
     let mut exported = scrape(controller.admin_addr());
     exported.extend(scrape(dataplane.admin));
