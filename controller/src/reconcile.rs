@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use kube::api::{Patch, PatchParams};
@@ -68,26 +70,28 @@ impl Reconciler {
         } else {
             self.namespaces.iter().cloned().map(Some).collect()
         };
-        let mut statics = Vec::new();
-        let mut proxies = Vec::new();
+        let mut stores = Stores::default();
         for scope in &scopes {
-            statics.push(self.watch(
-                self.api::<StaticRoute>(scope.as_deref()),
-                watcher::Config::default(),
-                changed,
-            ));
-            proxies.push(self.watch(
-                self.api::<ProxyRoute>(scope.as_deref()),
-                watcher::Config::default(),
-                changed,
-            ));
+            let scope = scope.as_deref();
+            let all = watcher::Config::default;
+            stores
+                .statics
+                .push(self.watch(self.api(scope), all(), changed));
+            stores
+                .proxies
+                .push(self.watch(self.api(scope), all(), changed));
+            stores
+                .services
+                .push(self.watch(self.api(scope), all(), changed));
+            stores
+                .slices
+                .push(self.watch(self.api(scope), all(), changed));
         }
         let reports = self.lease.as_ref().map(|lease| {
             let api: Api<Lease> = Api::namespaced(self.client.clone(), &lease.namespace);
             let selector = format!("{FLEET_LABEL}={}", lease.name);
             self.watch(api, watcher::Config::default().labels(&selector), changed)
         });
-        let stores = Stores { statics, proxies };
         if !stores.wait_until_ready().await {
             tracing::error!("a route store closed before it was ready");
             return;
@@ -167,6 +171,8 @@ impl Reconciler {
         let compiled = pier_snapshot::compile(&Resources {
             static_routes: statics.iter().map(|r| StaticRoute::clone(r)).collect(),
             proxy_routes: proxies.iter().map(|r| ProxyRoute::clone(r)).collect(),
+            services: cloned(&stores.services),
+            endpoint_slices: cloned(&stores.slices),
         });
         let routes: Vec<RouteObject> = statics
             .into_iter()
@@ -242,6 +248,8 @@ impl Reconciler {
     ) -> Batch {
         let errors: HashMap<&RouteKey, &pier_snapshot::RouteError> =
             compiled.errors.iter().map(|e| (&e.key, e)).collect();
+        let unresolved: HashMap<&RouteKey, &pier_snapshot::Unresolved> =
+            compiled.unresolved.iter().map(|u| (&u.key, u)).collect();
         let now = Time(jiff_now());
         let mut batch = Batch::default();
         for route in routes {
@@ -256,7 +264,9 @@ impl Reconciler {
             };
             let programming = self.fleet.programming(&key, generation, remote);
             let current = route.conditions();
-            let desired = status::desired(Some(generation), &verdict, programming, current, &now);
+            let refs = unresolved.get(&key).map(|u| (u.reason, u.message.as_str()));
+            let desired =
+                status::desired(Some(generation), &verdict, refs, programming, current, &now);
             if status::differs(current, &desired) {
                 batch.writes.push(Arc::new(StatusWrite {
                     transitions: status::transitions(current, &desired),
@@ -420,10 +430,25 @@ impl StatusWriter {
     }
 }
 
-/// The route stores of every watched namespace.
+/// The stores of every watched namespace.
+#[derive(Default)]
 struct Stores {
     statics: Vec<Store<StaticRoute>>,
     proxies: Vec<Store<ProxyRoute>>,
+    services: Vec<Store<Service>>,
+    slices: Vec<Store<EndpointSlice>>,
+}
+
+/// Every object of these stores, cloned for the compiler.
+fn cloned<K: kube::Resource + Clone>(stores: &[Store<K>]) -> Vec<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    stores
+        .iter()
+        .flat_map(Store::state)
+        .map(|k| K::clone(&k))
+        .collect()
 }
 
 impl Stores {
@@ -436,6 +461,16 @@ impl Stores {
             }
         }
         for store in &self.proxies {
+            if store.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        for store in &self.services {
+            if store.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        for store in &self.slices {
             if store.wait_until_ready().await.is_err() {
                 return false;
             }

@@ -6,7 +6,7 @@
 //! | condition | `True` | `False` reasons |
 //! |---|---|---|
 //! | `Accepted` | the route is in the snapshot | `InvalidPath`, `InvalidHost`, `Conflict`, … (from `compile`) |
-//! | `ResolvedRefs` | every reference resolved (a `StaticRoute` has none) | |
+//! | `ResolvedRefs` | every reference resolved (a `StaticRoute` has none) | `BackendNotFound`, `NoReadyEndpoints` |
 //! | `Programmed` | every connected dataplane serves a snapshot with this generation | `Pending`, `NoDataplanes`, `Invalid` |
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -42,6 +42,7 @@ pub(crate) enum Programming {
 pub(crate) fn desired(
     generation: Option<i64>,
     verdict: &Verdict,
+    refs: Option<(&str, &str)>,
     programming: Programming,
     current: &[Condition],
     now: &Time,
@@ -65,12 +66,15 @@ pub(crate) fn desired(
         Verdict::Accepted => condition(ACCEPTED, true, "Accepted", "route is valid".to_owned()),
         Verdict::Invalid { reason, message } => condition(ACCEPTED, false, reason, message.clone()),
     };
-    let resolved = condition(
-        RESOLVED_REFS,
-        true,
-        "ResolvedRefs",
-        "all references resolved".to_owned(),
-    );
+    let resolved = match refs {
+        None => condition(
+            RESOLVED_REFS,
+            true,
+            "ResolvedRefs",
+            "all references resolved".to_owned(),
+        ),
+        Some((reason, message)) => condition(RESOLVED_REFS, false, reason, message.to_owned()),
+    };
     let programmed = match (verdict, programming) {
         (Verdict::Invalid { .. }, _) => condition(
             PROGRAMMED,
@@ -159,6 +163,7 @@ mod tests {
         let got = desired(
             Some(3),
             &Verdict::Accepted,
+            None,
             Programming::Programmed { connected: 2 },
             &[],
             &now,
@@ -178,7 +183,14 @@ mod tests {
             reason: "Conflict".into(),
             message: "default/other holds www.example.com /".into(),
         };
-        let got = desired(Some(1), &verdict, Programming::NoDataplanes, &[], &now);
+        let got = desired(
+            Some(1),
+            &verdict,
+            None,
+            Programming::NoDataplanes,
+            &[],
+            &now,
+        );
         let accepted = find(&got, ACCEPTED);
         assert_eq!(
             (&*accepted.status, &*accepted.reason),
@@ -195,6 +207,7 @@ mod tests {
         let before = desired(
             Some(1),
             &Verdict::Accepted,
+            None,
             Programming::Pending {
                 serving: 0,
                 connected: 1,
@@ -205,6 +218,7 @@ mod tests {
         let after = desired(
             Some(2),
             &Verdict::Accepted,
+            None,
             Programming::Programmed { connected: 1 },
             &before,
             &now,
@@ -215,6 +229,7 @@ mod tests {
         let again = desired(
             Some(2),
             &Verdict::Accepted,
+            None,
             Programming::Programmed { connected: 1 },
             &after,
             &time("2026-11-23T11:00:00Z"),
@@ -228,6 +243,7 @@ mod tests {
         let programmed = desired(
             Some(1),
             &Verdict::Accepted,
+            None,
             Programming::Programmed { connected: 1 },
             &[],
             &now,
@@ -245,6 +261,7 @@ mod tests {
         let pending = desired(
             Some(2),
             &Verdict::Accepted,
+            None,
             Programming::Pending {
                 serving: 0,
                 connected: 1,
@@ -263,6 +280,7 @@ mod tests {
                 reason: "Conflict".into(),
                 message: "taken".into(),
             },
+            None,
             Programming::NoDataplanes,
             &programmed,
             &now,
@@ -273,11 +291,35 @@ mod tests {
     }
 
     #[test]
+    fn unresolved_references_say_which_and_why() {
+        let now = time("2026-11-23T10:00:00Z");
+        let got = desired(
+            Some(1),
+            &Verdict::Accepted,
+            Some((
+                "NoReadyEndpoints",
+                "service api port 80 has no ready endpoints",
+            )),
+            Programming::Programmed { connected: 1 },
+            &[],
+            &now,
+        );
+        let refs = find(&got, RESOLVED_REFS);
+        assert_eq!(
+            (&*refs.status, &*refs.reason),
+            ("False", "NoReadyEndpoints")
+        );
+        assert!(refs.message.contains("service api"));
+        assert_eq!(find(&got, ACCEPTED).status, "True", "still served");
+    }
+
+    #[test]
     fn pending_programming_counts_the_dataplanes() {
         let now = time("2026-11-23T10:00:00Z");
         let got = desired(
             None,
             &Verdict::Accepted,
+            None,
             Programming::Pending {
                 serving: 1,
                 connected: 3,

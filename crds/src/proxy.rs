@@ -1,8 +1,8 @@
 //! `ProxyRoute`: requests passed to backends.
 //!
-//! This first slice carries fixed-address backends with weights, smooth
-//! weighted round-robin, path and host rewriting, header operations and
-//! timeouts. Services, the other balancers, retries and X-Sendfile follow.
+//! This slice carries Service and fixed-address backends with weights,
+//! smooth weighted round-robin, path and host rewriting, header operations
+//! and timeouts. The other balancers, retries and X-Sendfile follow.
 
 // kube's `KubeSchema` derive re-declares each struct, `pub`, inside a
 // function; every type here is re-exported from the crate root anyway.
@@ -31,7 +31,7 @@ use crate::route::{HOST_PATTERN, PathMatch, RouteStatus};
     status = "RouteStatus",
     printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
     printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.path.value"}"#,
-    printcolumn = r#"{"name":"Backends","type":"string","jsonPath":".spec.backends[*].address"}"#,
+    printcolumn = r#"{"name":"Services","type":"string","jsonPath":".spec.backends[*].service"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
     printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -73,13 +73,26 @@ pub struct ProxyRouteSpec {
     pub timeouts: Option<Timeouts>,
 }
 
-/// One backend: a fixed address (standalone mode and tests).
+/// One backend: a Service of the route's namespace (its ready endpoints),
+/// or a fixed address (standalone mode and tests).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.service) != has(self.address)").message("a backend names either a service or an address"))]
+#[x_kube(validation = Rule::new("!has(self.service) || has(self.port)").message("a service backend needs a port"))]
 pub struct Backend {
+    /// A Service in the route's namespace; requests go to its ready
+    /// endpoints (EndpointSlices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub service: Option<String>,
+    /// The Service port (its `port`, not the target port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
     /// `IP:PORT` or `[IPv6]:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
-    pub address: String,
+    pub address: Option<String>,
     /// Share of requests relative to the other backends; 0 takes none.
     /// Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -314,6 +314,7 @@ fn apply(upstream: &Upstream, shared: &Shared, snapshot: Snapshot) -> Ack {
         shared.apply(Compiled {
             snapshot,
             errors: Vec::new(),
+            unresolved: Vec::new(),
         });
     }
     Ack {

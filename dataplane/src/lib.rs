@@ -164,6 +164,7 @@ impl Dataplane {
                     shared.apply(pier_snapshot::Compiled {
                         snapshot: stored,
                         errors: Vec::new(),
+                        unresolved: Vec::new(),
                     });
                 }
                 Source::Controller(Box::new(upstream))

@@ -348,3 +348,129 @@ async fn proxy_routes_are_served_through_the_controller() {
         other => panic!("a CR/LF header value was accepted: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_backends_follow_their_endpoint_slices() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    let cluster = Cluster::start().await;
+    let client = cluster.cp.client();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let routes: Api<ProxyRoute> = Api::namespaced(client.clone(), "default");
+
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "api", "namespace": "default"},
+        "spec": {"ports": [{"name": "http", "port": 80}]},
+    }))
+    .expect("a Service");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("service");
+    let slice = |backends: &[(std::net::SocketAddr, &str)]| -> EndpointSlice {
+        let port = backends.first().map_or(1, |(a, _)| a.port());
+        let endpoints: Vec<serde_json::Value> = backends
+            .iter()
+            .map(|(addr, pod)| {
+                json!({
+                    "addresses": [addr.ip().to_string()],
+                    "conditions": {"ready": true},
+                    "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"},
+                })
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "api-1",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "api"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port}],
+            "endpoints": endpoints,
+        }))
+        .expect("an EndpointSlice")
+    };
+
+    // A route whose Service has no endpoints yet: accepted, refs unresolved.
+    let app: ProxyRoute = serde_json::from_value(json!({
+        "apiVersion": "pier.dev/v1alpha1",
+        "kind": "ProxyRoute",
+        "metadata": {"name": "app", "namespace": "default"},
+        "spec": {"backends": [{"service": "api", "port": 80}]},
+    }))
+    .expect("a ProxyRoute");
+    routes
+        .create(&PostParams::default(), &app)
+        .await
+        .expect("route");
+    eventually("ResolvedRefs=False NoReadyEndpoints", || async {
+        let got = routes.get("app").await.expect("read back");
+        got.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "ResolvedRefs" && c.status == "False" && c.reason == "NoReadyEndpoints"
+            })
+        })
+    })
+    .await;
+    assert_eq!(cluster.get("any", "/").map(|(s, _)| s), Some(503));
+
+    // The API server refuses loopback endpoint addresses, and this test
+    // sends no traffic anywhere else: it follows the endpoints into the
+    // dataplane's snapshot (traffic to endpoints is covered with fixed
+    // addresses). 192.0.2.0/24 is TEST-NET-1, never routed.
+    let endpoints = |snapshot: Option<serde_json::Value>| -> Vec<(String, String)> {
+        snapshot
+            .and_then(|s| {
+                s["routes"][0]["action"]["proxy"]["endpoints"]
+                    .as_array()
+                    .map(|all| {
+                        all.iter()
+                            .map(|e| {
+                                (
+                                    e["address"].as_str().unwrap_or("").to_owned(),
+                                    e["identity"].as_str().unwrap_or("").to_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+            })
+            .unwrap_or_default()
+    };
+    let first: std::net::SocketAddr = "192.0.2.10:8080".parse().expect("address");
+    let second: std::net::SocketAddr = "192.0.2.11:8080".parse().expect("address");
+    slices
+        .create(&PostParams::default(), &slice(&[(first, "pod-one")]))
+        .await
+        .expect("slice");
+    eventually("the dataplane routes to the first pod", || async {
+        endpoints(cluster.snapshot()) == [("192.0.2.10:8080".to_owned(), "pod-one".to_owned())]
+    })
+    .await;
+    eventually("ResolvedRefs=True", || async {
+        let got = routes.get("app").await.expect("read back");
+        got.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "ResolvedRefs" && c.status == "True")
+        })
+    })
+    .await;
+    let mut moved = slice(&[(first, "pod-one"), (second, "pod-two")]);
+    moved.metadata.resource_version = slices
+        .get("api-1")
+        .await
+        .expect("slice")
+        .metadata
+        .resource_version;
+    slices
+        .replace("api-1", &PostParams::default(), &moved)
+        .await
+        .expect("slice updated");
+    eventually("scaling the slice adds the second pod", || async {
+        endpoints(cluster.snapshot()).len() == 2
+    })
+    .await;
+}

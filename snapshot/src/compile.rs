@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
@@ -19,6 +21,10 @@ pub struct Resources {
     pub static_routes: Vec<StaticRoute>,
     /// Every `ProxyRoute` in scope.
     pub proxy_routes: Vec<ProxyRoute>,
+    /// Services that ProxyRoutes may name.
+    pub services: Vec<Service>,
+    /// Their EndpointSlices (`discovery.k8s.io/v1`).
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 /// The result of [`compile`]: a snapshot of every valid route, and one error
@@ -29,6 +35,22 @@ pub struct Compiled {
     pub snapshot: Snapshot,
     /// The resources that did not, in key order.
     pub errors: Vec<RouteError>,
+    /// Routes in the snapshot with references that did not resolve (a
+    /// missing Service, no ready endpoints), in key order.
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// A route whose references did not all resolve: it is served, with what
+/// did resolve (and 503 when nothing did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    /// The route.
+    pub key: RouteKey,
+    /// The `reason` of its `ResolvedRefs=False` condition:
+    /// `BackendNotFound` or `NoReadyEndpoints`.
+    pub reason: &'static str,
+    /// What did not resolve.
+    pub message: String,
 }
 
 /// Why one resource was left out of the snapshot.
@@ -165,9 +187,8 @@ pub fn compile(resources: &Resources) -> Compiled {
     let mut candidates = Vec::with_capacity(resources.static_routes.len());
     let mut errors = Vec::new();
 
-    let mut add = |kind: RouteKind,
-                   metadata: &ObjectMeta,
-                   build: &dyn Fn(&RouteKey) -> Result<Route, Invalid>| {
+    let mut unresolved = Vec::new();
+    let mut add = |kind: RouteKind, metadata: &ObjectMeta, build: &dyn Fn(&RouteKey) -> Built| {
         let key = RouteKey {
             kind,
             namespace: metadata
@@ -178,7 +199,8 @@ pub fn compile(resources: &Resources) -> Compiled {
         };
         let generation = metadata.generation;
         match build(&key) {
-            Ok(route) => candidates.push(Candidate {
+            Ok((route, problem)) => candidates.push(Candidate {
+                unresolved: problem,
                 created: metadata.creation_timestamp.clone(),
                 generation,
                 route,
@@ -192,12 +214,13 @@ pub fn compile(resources: &Resources) -> Compiled {
     };
     for resource in &resources.static_routes {
         add(RouteKind::StaticRoute, &resource.metadata, &|key| {
-            static_route(key, resource)
+            static_route(key, resource).map(|route| (route, None))
         });
     }
+    let backends = proxy::Backends::index(&resources.services, &resources.endpoint_slices);
     for resource in &resources.proxy_routes {
         add(RouteKind::ProxyRoute, &resource.metadata, &|key| {
-            proxy::proxy_route(key, resource)
+            proxy::proxy_route(key, resource, &backends)
         });
     }
 
@@ -236,17 +259,28 @@ pub fn compile(resources: &Resources) -> Compiled {
     }
 
     let routes = accepted
-        .into_iter()
-        .map(|i| candidates[i].route.clone())
+        .iter()
+        .map(|&i| candidates[i].route.clone())
         .collect();
+    unresolved.extend(
+        accepted
+            .iter()
+            .filter_map(|&i| candidates[i].unresolved.clone()),
+    );
+    unresolved.sort_by(|a, b| a.key.cmp(&b.key));
     errors.sort_by(|a, b| a.key.cmp(&b.key));
     Compiled {
         snapshot: Snapshot::new(routes),
         errors,
+        unresolved,
     }
 }
 
+/// A route compiled from one resource, with what did not resolve.
+type Built = Result<(Route, Option<Unresolved>), Invalid>;
+
 struct Candidate {
+    unresolved: Option<Unresolved>,
     created: Option<Time>,
     generation: Option<i64>,
     route: Route,

@@ -20,7 +20,7 @@ mod compile;
 mod model;
 pub mod wire;
 
-pub use compile::{Compiled, Invalid, Resources, RouteError, compile};
+pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile};
 pub use model::{
     Action, Endpoint, HeaderEdits, PathRule, ProxyAction, ProxyTimeouts, Route, RouteKey,
     RouteKind, Snapshot, StaticAction,

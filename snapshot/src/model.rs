@@ -149,6 +149,9 @@ pub struct ProxyAction {
 pub struct Endpoint {
     /// `IP:PORT`, as a socket address prints it.
     pub address: String,
+    /// Stable identity: the pod name for a Service endpoint (so a pod that
+    /// restarts with a new IP keeps its place), the address otherwise.
+    pub identity: String,
     /// Share of requests relative to the route's other endpoints.
     pub weight: u32,
 }

@@ -36,6 +36,14 @@ impl Schedule {
         } else {
             weights.iter().map(|&w| i64::from(w)).collect()
         };
+        // Weights 2000:1000 schedule as 2:1.
+        let divisor = scaled
+            .iter()
+            .copied()
+            .filter(|&w| w > 0)
+            .fold(0, gcd)
+            .max(1);
+        let scaled: Vec<i64> = scaled.iter().map(|w| w / divisor).collect();
         let sum: i64 = scaled.iter().sum();
         let mut current = vec![0i64; scaled.len()];
         let mut order = Vec::with_capacity(usize::try_from(sum).unwrap_or(0));
@@ -63,6 +71,10 @@ impl Schedule {
     }
 }
 
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +89,11 @@ mod tests {
         assert_eq!(picks(&[5, 1, 1], 7), [0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(picks(&[1, 1, 2], 4), [2, 0, 1, 2]);
         assert_eq!(picks(&[0, 3], 3), [1, 1, 1], "weight 0 takes nothing");
+        assert_eq!(
+            picks(&[2000, 1000], 3),
+            [0, 1, 0],
+            "common factors are divided out"
+        );
         assert!(Schedule::new(&[0, 0]).is_none());
     }
 

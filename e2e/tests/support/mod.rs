@@ -206,10 +206,23 @@ impl Cluster {
         root.to_string_lossy().into_owned()
     }
 
+    /// The dataplane's active snapshot (its admin `/snapshot`).
+    pub fn snapshot(&self) -> Option<serde_json::Value> {
+        let admin = self.dataplane.as_ref()?.admin;
+        let (_, body) = http_get(admin, "admin", "/snapshot")?;
+        serde_json::from_str(&body).ok()
+    }
+
     /// `GET path` with `Host: host` from the dataplane: status and body,
     /// or `None` when the connection fails.
     pub fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
-        let addr = self.dataplane.as_ref()?.addr;
+        http_get(self.dataplane.as_ref()?.addr, host, path)
+    }
+}
+
+/// One `GET` on a new connection: status and body.
+fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    {
         let mut stream = TcpStream::connect(addr).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
@@ -226,6 +239,7 @@ impl Cluster {
 /// A dataplane running on its own thread until dropped.
 struct Running {
     addr: SocketAddr,
+    admin: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -233,6 +247,7 @@ struct Running {
 impl Running {
     fn start(dataplane: Dataplane) -> Self {
         let addr = dataplane.listen_addr();
+        let admin = dataplane.admin_addr().expect("admin address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             dataplane
@@ -243,6 +258,7 @@ impl Running {
         });
         Self {
             addr,
+            admin,
             stop: Some(stop),
             thread: Some(thread),
         }

@@ -1,10 +1,13 @@
 //! `ProxyRoute` validation.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use pier_crds::{HeaderOps, ProxyRoute, Timeouts};
 
-use super::{Invalid, clean_path, header_value, host, hosts, path_rule};
+use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule};
 use crate::model::{
     Action, Endpoint, HeaderEdits, PathRule, ProxyAction, ProxyTimeouts, Route, RouteKey,
 };
@@ -28,36 +31,192 @@ const RESERVED: [&str; 9] = [
     "host",
 ];
 
-pub(super) fn proxy_route(key: &RouteKey, resource: &ProxyRoute) -> Result<Route, Invalid> {
+/// Share of a backend's weight an endpoint gets is `weight × SCALE / n`
+/// for its `n` endpoints, so backends keep their ratio whatever their size.
+const SCALE: u64 = 1_000;
+
+/// Services and their EndpointSlices by namespace and name.
+pub(super) struct Backends<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Backends<'a> {
+    pub(super) fn index(services: &'a [Service], slices: &'a [EndpointSlice]) -> Self {
+        let ns = |m: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.namespace.as_deref().unwrap_or("default")
+        };
+        let mut index = Self {
+            services: HashMap::new(),
+            slices: HashMap::new(),
+        };
+        for service in services {
+            if let Some(name) = service.metadata.name.as_deref() {
+                index
+                    .services
+                    .insert((ns(&service.metadata), name), service);
+            }
+        }
+        for slice in slices {
+            let owner = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"));
+            if let Some(owner) = owner {
+                index
+                    .slices
+                    .entry((ns(&slice.metadata), owner.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        index
+    }
+
+    /// The ready endpoints of `port` of Service `namespace/name`, each with
+    /// its pod name (or address) as identity.
+    fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<Vec<(SocketAddr, String)>, Unresolvable> {
+        let service = self
+            .services
+            .get(&(namespace, name))
+            .ok_or(Unresolvable::NotFound("no such Service"))?;
+        let port_name = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| i32::from(port) == p.port))
+            .map(|p| p.name.clone().unwrap_or_default())
+            .ok_or(Unresolvable::NotFound("the Service has no such port"))?;
+        let mut endpoints = Vec::new();
+        for slice in self.slices.get(&(namespace, name)).into_iter().flatten() {
+            let Some(target) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.clone().unwrap_or_default() == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                // An unknown readiness counts as ready (the API's rule).
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                let pod = endpoint.target_ref.as_ref().and_then(|r| r.name.clone());
+                for address in &endpoint.addresses {
+                    let Ok(ip) = address.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    let addr = SocketAddr::new(ip, target);
+                    endpoints.push((addr, pod.clone().unwrap_or_else(|| addr.to_string())));
+                }
+            }
+        }
+        if endpoints.is_empty() {
+            return Err(Unresolvable::NoReady);
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        Ok(endpoints)
+    }
+}
+
+/// Why a Service backend has no endpoints.
+enum Unresolvable {
+    NotFound(&'static str),
+    NoReady,
+}
+
+pub(super) fn proxy_route(
+    key: &RouteKey,
+    resource: &ProxyRoute,
+    backends: &Backends<'_>,
+) -> Result<(Route, Option<Unresolved>), Invalid> {
     if key.name.is_empty() {
         return Err(Invalid::Unnamed);
     }
     let spec = &resource.spec;
     let hosts = hosts(&spec.hosts)?;
     let path = path_rule(spec.path.as_ref())?;
-    let mut endpoints = Vec::with_capacity(spec.backends.len());
-    for backend in &spec.backends {
-        let invalid = |why| Invalid::Backend {
-            value: backend.address.clone(),
-            why,
-        };
-        let address: SocketAddr = backend
-            .address
-            .parse()
-            .map_err(|_| invalid("must be IP:PORT or [IPv6]:PORT"))?;
-        if address.port() == 0 {
-            return Err(invalid("must have a port other than 0"));
-        }
-        endpoints.push(Endpoint {
-            address: address.to_string(),
-            weight: backend.weight.unwrap_or(1),
-        });
-    }
-    if endpoints.iter().all(|e| e.weight == 0) {
+    if spec.backends.iter().all(|b| b.weight == Some(0)) {
         return Err(Invalid::Backend {
             value: String::new(),
             why: "list has no backend with a weight above 0",
         });
+    }
+    let mut endpoints = Vec::new();
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    for backend in &spec.backends {
+        let weight = u64::from(backend.weight.unwrap_or(1));
+        match (&backend.service, backend.port, &backend.address) {
+            (None, _, Some(address)) => {
+                let invalid = |why| Invalid::Backend {
+                    value: address.clone(),
+                    why,
+                };
+                let address: SocketAddr = address
+                    .parse()
+                    .map_err(|_| invalid("must be IP:PORT or [IPv6]:PORT"))?;
+                if address.port() == 0 {
+                    return Err(invalid("must have a port other than 0"));
+                }
+                endpoints.push(Endpoint {
+                    address: address.to_string(),
+                    identity: address.to_string(),
+                    weight: u32::try_from(weight * SCALE).unwrap_or(u32::MAX),
+                });
+            }
+            (Some(service), Some(port), None) => {
+                match backends.resolve(&key.namespace, service, port) {
+                    Ok(resolved) => {
+                        let n = resolved.len() as u64;
+                        for (address, identity) in resolved {
+                            let share = if weight == 0 {
+                                0
+                            } else {
+                                (weight * SCALE / n).max(1)
+                            };
+                            endpoints.push(Endpoint {
+                                address: address.to_string(),
+                                identity,
+                                weight: u32::try_from(share).unwrap_or(u32::MAX),
+                            });
+                        }
+                    }
+                    Err(Unresolvable::NotFound(why)) => problems.push((
+                        "BackendNotFound",
+                        format!("service {service} port {port}: {why}"),
+                    )),
+                    Err(Unresolvable::NoReady) => problems.push((
+                        "NoReadyEndpoints",
+                        format!("service {service} port {port} has no ready endpoints"),
+                    )),
+                }
+            }
+            _ => {
+                return Err(Invalid::Backend {
+                    value: backend
+                        .service
+                        .clone()
+                        .or(backend.address.clone())
+                        .unwrap_or_default(),
+                    why: "must name a service with a port, or an address",
+                });
+            }
+        }
     }
     let rewrite = spec.rewrite.clone().unwrap_or_default();
     let rewrite_prefix = match &rewrite.path_prefix {
@@ -80,7 +239,7 @@ pub(super) fn proxy_route(key: &RouteKey, resource: &ProxyRoute) -> Result<Route
             why,
         })?),
     };
-    Ok(Route {
+    let route = Route {
         key: key.clone(),
         hosts,
         path,
@@ -92,7 +251,22 @@ pub(super) fn proxy_route(key: &RouteKey, resource: &ProxyRoute) -> Result<Route
             response_headers: edits(spec.response_headers.as_ref())?,
             timeouts: timeouts(spec.timeouts.as_ref())?,
         }),
-    })
+    };
+    let unresolved = (!problems.is_empty()).then(|| Unresolved {
+        key: key.clone(),
+        // A missing Service is the more telling reason.
+        reason: problems
+            .iter()
+            .map(|(reason, _)| *reason)
+            .find(|r| *r == "BackendNotFound")
+            .unwrap_or("NoReadyEndpoints"),
+        message: problems
+            .iter()
+            .map(|(_, message)| message.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+    });
+    Ok((route, unresolved))
 }
 
 fn edits(ops: Option<&HeaderOps>) -> Result<HeaderEdits, Invalid> {

@@ -199,7 +199,9 @@ fn proxy_routes_compile_with_defaults_and_normalised_fields() {
         .iter()
         .map(|e| (e.address.as_str(), e.weight))
         .collect();
-    assert_eq!(endpoints, [("127.0.0.1:9001", 2), ("[::1]:9002", 1)]);
+    assert_eq!(endpoints, [("127.0.0.1:9001", 2000), ("[::1]:9002", 1000)]);
+    assert_eq!(action.endpoints[0].identity, "127.0.0.1:9001");
+    assert!(out.unresolved.is_empty());
     assert_eq!(action.rewrite_prefix.as_deref(), Some("/v2"));
     assert_eq!(action.rewrite_host.as_deref(), Some("internal.example"));
     assert_eq!(
@@ -275,9 +277,134 @@ fn static_and_proxy_routes_share_one_precedence_for_conflicts() {
     let out = compile(&Resources {
         static_routes: vec![older],
         proxy_routes: vec![younger],
+        ..Resources::default()
     });
     assert_eq!(out.snapshot.routes.len(), 1);
     assert_eq!(out.snapshot.routes[0].key.kind, RouteKind::StaticRoute);
     assert_eq!(out.errors[0].key.kind, RouteKind::ProxyRoute);
     assert_eq!(out.errors[0].invalid.reason(), "Conflict");
+}
+
+fn service(name: &str, ports: &[(&str, i32)]) -> k8s_openapi::api::core::v1::Service {
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|(n, p)| serde_json::json!({"name": n, "port": p}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ports": ports},
+    }))
+    .expect("a Service")
+}
+
+fn slice(
+    service: &str,
+    port: (&str, i32),
+    endpoints: &[(&str, &str, Option<bool>)],
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    let endpoints: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, pod, ready)| {
+            serde_json::json!({
+                "addresses": [ip],
+                "targetRef": {"kind": "Pod", "name": pod},
+                "conditions": {"ready": ready},
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": format!("{service}-abc"),
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": port.0, "port": port.1}],
+        "endpoints": endpoints,
+    }))
+    .expect("an EndpointSlice")
+}
+
+#[test]
+fn service_backends_resolve_to_ready_endpoints_with_pod_identities() {
+    let route = proxy(
+        "app",
+        r#"{backends: [{service: api, port: 80, weight: 3}, {service: web, port: 80}]}"#,
+    );
+    let out = compile(&Resources {
+        proxy_routes: vec![route],
+        services: vec![
+            service("api", &[("http", 80), ("admin", 9000)]),
+            service("web", &[("", 80)]),
+        ],
+        endpoint_slices: vec![
+            slice(
+                "api",
+                ("http", 8080),
+                &[
+                    ("10.0.0.1", "api-0", Some(true)),
+                    ("10.0.0.2", "api-1", None),
+                    ("10.0.0.3", "api-2", Some(false)),
+                ],
+            ),
+            slice("web", ("", 3000), &[("10.0.1.1", "web-0", Some(true))]),
+        ],
+        ..Resources::default()
+    });
+    assert!(
+        out.errors.is_empty() && out.unresolved.is_empty(),
+        "{out:?}"
+    );
+    let Action::Proxy(action) = &out.snapshot.routes[0].action else {
+        panic!("a proxy action");
+    };
+    let got: Vec<(&str, &str, u32)> = action
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.identity.as_str(), e.weight))
+        .collect();
+    // api's weight 3 is split over its two ready pods; web keeps weight 1.
+    assert_eq!(
+        got,
+        [
+            ("10.0.0.1:8080", "api-0", 1500),
+            ("10.0.0.2:8080", "api-1", 1500),
+            ("10.0.1.1:3000", "web-0", 1000),
+        ]
+    );
+}
+
+#[test]
+fn unresolved_service_backends_keep_the_route_and_say_why() {
+    let route = proxy(
+        "app",
+        r#"{backends: [{service: missing, port: 80}, {service: idle, port: 80}, {address: "127.0.0.1:9"}]}"#,
+    );
+    let out = compile(&Resources {
+        proxy_routes: vec![route],
+        services: vec![service("idle", &[("", 80)])],
+        endpoint_slices: vec![slice(
+            "idle",
+            ("", 80),
+            &[("10.0.0.9", "idle-0", Some(false))],
+        )],
+        ..Resources::default()
+    });
+    assert_eq!(out.snapshot.routes.len(), 1, "served with what resolved");
+    let problem = &out.unresolved[0];
+    assert_eq!(problem.reason, "BackendNotFound");
+    assert!(
+        problem
+            .message
+            .contains("service missing port 80: no such Service"),
+        "{}",
+        problem.message
+    );
+    assert!(
+        problem
+            .message
+            .contains("service idle port 80 has no ready endpoints"),
+        "{}",
+        problem.message
+    );
 }
