@@ -446,6 +446,37 @@ impl ControlPlane {
             .await
     }
 
+    /// Runs the pinned helm against this API server (its kubeconfig, and
+    /// helm's cache and configuration inside the control plane's temporary
+    /// directory); returns its standard output.
+    ///
+    /// # Errors
+    /// When helm cannot be provided or started, or exits with an error (the
+    /// message quotes its output).
+    pub fn helm(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let helm = crate::binaries::helm()?;
+        let out = std::process::Command::new(helm)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig_path())
+            .args(args)
+            .env("HELM_CACHE_HOME", self.dir().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir().join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir().join("helm/data"))
+            .output()
+            .map_err(|e| HarnessError::io("running helm", e))?;
+        if !out.status.success() {
+            return Err(HarnessError::Helm {
+                args: args.join(" "),
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     fn pki_dir(&self) -> PathBuf {
         self.dir.path().join("pki")
     }

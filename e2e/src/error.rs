@@ -146,6 +146,15 @@ pub enum HarnessError {
         /// How long it waited.
         timeout: Duration,
     },
+
+    /// helm exited with an error.
+    #[error("helm {args} failed:\n{output}")]
+    Helm {
+        /// The arguments, space-separated.
+        args: String,
+        /// Its standard output and error.
+        output: String,
+    },
 }
 
 impl HarnessError {

@@ -551,23 +551,9 @@ async fn helm_binary() -> PathBuf {
 }
 
 /// Runs helm against the control plane; panics with its output on failure.
-fn run_helm(helm: &Path, cp: &ControlPlane, args: &[String]) -> String {
-    let out = Command::new(helm)
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .args(args)
-        .env("HELM_CACHE_HOME", cp.dir().join("helm/cache"))
-        .env("HELM_CONFIG_HOME", cp.dir().join("helm/config"))
-        .env("HELM_DATA_HOME", cp.dir().join("helm/data"))
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+fn run_helm(_helm: &Path, cp: &ControlPlane, args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cp.helm(&args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `helm install pier charts/pier` into [`NAMESPACE`], created by helm.

@@ -17,6 +17,8 @@ use pier_e2e::ControlPlane;
 use tempfile::TempDir;
 
 const TOKEN: &str = "e2e-snapshot-token";
+/// Where the chart is installed; the controller's Leases live there.
+pub const CHART_NAMESPACE: &str = "pier-system";
 
 /// Polls `check` until it holds; panics naming `what` after 60 s.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -33,6 +35,9 @@ where
 
 pub struct Cluster {
     pub cp: ControlPlane,
+    /// The controller's client: the chart's `pier-controller` service
+    /// account, so every scenario runs under the chart's RBAC.
+    controller_client: kube::Client,
     dir: TempDir,
     controller: Option<Controller>,
     /// Replicas started with leader election, by identity.
@@ -57,7 +62,7 @@ impl Cluster {
         let mut cluster = Self::bare().await;
         for identity in ["a", "b"] {
             let lease = pier_controller::LeaseConfig {
-                namespace: "default".into(),
+                namespace: CHART_NAMESPACE.into(),
                 name: "pier-controller".into(),
                 identity: identity.into(),
                 duration: Duration::from_secs(2),
@@ -81,7 +86,7 @@ impl Cluster {
     /// The identity holding the election Lease, once one does.
     pub async fn leader(&self) -> String {
         let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-            kube::Api::namespaced(self.cp.client(), "default");
+            kube::Api::namespaced(self.cp.client(), CHART_NAMESPACE);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let holder = leases
@@ -100,7 +105,24 @@ impl Cluster {
 
     async fn bare() -> Self {
         let cp = ControlPlane::start().await.expect("control plane starts");
-        cp.install_pier_crds().await.expect("CRDs installed");
+        // The chart brings the CRDs, the service account and its RBAC.
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/pier");
+        tokio::task::block_in_place(|| {
+            cp.helm(&[
+                "install",
+                "pier",
+                chart,
+                "--namespace",
+                CHART_NAMESPACE,
+                "--create-namespace",
+            ])
+        })
+        .expect("the chart installs");
+        cp.install_pier_crds().await.expect("CRDs established");
+        let controller_client = cp
+            .client_for_service_account(CHART_NAMESPACE, "pier-controller")
+            .await
+            .expect("a client for the chart's controller service account");
         let dir = tempfile::tempdir().expect("temp dir");
         let (cert, key) = cp
             .issue_serving_cert("pier-controller")
@@ -111,6 +133,7 @@ impl Cluster {
         std::fs::write(dir.path().join("token"), TOKEN).expect("write token");
         Self {
             cp,
+            controller_client,
             dir,
             controller: None,
             replicas: Vec::new(),
@@ -137,7 +160,7 @@ impl Cluster {
         )
         .expect("TLS config");
         Controller::start(
-            self.cp.client(),
+            self.controller_client.clone(),
             pier_controller::Config {
                 namespaces: Vec::new(),
                 coalesce: Duration::from_millis(50),
