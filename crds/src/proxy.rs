@@ -19,7 +19,7 @@ use crate::route::{HOST_PATTERN, PathMatch, RouteStatus};
 /// The matched path prefix can be replaced (`rewrite.pathPrefix`) and the
 /// upstream `Host` set (`rewrite.host`); `X-Forwarded-For`, `-Proto` and
 /// `-Host` are added, hop-by-hop headers removed both ways.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "pier.dev",
     version = "v1alpha1",
@@ -101,12 +101,23 @@ pub struct Backend {
 }
 
 /// How a backend is chosen.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.type == 'ConsistentHash') == has(self.hashOn)").message("hashOn is required with ConsistentHash and only then"))]
+#[x_kube(validation = Rule::new("!has(self.boundedLoad) || self.type == 'ConsistentHash'").message("boundedLoad applies to ConsistentHash only"))]
 pub struct Balancer {
     /// The algorithm.
     #[serde(default, rename = "type")]
     pub kind: BalancerType,
+    /// What a request is hashed on (`ConsistentHash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// With `ConsistentHash`, no endpoint takes more than this many times
+    /// the mean load; requests move on along the ring instead (consistent
+    /// hashing with bounded loads). At least 1.0; absent: unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub bounded_load: Option<f64>,
 }
 
 /// Balancing algorithms.
@@ -116,7 +127,38 @@ pub enum BalancerType {
     /// evenly interleaved, not in bursts.
     #[default]
     RoundRobin,
+    /// A ring of endpoints keyed by their stable identity (pod name), so
+    /// a key keeps its endpoint across replicas and pod restarts.
+    ConsistentHash,
+    /// Power of two choices: of two random endpoints, the one with fewer
+    /// requests in flight (relative to its weight).
+    LeastRequest,
 }
+
+/// The request property a consistent hash uses; exactly one.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.uri) ? 1 : 0) + (has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.sourceIP) ? 1 : 0) == 1").message("hashOn takes exactly one of uri, header, cookie, sourceIP"))]
+pub struct HashOn {
+    /// The request path and query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<Empty>,
+    /// A request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = TOKEN_PATTERN))]
+    pub header: Option<String>,
+    /// A cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = TOKEN_PATTERN))]
+    pub cookie: Option<String>,
+    /// The client's IP address.
+    #[serde(default, rename = "sourceIP", skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Empty>,
+}
+
+/// An empty object: a choice without parameters (`uri: {}`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Empty {}
 
 /// Changes to the request on the way to the backend.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]

@@ -11,18 +11,21 @@
 //! issue).
 
 pub(crate) mod chunked;
+mod ring;
 mod schedule;
 
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pier_snapshot::{HeaderEdits, ProxyAction};
+use pier_snapshot::{Balance, HashKey, HeaderEdits, ProxyAction};
 use tokio::net::TcpStream;
 
+use self::ring::Ring;
 use self::schedule::Schedule;
 use crate::metrics::Metrics;
 
@@ -35,7 +38,10 @@ pub(crate) const BUFFER: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct Proxy {
     pub(crate) endpoints: Box<[SocketAddr]>,
-    schedule: Option<Schedule>,
+    weights: Box<[u32]>,
+    /// Requests in flight per endpoint, over all workers.
+    inflight: Box<[AtomicU32]>,
+    picker: Picker,
     pub(crate) rewrite_prefix: Option<Box<[u8]>>,
     pub(crate) rewrite_host: Option<HeaderValue>,
     pub(crate) request_edits: Edits,
@@ -43,6 +49,41 @@ pub(crate) struct Proxy {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+}
+
+/// The compiled balancer.
+#[derive(Debug)]
+enum Picker {
+    /// No endpoint has weight: every request gets 503.
+    Nothing,
+    RoundRobin(Schedule),
+    Hash {
+        ring: Ring,
+        key: HashKey,
+        bound: Option<u32>,
+    },
+    LeastRequest,
+}
+
+/// What a balancer may look at in a request.
+#[derive(Debug)]
+pub(crate) struct Choice<'a> {
+    pub(crate) uri: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) client: Option<IpAddr>,
+}
+
+/// An endpoint chosen for one request; counted in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct Picked<'a> {
+    pub(crate) addr: SocketAddr,
+    inflight: &'a AtomicU32,
+}
+
+impl Drop for Picked<'_> {
+    fn drop(&mut self) {
+        self.inflight.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Header edits ready to apply.
@@ -90,15 +131,36 @@ impl Edits {
 
 impl Proxy {
     pub(crate) fn new(action: &ProxyAction) -> Self {
-        let (endpoints, weights): (Vec<SocketAddr>, Vec<u32>) = action
+        let usable: Vec<(SocketAddr, &str, u32)> = action
             .endpoints
             .iter()
-            .filter_map(|e| Some((e.address.parse::<SocketAddr>().ok()?, e.weight)))
-            .unzip();
+            .filter_map(|e| Some((e.address.parse().ok()?, e.identity.as_str(), e.weight)))
+            .collect();
+        let weights: Vec<u32> = usable.iter().map(|(_, _, w)| *w).collect();
+        let picker = match &action.balancer {
+            _ if weights.iter().all(|&w| w == 0) => Picker::Nothing,
+            Balance::RoundRobin => {
+                Schedule::new(&weights).map_or(Picker::Nothing, Picker::RoundRobin)
+            }
+            Balance::LeastRequest => Picker::LeastRequest,
+            Balance::ConsistentHash {
+                key,
+                bounded_load_permille,
+            } => {
+                let nodes: Vec<(&str, u32)> = usable.iter().map(|(_, id, w)| (*id, *w)).collect();
+                Ring::new(&nodes).map_or(Picker::Nothing, |ring| Picker::Hash {
+                    ring,
+                    key: key.clone(),
+                    bound: *bounded_load_permille,
+                })
+            }
+        };
         let ms = Duration::from_millis;
         Self {
-            schedule: Schedule::new(&weights),
-            endpoints: endpoints.into(),
+            picker,
+            inflight: usable.iter().map(|_| AtomicU32::new(0)).collect(),
+            weights: weights.into(),
+            endpoints: usable.iter().map(|(a, _, _)| *a).collect(),
             rewrite_prefix: action
                 .rewrite_prefix
                 .as_deref()
@@ -115,11 +177,103 @@ impl Proxy {
         }
     }
 
-    /// The next endpoint by weight; `None` when the route has none.
-    pub(crate) fn pick(&self) -> Option<SocketAddr> {
-        let i = self.schedule.as_ref()?.pick();
-        self.endpoints.get(i).copied()
+    /// An endpoint for a request by the route's balancer; `None` when the
+    /// route has none with weight.
+    pub(crate) fn pick(&self, choice: &Choice<'_>) -> Option<Picked<'_>> {
+        let i = match &self.picker {
+            Picker::Nothing => return None,
+            Picker::RoundRobin(schedule) => schedule.pick(),
+            Picker::Hash { ring, key, bound } => {
+                let key = hash_key(key, choice);
+                let loads: Vec<u32> = match bound {
+                    Some(_) => self.inflight.iter().map(|l| l.load(Relaxed)).collect(),
+                    None => Vec::new(),
+                };
+                ring.pick(key, &loads, *bound)?
+            }
+            Picker::LeastRequest => self.least_request(),
+        };
+        let inflight = self.inflight.get(i)?;
+        inflight.fetch_add(1, Relaxed);
+        Some(Picked {
+            addr: *self.endpoints.get(i)?,
+            inflight,
+        })
     }
+
+    /// Power of two choices: two random endpoints with weight, the one with
+    /// fewer requests in flight per unit of weight.
+    fn least_request(&self) -> usize {
+        let candidates: Vec<usize> = (0..self.weights.len())
+            .filter(|&i| self.weights[i] > 0)
+            .collect();
+        let n = candidates.len().max(1);
+        let first = random() as usize % n;
+        // Two distinct endpoints whenever there are two.
+        let second = (first + 1 + random() as usize % n.saturating_sub(1).max(1)) % n;
+        let a = candidates.get(first).copied().unwrap_or(0);
+        let b = candidates.get(second).copied().unwrap_or(0);
+        let cost = |i: usize| {
+            u64::from(self.inflight[i].load(Relaxed)) * 1_000_000
+                / u64::from(self.weights[i].max(1))
+        };
+        if cost(b) < cost(a) { b } else { a }
+    }
+}
+
+/// The hash of a request's key; a missing header or cookie hashes as empty
+/// (those requests share one endpoint).
+fn hash_key(key: &HashKey, choice: &Choice<'_>) -> u64 {
+    match key {
+        HashKey::Uri => ring::hash(choice.uri.as_bytes()),
+        HashKey::Header(name) => ring::hash(
+            choice
+                .headers
+                .get(name.as_str())
+                .map_or(&b""[..], HeaderValue::as_bytes),
+        ),
+        HashKey::Cookie(name) => {
+            let value = choice
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                .filter_map(|pair| {
+                    let pair = pair.trim_ascii();
+                    let eq = pair.iter().position(|&b| b == b'=')?;
+                    (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+                })
+                .next()
+                .unwrap_or(b"");
+            ring::hash(value)
+        }
+        HashKey::SourceIp => match choice.client {
+            Some(IpAddr::V4(ip)) => ring::hash(&ip.octets()),
+            Some(IpAddr::V6(ip)) => ring::hash(&ip.octets()),
+            None => 0,
+        },
+    }
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new({
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        ring::hash(&seed.to_le_bytes()) | 1
+    });
+}
+
+/// A per-worker xorshift generator: good enough to pick two endpoints.
+fn random() -> u64 {
+    RNG.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
+    })
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),

@@ -33,7 +33,8 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) enum Handler {
     Static(StaticFiles),
-    Proxy(Proxy),
+    /// Boxed: a proxy carries its balancer and counters.
+    Proxy(Box<Proxy>),
 }
 
 impl Table {
@@ -57,7 +58,7 @@ impl Table {
                 label: label(&route.key),
                 handler: match &route.action {
                     Action::Static(action) => Handler::Static(StaticFiles::new(action)),
-                    Action::Proxy(action) => Handler::Proxy(Proxy::new(action)),
+                    Action::Proxy(action) => Handler::Proxy(Box::new(Proxy::new(action))),
                 },
                 metrics: old.remove(&route.key).map(Arc::clone).unwrap_or_default(),
             })

@@ -305,3 +305,62 @@ fn a_backend_dying_mid_body_aborts_the_client_transfer() {
         "the transfer ends short and the connection closes"
     );
 }
+
+#[test]
+fn consistent_hash_keeps_a_key_on_one_backend_and_spreads_keys() {
+    let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{}\"}}, {{address: \"{}\"}}, {{address: \"{}\"}}],
+          balancer: {{type: ConsistentHash, hashOn: {{header: X-User}}}}}}",
+        a.addr, b.addr, c.addr
+    ));
+    let mut stream = pier.connect();
+    let mut owners = std::collections::HashMap::new();
+    for user in 0..60 {
+        for _ in 0..3 {
+            let res = send(
+                &mut stream,
+                &request("GET", "/", &[&format!("X-User: user-{user}")]),
+            );
+            let backend = res.header("x-backend").unwrap_or("?").to_owned();
+            let first = owners.entry(user).or_insert_with(|| backend.clone());
+            assert_eq!(*first, backend, "user-{user} moved");
+        }
+    }
+    let used: std::collections::HashSet<&String> = owners.values().collect();
+    assert_eq!(used.len(), 3, "60 keys use every backend: {owners:?}");
+}
+
+#[test]
+fn least_request_prefers_the_idle_backend() {
+    let (a, b) = (backend("a"), backend("b"));
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{}\"}}, {{address: \"{}\"}}], balancer: {{type: LeastRequest}}}}",
+        a.addr, b.addr
+    ));
+    // One request held in flight on one backend (its answer takes 2 s) ...
+    let addr = pier.addr;
+    let holder = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        send(&mut stream, &request("GET", "/slow", &[]))
+            .header("x-backend")
+            .map(str::to_owned)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // ... so with two endpoints compared each time, every quick request
+    // goes to the other one.
+    let mut stream = pier.connect();
+    let quick: Vec<String> = (0..20)
+        .map(|_| {
+            send(&mut stream, &request("GET", "/", &[]))
+                .header("x-backend")
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect();
+    let busy = holder.join().expect("holder").expect("answered");
+    assert!(
+        quick.iter().all(|b| *b != busy),
+        "quick requests went to the busy backend {busy}: {quick:?}"
+    );
+}

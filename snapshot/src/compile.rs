@@ -136,6 +136,12 @@ pub enum Invalid {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// The balancer settings are inconsistent.
+    #[error("balancer: {why}")]
+    Balancer {
+        /// What is wrong.
+        why: &'static str,
+    },
     /// A timeout is unusable.
     #[error("timeout {field} {value:?} {why}")]
     Timeout {
@@ -171,6 +177,7 @@ impl Invalid {
             Self::HeaderValue { .. } | Self::Header { .. } => "InvalidHeaderValue",
             Self::Backend { .. } => "InvalidBackend",
             Self::Timeout { .. } => "InvalidTimeout",
+            Self::Balancer { .. } => "InvalidBalancer",
             Self::Conflict { .. } => "Conflict",
         }
     }

@@ -131,6 +131,8 @@ pub enum Action {
 pub struct ProxyAction {
     /// Where requests go, with their weights; at least one weight is above 0.
     pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is chosen.
+    pub balancer: Balance,
     /// Replaces the matched prefix of the path (Prefix routes only).
     pub rewrite_prefix: Option<String>,
     /// The `Host` sent upstream; `None` keeps the client's.
@@ -141,6 +143,39 @@ pub struct ProxyAction {
     pub response_headers: HeaderEdits,
     /// Limits towards the backends, in milliseconds.
     pub timeouts: ProxyTimeouts,
+}
+
+/// A balancing algorithm with its parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Balance {
+    /// Smooth weighted round-robin.
+    #[default]
+    RoundRobin,
+    /// A hash ring over endpoint identities.
+    ConsistentHash {
+        /// What is hashed.
+        key: HashKey,
+        /// Most load an endpoint takes, in thousandths of the mean
+        /// (1250 = 1.25×); `None`: unbounded.
+        bounded_load_permille: Option<u32>,
+    },
+    /// Power of two choices on requests in flight.
+    LeastRequest,
+}
+
+/// The request property a consistent hash uses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum HashKey {
+    /// Path and query.
+    Uri,
+    /// A header, by lower-case name.
+    Header(String),
+    /// A cookie, by name.
+    Cookie(String),
+    /// The client's IP address.
+    SourceIp,
 }
 
 /// One place requests go.

@@ -91,9 +91,21 @@ impl Conn<'_> {
         proxy: &Proxy,
         keep_client: bool,
     ) -> Result<(StatusCode, bool), Failure> {
-        let addr = proxy
-            .pick()
+        let choice = px::Choice {
+            uri: head
+                .request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str()),
+            headers: head.request.headers(),
+            client: self.stream.peer_addr().ok().map(|a| a.ip()),
+        };
+        // Counted in flight (for LeastRequest and load bounds) until the
+        // exchange ends.
+        let picked = proxy
+            .pick(&choice)
             .ok_or(Failure::Before(StatusCode::SERVICE_UNAVAILABLE))?;
+        let addr = picked.addr;
         let request = self.upstream_request(head, target, proxy);
         let metrics = &self.shared.metrics;
 

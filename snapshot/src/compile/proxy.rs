@@ -5,11 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use pier_crds::{HeaderOps, ProxyRoute, Timeouts};
+use pier_crds::{BalancerType, HeaderOps, ProxyRoute, Timeouts};
 
 use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule};
 use crate::model::{
-    Action, Endpoint, HeaderEdits, PathRule, ProxyAction, ProxyTimeouts, Route, RouteKey,
+    Action, Balance, Endpoint, HashKey, HeaderEdits, PathRule, ProxyAction, ProxyTimeouts, Route,
+    RouteKey,
 };
 
 /// Default time limits, in milliseconds (nginx's and Envoy's order of magnitude).
@@ -245,6 +246,7 @@ pub(super) fn proxy_route(
         path,
         action: Action::Proxy(ProxyAction {
             endpoints,
+            balancer: balance(spec.balancer.as_ref())?,
             rewrite_prefix,
             rewrite_host,
             request_headers: edits(spec.request_headers.as_ref())?,
@@ -267,6 +269,49 @@ pub(super) fn proxy_route(
             .join("; "),
     });
     Ok((route, unresolved))
+}
+
+fn balance(given: Option<&pier_crds::Balancer>) -> Result<Balance, Invalid> {
+    let Some(given) = given else {
+        return Ok(Balance::RoundRobin);
+    };
+    let invalid = |why| Invalid::Balancer { why };
+    match given.kind {
+        BalancerType::RoundRobin | BalancerType::LeastRequest if given.hash_on.is_some() => {
+            Err(invalid("hashOn applies to ConsistentHash only"))
+        }
+        BalancerType::RoundRobin => Ok(Balance::RoundRobin),
+        BalancerType::LeastRequest => Ok(Balance::LeastRequest),
+        BalancerType::ConsistentHash => {
+            let on = given
+                .hash_on
+                .as_ref()
+                .ok_or(invalid("ConsistentHash needs hashOn"))?;
+            let keys = [
+                on.uri.as_ref().map(|_| HashKey::Uri),
+                on.header
+                    .as_ref()
+                    .map(|h| HashKey::Header(h.to_ascii_lowercase())),
+                on.cookie.as_ref().map(|c| HashKey::Cookie(c.clone())),
+                on.source_ip.as_ref().map(|_| HashKey::SourceIp),
+            ];
+            let mut keys = keys.into_iter().flatten();
+            let (Some(key), None) = (keys.next(), keys.next()) else {
+                return Err(invalid(
+                    "hashOn takes exactly one of uri, header, cookie, sourceIP",
+                ));
+            };
+            let bounded_load_permille = match given.bounded_load {
+                None => None,
+                Some(load) if (1.0..=100.0).contains(&load) => Some((load * 1000.0).round() as u32),
+                Some(_) => return Err(invalid("boundedLoad must be between 1.0 and 100")),
+            };
+            Ok(Balance::ConsistentHash {
+                key,
+                bounded_load_permille,
+            })
+        }
+    }
 }
 
 fn edits(ops: Option<&HeaderOps>) -> Result<HeaderEdits, Invalid> {
