@@ -21,8 +21,8 @@ mod proxy;
 mod route;
 
 pub use proxy::{
-    Backend, Balancer, BalancerType, Empty, HashOn, Header, HeaderOps, ProxyRoute, ProxyRouteSpec,
-    Rewrite, Timeouts,
+    Backend, Balancer, BalancerType, Ejection, Empty, HashOn, Header, HeaderOps, ProxyRoute,
+    ProxyRouteSpec, Retries, RetryOn, Rewrite, Timeouts,
 };
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, StaticRoute, StaticRouteSpec, Time,

@@ -71,6 +71,58 @@ pub struct ProxyRouteSpec {
     /// Time limits towards the backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+
+    /// Sending a failed request again, to another endpoint. Absent: one
+    /// retry after a connection failure (nothing was sent, so any request
+    /// is safe to send again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+
+    /// Passive health: an endpoint that fails this often in a row is left
+    /// out for a while. Absent: 5 failures, 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection: Option<Ejection>,
+}
+
+/// Retries: how many, and after which failures. A response status is
+/// retried only for requests without a body and with an idempotent method
+/// (the body has already streamed to the first endpoint).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retries {
+    /// Further tries after the first, each on another endpoint.
+    #[schemars(range(max = 5))]
+    pub attempts: u32,
+    /// Which failures are retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub on: Vec<RetryOn>,
+}
+
+/// A retryable failure.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RetryOn {
+    /// The connection could not be opened (refused, unreachable, timeout).
+    ConnectFailure,
+    /// The backend answered 502.
+    Status502,
+    /// The backend answered 503.
+    Status503,
+    /// The backend answered 504.
+    Status504,
+}
+
+/// Passive health settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ejection {
+    /// Failures in a row (connection failures, 502, 503, 504) that eject
+    /// an endpoint.
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: u32,
+    /// How long an ejected endpoint is left out, such as `10s`.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub duration: String,
 }
 
 /// One backend: a Service of the route's namespace (its ready endpoints),

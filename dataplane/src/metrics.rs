@@ -135,6 +135,10 @@ pub(crate) struct Metrics {
     pub(crate) upstream_connect_errors: AtomicU64,
     /// Upstream exchanges that timed out (response head or body).
     pub(crate) upstream_timeouts: AtomicU64,
+    /// Requests sent again to another endpoint.
+    pub(crate) upstream_retries: AtomicU64,
+    /// Endpoints ejected by passive health.
+    pub(crate) upstream_ejections: AtomicU64,
     /// Cluster mode: a snapshot stream to the controller is open.
     pub(crate) controller_connected: std::sync::atomic::AtomicBool,
 }
@@ -159,6 +163,8 @@ impl Default for Metrics {
             upstream_connects: AtomicU64::new(0),
             upstream_connect_errors: AtomicU64::new(0),
             upstream_timeouts: AtomicU64::new(0),
+            upstream_retries: AtomicU64::new(0),
+            upstream_ejections: AtomicU64::new(0),
             controller_connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -313,7 +319,19 @@ impl Metrics {
         for (name, kind, help, value) in figures {
             out.plain(name, kind, help, value);
         }
-        let upstream: [(&str, &str, &str, i128); 4] = [
+        let upstream: [(&str, &str, &str, i128); 6] = [
+            (
+                "upstream_retries_total",
+                "counter",
+                "Requests sent again to another endpoint (the route's retries).",
+                self.upstream_retries.load(Relaxed).into(),
+            ),
+            (
+                "upstream_ejections_total",
+                "counter",
+                "Endpoints left out by passive health after failures in a row.",
+                self.upstream_ejections.load(Relaxed).into(),
+            ),
             (
                 "upstream_idle_connections",
                 "gauge",

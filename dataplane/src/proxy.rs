@@ -18,11 +18,11 @@ use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pier_snapshot::{Balance, HashKey, HeaderEdits, ProxyAction};
+use pier_snapshot::{Balance, EjectionPolicy, HashKey, HeaderEdits, ProxyAction, RetryPolicy};
 use tokio::net::TcpStream;
 
 use self::ring::Ring;
@@ -41,6 +41,12 @@ pub(crate) struct Proxy {
     weights: Box<[u32]>,
     /// Requests in flight per endpoint, over all workers.
     inflight: Box<[AtomicU32]>,
+    /// Failures in a row per endpoint (passive health).
+    failures: Box<[AtomicU32]>,
+    /// Until when (`clock_ms`) each endpoint is ejected.
+    ejected_until: Box<[AtomicU64]>,
+    pub(crate) retries: RetryPolicy,
+    ejection: EjectionPolicy,
     picker: Picker,
     pub(crate) rewrite_prefix: Option<Box<[u8]>>,
     pub(crate) rewrite_host: Option<HeaderValue>,
@@ -76,6 +82,7 @@ pub(crate) struct Choice<'a> {
 /// An endpoint chosen for one request; counted in flight until dropped.
 #[derive(Debug)]
 pub(crate) struct Picked<'a> {
+    pub(crate) index: usize,
     pub(crate) addr: SocketAddr,
     inflight: &'a AtomicU32,
 }
@@ -159,6 +166,10 @@ impl Proxy {
         Self {
             picker,
             inflight: usable.iter().map(|_| AtomicU32::new(0)).collect(),
+            failures: usable.iter().map(|_| AtomicU32::new(0)).collect(),
+            ejected_until: usable.iter().map(|_| AtomicU64::new(0)).collect(),
+            retries: action.retries.clone(),
+            ejection: action.ejection,
             weights: weights.into(),
             endpoints: usable.iter().map(|(a, _, _)| *a).collect(),
             rewrite_prefix: action
@@ -177,48 +188,92 @@ impl Proxy {
         }
     }
 
-    /// An endpoint for a request by the route's balancer; `None` when the
-    /// route has none with weight.
-    pub(crate) fn pick(&self, choice: &Choice<'_>) -> Option<Picked<'_>> {
-        let i = match &self.picker {
-            Picker::Nothing => return None,
-            Picker::RoundRobin(schedule) => schedule.pick(),
+    /// An endpoint for a request by the route's balancer, other than those
+    /// in `tried`, and not ejected unless every endpoint left is (then
+    /// ejected ones are tried anyway, rather than failing everything).
+    /// `None` when no endpoint is left.
+    pub(crate) fn pick(&self, choice: &Choice<'_>, tried: &[usize]) -> Option<Picked<'_>> {
+        let now = clock_ms();
+        let fresh = |i: usize| !tried.contains(&i);
+        let healthy = |i: usize| fresh(i) && self.ejected_until[i].load(Relaxed) <= now;
+        let i = self
+            .choose(choice, &healthy)
+            .or_else(|| self.choose(choice, &fresh))?;
+        let inflight = self.inflight.get(i)?;
+        inflight.fetch_add(1, Relaxed);
+        Some(Picked {
+            index: i,
+            addr: *self.endpoints.get(i)?,
+            inflight,
+        })
+    }
+
+    fn choose(&self, choice: &Choice<'_>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        match &self.picker {
+            Picker::Nothing => None,
+            Picker::RoundRobin(schedule) => (0..schedule.len())
+                .map(|_| schedule.pick())
+                .find(|&i| usable(i)),
             Picker::Hash { ring, key, bound } => {
                 let key = hash_key(key, choice);
                 let loads: Vec<u32> = match bound {
                     Some(_) => self.inflight.iter().map(|l| l.load(Relaxed)).collect(),
                     None => Vec::new(),
                 };
-                ring.pick(key, &loads, *bound)?
+                ring.pick(key, &loads, *bound, usable)
             }
-            Picker::LeastRequest => self.least_request(),
-        };
-        let inflight = self.inflight.get(i)?;
-        inflight.fetch_add(1, Relaxed);
-        Some(Picked {
-            addr: *self.endpoints.get(i)?,
-            inflight,
-        })
+            Picker::LeastRequest => self.least_request(usable),
+        }
     }
 
-    /// Power of two choices: two random endpoints with weight, the one with
-    /// fewer requests in flight per unit of weight.
-    fn least_request(&self) -> usize {
+    /// Power of two choices: two distinct random endpoints with weight,
+    /// the one with fewer requests in flight per unit of weight.
+    fn least_request(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
         let candidates: Vec<usize> = (0..self.weights.len())
-            .filter(|&i| self.weights[i] > 0)
+            .filter(|&i| self.weights[i] > 0 && usable(i))
             .collect();
-        let n = candidates.len().max(1);
+        let n = candidates.len();
+        if n == 0 {
+            return None;
+        }
         let first = random() as usize % n;
-        // Two distinct endpoints whenever there are two.
         let second = (first + 1 + random() as usize % n.saturating_sub(1).max(1)) % n;
-        let a = candidates.get(first).copied().unwrap_or(0);
-        let b = candidates.get(second).copied().unwrap_or(0);
+        let (a, b) = (candidates[first], candidates[second]);
         let cost = |i: usize| {
             u64::from(self.inflight[i].load(Relaxed)) * 1_000_000
                 / u64::from(self.weights[i].max(1))
         };
-        if cost(b) < cost(a) { b } else { a }
+        Some(if cost(b) < cost(a) { b } else { a })
     }
+
+    /// Records how an exchange with endpoint `i` went: a success clears
+    /// its failures; `consecutive_failures` failures in a row eject it for
+    /// the ejection duration. Returns true when this failure ejected it.
+    pub(crate) fn record(&self, i: usize, ok: bool) -> bool {
+        let Some(failures) = self.failures.get(i) else {
+            return false;
+        };
+        if ok {
+            failures.store(0, Relaxed);
+            return false;
+        }
+        let count = failures.fetch_add(1, Relaxed) + 1;
+        if count < self.ejection.consecutive_failures {
+            return false;
+        }
+        failures.store(0, Relaxed);
+        let until = clock_ms() + self.ejection.duration_ms;
+        self.ejected_until[i].store(until, Relaxed);
+        tracing::warn!(endpoint = %self.endpoints[i], for_ms = self.ejection.duration_ms, "endpoint ejected after consecutive failures");
+        true
+    }
+}
+
+/// Milliseconds since the first call: the clock of ejections.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The hash of a request's key; a missing header or cookie hashes as empty

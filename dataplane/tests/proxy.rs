@@ -364,3 +364,99 @@ fn least_request_prefers_the_idle_backend() {
         "quick requests went to the busy backend {busy}: {quick:?}"
     );
 }
+
+/// A backend that answers every request with `503`.
+fn unavailable() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let answer =
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy";
+                    if conn.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn metric(pier: &Running, name: &str) -> u64 {
+    let text = pier.admin("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_dead_backend_is_failed_over_and_ejected() {
+    let alive = backend("alive");
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{dead}\"}}, {{address: \"{}\"}}], ejection: {{consecutiveFailures: 3, duration: 1m}}}}",
+        alive.addr
+    ));
+    let mut stream = pier.connect();
+    for i in 0..20 {
+        let res = send(&mut stream, &request("GET", "/", &[]));
+        assert_eq!(res.status, 200, "request {i} saw the dead backend");
+        assert_eq!(res.header("x-backend"), Some("alive"));
+    }
+    // Three connect failures were retried, then the endpoint was left out.
+    assert_eq!(metric(&pier, "pier_dataplane_upstream_ejections_total"), 1);
+    assert_eq!(metric(&pier, "pier_dataplane_upstream_retries_total"), 3);
+}
+
+#[test]
+fn retryable_statuses_go_to_another_endpoint_for_idempotent_requests_only() {
+    let good = backend("good");
+    let busy = unavailable();
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{busy}\"}}, {{address: \"{}\"}}],
+          retries: {{attempts: 1, on: [Status503]}}, ejection: {{consecutiveFailures: 1000, duration: 1s}}}}",
+        good.addr
+    ));
+    let mut stream = pier.connect();
+    for _ in 0..6 {
+        let res = send(&mut stream, &request("GET", "/", &[]));
+        assert_eq!(res.status, 200, "a GET is retried past the 503");
+    }
+    // A POST with a body is not repeated: some reach the busy backend.
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| {
+            send(
+                &mut stream,
+                "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+            )
+            .status
+        })
+        .collect();
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+}
+
+#[test]
+fn when_every_endpoint_is_ejected_they_are_tried_anyway() {
+    let flaky = unavailable();
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{flaky}\"}}], ejection: {{consecutiveFailures: 1, duration: 1h}}}}"
+    ));
+    for _ in 0..3 {
+        // Ejected after the first, still tried: the client gets the
+        // backend's own answer, not an empty 503 from Pier.
+        let res = pier.get("/", &[]);
+        assert_eq!((res.status, &res.body[..]), (503, &b"busy"[..]));
+    }
+}

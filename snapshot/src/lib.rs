@@ -22,6 +22,6 @@ pub mod wire;
 
 pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile};
 pub use model::{
-    Action, Balance, Endpoint, HashKey, HeaderEdits, PathRule, ProxyAction, ProxyTimeouts, Route,
-    RouteKey, RouteKind, Snapshot, StaticAction,
+    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, PathRule, ProxyAction,
+    ProxyTimeouts, RetryPolicy, Route, RouteKey, RouteKind, Snapshot, StaticAction,
 };

@@ -121,8 +121,8 @@ impl PathRule {
 pub enum Action {
     /// Serve files from a directory.
     Static(StaticAction),
-    /// Pass requests to backends.
-    Proxy(ProxyAction),
+    /// Pass requests to backends (boxed: the larger of the two).
+    Proxy(Box<ProxyAction>),
 }
 
 /// A validated `ProxyRoute` spec.
@@ -143,6 +143,33 @@ pub struct ProxyAction {
     pub response_headers: HeaderEdits,
     /// Limits towards the backends, in milliseconds.
     pub timeouts: ProxyTimeouts,
+    /// Further tries after a failure, each on another endpoint.
+    pub retries: RetryPolicy,
+    /// Passive health.
+    pub ejection: EjectionPolicy,
+}
+
+/// When a failed request is sent again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Further tries after the first.
+    pub attempts: u32,
+    /// Retry after a connection failure.
+    pub connect_failure: bool,
+    /// Retry after these backend statuses (idempotent requests without a
+    /// body only).
+    pub statuses: Vec<u16>,
+}
+
+/// When an endpoint is left out.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EjectionPolicy {
+    /// Failures in a row that eject.
+    pub consecutive_failures: u32,
+    /// For how long, in milliseconds.
+    pub duration_ms: u64,
 }
 
 /// A balancing algorithm with its parameters.

@@ -43,6 +43,23 @@ enum Failure {
     After,
 }
 
+/// How one try failed.
+#[derive(Debug)]
+enum Attempt {
+    /// No connection: nothing was sent.
+    Connect(StatusCode),
+    /// The request went out; no usable response head came back.
+    Exchange(StatusCode),
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// How the upstream response body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Upstream {
@@ -100,41 +117,52 @@ impl Conn<'_> {
             headers: head.request.headers(),
             client: self.stream.peer_addr().ok().map(|a| a.ip()),
         };
-        // Counted in flight (for LeastRequest and load bounds) until the
-        // exchange ends.
-        let picked = proxy
-            .pick(&choice)
-            .ok_or(Failure::Before(StatusCode::SERVICE_UNAVAILABLE))?;
-        let addr = picked.addr;
         let request = self.upstream_request(head, target, proxy);
         let metrics = &self.shared.metrics;
-
-        // A pooled connection may have been closed by the backend while
-        // idle; a request without a body is safe to send again on a new one.
-        let mut pooled = px::take_idle(addr, metrics);
-        let (mut upstream, response) = loop {
-            let reused = pooled.is_some();
-            let mut upstream = match pooled.take() {
-                Some(stream) => stream,
-                None => self.connect(addr, proxy).await?,
+        let policy = &proxy.retries;
+        // A status can be retried only when nothing streamed from the
+        // client: no body, and a method that may be repeated.
+        let repeatable = head.framing == Framing::None && is_idempotent(head.request.method());
+        let mut tried = Vec::new();
+        let (picked, mut upstream, response, leftover) = loop {
+            let Some(picked) = proxy.pick(&choice, &tried) else {
+                return Err(Failure::Before(if tried.is_empty() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                }));
             };
-            match self
-                .send_and_receive(&mut upstream, &request, head, proxy)
-                .await
-            {
-                Ok(response) => break (upstream, response),
-                Err(e) if reused && head.framing == Framing::None && is_stale(&e) => continue,
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    metrics.upstream_timeouts.fetch_add(1, Relaxed);
-                    return Err(Failure::Before(StatusCode::GATEWAY_TIMEOUT));
+            tried.push(picked.index);
+            let retry_left = tried.len() <= policy.attempts as usize;
+            match self.attempt(picked.addr, &request, head, proxy).await {
+                Ok((upstream, response, leftover)) => {
+                    let failed = matches!(response.status.as_u16(), 502..=504);
+                    self.eject_if(proxy, picked.index, !failed);
+                    if failed
+                        && retry_left
+                        && repeatable
+                        && policy.statuses.contains(&response.status.as_u16())
+                    {
+                        metrics.upstream_retries.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    break (picked, upstream, response, leftover);
                 }
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "upstream exchange failed");
-                    return Err(Failure::Before(StatusCode::BAD_GATEWAY));
+                Err(Attempt::Connect(status)) => {
+                    self.eject_if(proxy, picked.index, false);
+                    if retry_left && policy.connect_failure {
+                        metrics.upstream_retries.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    return Err(Failure::Before(status));
+                }
+                Err(Attempt::Exchange(status)) => {
+                    self.eject_if(proxy, picked.index, false);
+                    return Err(Failure::Before(status));
                 }
             }
         };
-        let (response, leftover) = response;
+        let addr = picked.addr;
 
         // The response head for the client.
         let is_head = head.request.method() == Method::HEAD;
@@ -198,6 +226,49 @@ impl Conn<'_> {
         Ok((response.status, keep_client))
     }
 
+    /// One try on one endpoint: connect (or reuse), send, read the
+    /// response head. A pooled connection the backend had closed is
+    /// replaced once when the request has no body.
+    async fn attempt(
+        &mut self,
+        addr: SocketAddr,
+        request: &[u8],
+        head: &Head,
+        proxy: &Proxy,
+    ) -> Result<(TcpStream, ResponseHead, Vec<u8>), Attempt> {
+        let metrics = &self.shared.metrics;
+        let mut pooled = px::take_idle(addr, metrics);
+        loop {
+            let reused = pooled.is_some();
+            let mut upstream = match pooled.take() {
+                Some(stream) => stream,
+                None => self.connect(addr, proxy).await.map_err(Attempt::Connect)?,
+            };
+            match self
+                .send_and_receive(&mut upstream, request, head, proxy)
+                .await
+            {
+                Ok((response, leftover)) => return Ok((upstream, response, leftover)),
+                Err(e) if reused && head.framing == Framing::None && is_stale(&e) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    metrics.upstream_timeouts.fetch_add(1, Relaxed);
+                    return Err(Attempt::Exchange(StatusCode::GATEWAY_TIMEOUT));
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "upstream exchange failed");
+                    return Err(Attempt::Exchange(StatusCode::BAD_GATEWAY));
+                }
+            }
+        }
+    }
+
+    /// Feeds passive health, counting ejections.
+    fn eject_if(&self, proxy: &Proxy, endpoint: usize, ok: bool) {
+        if proxy.record(endpoint, ok) {
+            self.shared.metrics.upstream_ejections.fetch_add(1, Relaxed);
+        }
+    }
+
     /// The request head sent upstream.
     fn upstream_request(&self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Vec<u8> {
         let req = &head.request;
@@ -242,7 +313,7 @@ impl Conn<'_> {
         out
     }
 
-    async fn connect(&self, addr: SocketAddr, proxy: &Proxy) -> Result<TcpStream, Failure> {
+    async fn connect(&self, addr: SocketAddr, proxy: &Proxy) -> Result<TcpStream, StatusCode> {
         let metrics = &self.shared.metrics;
         metrics.upstream_connects.fetch_add(1, Relaxed);
         match timeout(proxy.connect_timeout, TcpStream::connect(addr)).await {
@@ -253,11 +324,11 @@ impl Conn<'_> {
             Ok(Err(e)) => {
                 metrics.upstream_connect_errors.fetch_add(1, Relaxed);
                 tracing::debug!(%addr, error = %e, "upstream connect failed");
-                Err(Failure::Before(StatusCode::BAD_GATEWAY))
+                Err(StatusCode::BAD_GATEWAY)
             }
             Err(_) => {
                 metrics.upstream_connect_errors.fetch_add(1, Relaxed);
-                Err(Failure::Before(StatusCode::GATEWAY_TIMEOUT))
+                Err(StatusCode::GATEWAY_TIMEOUT)
             }
         }
     }

@@ -44,7 +44,14 @@ impl Ring {
     /// The endpoint for `key`: the first clockwise from its hash whose load
     /// is under `bound` (thousandths of the mean, counting this request),
     /// or simply the first when there is no bound.
-    pub(crate) fn pick(&self, key: u64, loads: &[u32], bound: Option<u32>) -> Option<usize> {
+    /// Endpoints for which `usable` is false are passed over.
+    pub(crate) fn pick(
+        &self,
+        key: u64,
+        loads: &[u32],
+        bound: Option<u32>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let start = self.points.partition_point(|(p, _)| *p < key);
         let mut walk = self
             .points
@@ -52,7 +59,8 @@ impl Ring {
             .cycle()
             .skip(start)
             .take(self.points.len())
-            .map(|(_, i)| usize::from(*i));
+            .map(|(_, i)| usize::from(*i))
+            .filter(|&i| usable(i));
         let Some(bound) = bound else {
             return walk.next();
         };
@@ -101,7 +109,7 @@ mod tests {
 
     fn owner(ring: &Ring, names: &[String], key: usize) -> String {
         let i = ring
-            .pick(hash(format!("user-{key}").as_bytes()), &[], None)
+            .pick(hash(format!("user-{key}").as_bytes()), &[], None, &|_| true)
             .expect("an endpoint");
         names[i].clone()
     }
@@ -152,13 +160,17 @@ mod tests {
         let names = names(3);
         let ring = ring(&names);
         let key = hash(b"hot");
-        let home = ring.pick(key, &[0, 0, 0], Some(1250)).expect("home");
+        let home = ring
+            .pick(key, &[0, 0, 0], Some(1250), &|_| true)
+            .expect("home");
         let mut loads = [1, 1, 1];
         loads[home] = 10;
-        let moved = ring.pick(key, &loads, Some(1250)).expect("moved");
+        let moved = ring
+            .pick(key, &loads, Some(1250), &|_| true)
+            .expect("moved");
         assert_ne!(moved, home, "a busy home endpoint is skipped");
         assert_eq!(
-            ring.pick(key, &loads, None),
+            ring.pick(key, &loads, None, &|_| true),
             Some(home),
             "no bound, no move"
         );

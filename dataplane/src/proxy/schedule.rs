@@ -64,6 +64,11 @@ impl Schedule {
         })
     }
 
+    /// Entries in the schedule.
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+
     /// The next endpoint index.
     pub(crate) fn pick(&self) -> usize {
         let n = self.next.fetch_add(1, Relaxed);

@@ -5,12 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use pier_crds::{BalancerType, HeaderOps, ProxyRoute, Timeouts};
+use pier_crds::{BalancerType, Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts};
 
 use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule};
 use crate::model::{
-    Action, Balance, Endpoint, HashKey, HeaderEdits, PathRule, ProxyAction, ProxyTimeouts, Route,
-    RouteKey,
+    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, PathRule, ProxyAction,
+    ProxyTimeouts, RetryPolicy, Route, RouteKey,
 };
 
 /// Default time limits, in milliseconds (nginx's and Envoy's order of magnitude).
@@ -244,7 +244,7 @@ pub(super) fn proxy_route(
         key: key.clone(),
         hosts,
         path,
-        action: Action::Proxy(ProxyAction {
+        action: Action::Proxy(Box::new(ProxyAction {
             endpoints,
             balancer: balance(spec.balancer.as_ref())?,
             rewrite_prefix,
@@ -252,7 +252,9 @@ pub(super) fn proxy_route(
             request_headers: edits(spec.request_headers.as_ref())?,
             response_headers: edits(spec.response_headers.as_ref())?,
             timeouts: timeouts(spec.timeouts.as_ref())?,
-        }),
+            retries: retries(spec.retries.as_ref()),
+            ejection: ejection(spec.ejection.as_ref())?,
+        })),
     };
     let unresolved = (!problems.is_empty()).then(|| Unresolved {
         key: key.clone(),
@@ -354,6 +356,52 @@ fn header_name(name: &str) -> Result<String, Invalid> {
         ));
     }
     Ok(lower)
+}
+
+/// Absent: one retry after a connection failure.
+fn retries(given: Option<&Retries>) -> RetryPolicy {
+    let Some(given) = given else {
+        return RetryPolicy {
+            attempts: 1,
+            connect_failure: true,
+            statuses: Vec::new(),
+        };
+    };
+    let mut statuses: Vec<u16> = given
+        .on
+        .iter()
+        .filter_map(|on| match on {
+            RetryOn::ConnectFailure => None,
+            RetryOn::Status502 => Some(502),
+            RetryOn::Status503 => Some(503),
+            RetryOn::Status504 => Some(504),
+        })
+        .collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    RetryPolicy {
+        attempts: given.attempts.min(5),
+        connect_failure: given.on.contains(&RetryOn::ConnectFailure),
+        statuses,
+    }
+}
+
+/// Absent: 5 failures in a row eject for 10 s.
+fn ejection(given: Option<&Ejection>) -> Result<EjectionPolicy, Invalid> {
+    let Some(given) = given else {
+        return Ok(EjectionPolicy {
+            consecutive_failures: 5,
+            duration_ms: 10_000,
+        });
+    };
+    Ok(EjectionPolicy {
+        consecutive_failures: given.consecutive_failures.max(1),
+        duration_ms: millis(&given.duration).map_err(|why| Invalid::Timeout {
+            field: "ejection.duration",
+            value: given.duration.clone(),
+            why,
+        })?,
+    })
 }
 
 fn timeouts(given: Option<&Timeouts>) -> Result<ProxyTimeouts, Invalid> {
