@@ -135,6 +135,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_connect_errors: AtomicU64,
     /// Upstream exchanges that timed out (response head or body).
     pub(crate) upstream_timeouts: AtomicU64,
+    /// Upgraded connections tunnelled (WebSocket and others).
+    pub(crate) upstream_tunnels: AtomicU64,
     /// Requests sent again to another endpoint.
     pub(crate) upstream_retries: AtomicU64,
     /// Endpoints ejected by passive health.
@@ -164,6 +166,7 @@ impl Default for Metrics {
             upstream_connect_errors: AtomicU64::new(0),
             upstream_timeouts: AtomicU64::new(0),
             upstream_retries: AtomicU64::new(0),
+            upstream_tunnels: AtomicU64::new(0),
             upstream_ejections: AtomicU64::new(0),
             controller_connected: std::sync::atomic::AtomicBool::new(false),
         }
@@ -319,7 +322,13 @@ impl Metrics {
         for (name, kind, help, value) in figures {
             out.plain(name, kind, help, value);
         }
-        let upstream: [(&str, &str, &str, i128); 6] = [
+        let upstream: [(&str, &str, &str, i128); 7] = [
+            (
+                "upstream_tunnels_total",
+                "counter",
+                "Upgraded connections (WebSocket and others) tunnelled to a backend.",
+                self.upstream_tunnels.load(Relaxed).into(),
+            ),
             (
                 "upstream_retries_total",
                 "counter",

@@ -460,3 +460,62 @@ fn when_every_endpoint_is_ejected_they_are_tried_anyway() {
         assert_eq!((res.status, &res.body[..]), (503, &b"busy"[..]));
     }
 }
+
+#[test]
+fn websocket_upgrades_are_tunnelled_both_ways() {
+    // A backend that accepts the upgrade, then echoes upper-cased bytes.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        *record.lock().expect("lock") = String::from_utf8_lossy(&head).into_owned();
+        let _ = conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n",
+        );
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let _ = conn.write_all(&buf[..n].to_ascii_uppercase());
+        }
+    });
+    let pier = start(&format!("{{backends: [{{address: \"{addr}\"}}]}}"));
+    let mut stream = pier.connect();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("read"), 1, "closed early");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    for message in ["hello", "again"] {
+        stream.write_all(message.as_bytes()).expect("send");
+        let mut echo = vec![0u8; message.len()];
+        stream.read_exact(&mut echo).expect("echo");
+        assert_eq!(echo, message.to_uppercase().as_bytes());
+    }
+    let forwarded = seen.lock().expect("lock").to_lowercase();
+    assert!(forwarded.contains("upgrade: websocket"), "{forwarded}");
+    assert!(forwarded.contains("connection: upgrade"), "{forwarded}");
+}

@@ -52,6 +52,17 @@ enum Attempt {
     Exchange(StatusCode),
 }
 
+/// The protocol an upgrade request asks for: an `Upgrade` header with
+/// `upgrade` among the `Connection` tokens.
+fn upgrade_of(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let asked = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    asked.then(|| headers.get(http::header::UPGRADE)).flatten()
+}
+
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
 fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -164,6 +175,19 @@ impl Conn<'_> {
         };
         let addr = picked.addr;
 
+        if response.status == StatusCode::SWITCHING_PROTOCOLS {
+            let protocol = upgrade_of(head.request.headers())
+                .cloned()
+                .ok_or(Failure::Before(StatusCode::BAD_GATEWAY))?;
+            self.tunnel(upstream, response, leftover, &protocol, proxy)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(%addr, error = %e, "tunnel ended");
+                    Failure::After
+                })?;
+            return Ok((StatusCode::SWITCHING_PROTOCOLS, false));
+        }
+
         // The response head for the client.
         let is_head = head.request.method() == Method::HEAD;
         let version_10 = head.request.version() == Version::HTTP_10;
@@ -274,8 +298,17 @@ impl Conn<'_> {
         let req = &head.request;
         let mut headers = req.headers().clone();
         let client_host = headers.get(HOST).cloned();
+        let upgrade = upgrade_of(req.headers()).cloned();
         strip_hop_by_hop(&mut headers);
         headers.remove(HOST);
+        // An upgrade is the one hop-by-hop request a proxy passes on.
+        if let Some(protocol) = upgrade {
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(http::header::UPGRADE, protocol);
+        }
         forwarded(
             &mut headers,
             self.stream.peer_addr().ok(),
@@ -381,7 +414,9 @@ impl Conn<'_> {
             }
             while let Some((response, len)) = parse_response(&buf, head.request.method())? {
                 buf.drain(..len);
-                if response.status.is_informational() {
+                if response.status.is_informational()
+                    && response.status != StatusCode::SWITCHING_PROTOCOLS
+                {
                     // 100 Continue and friends were answered here already.
                     continue;
                 }
@@ -517,6 +552,39 @@ impl Conn<'_> {
                 Ok(false)
             }
         }
+    }
+
+    /// After a `101 Switching Protocols`: the answer goes to the client,
+    /// then bytes flow both ways until either side closes (WebSocket and
+    /// other upgrades). The client connection ends with the tunnel.
+    async fn tunnel(
+        &mut self,
+        mut upstream: TcpStream,
+        response: ResponseHead,
+        leftover: Vec<u8>,
+        protocol: &HeaderValue,
+        proxy: &Proxy,
+    ) -> io::Result<()> {
+        let mut headers = response.headers;
+        strip_hop_by_hop(&mut headers);
+        proxy.response_edits.apply(&mut headers);
+        self.out.clear();
+        write_status_line(&mut self.out, StatusCode::SWITCHING_PROTOCOLS);
+        for (name, value) in &headers {
+            write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        write_field(&mut self.out, b"connection", b"upgrade");
+        write_field(&mut self.out, b"upgrade", protocol.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self.write_out(&leftover, false).await?;
+        // What the client sent after its request head belongs upstream.
+        if !self.buf.is_empty() {
+            upstream.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.shared.metrics.upstream_tunnels.fetch_add(1, Relaxed);
+        tokio::io::copy_bidirectional(&mut *self.stream, &mut upstream).await?;
+        Ok(())
     }
 
     /// Sends body bytes, as a chunk when re-framing.
