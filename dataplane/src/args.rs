@@ -112,6 +112,11 @@ pub struct Args {
     #[arg(long, env = "PIER_MAX_RANGES", default_value = "16")]
     pub max_ranges: NonZeroUsize,
 
+    /// Idle upstream (proxy) connections kept for reuse, per endpoint and
+    /// worker; more are closed when their exchange ends.
+    #[arg(long, env = "PIER_UPSTREAM_IDLE", default_value = "256")]
+    pub upstream_idle: usize,
+
     /// Log format: `text` for terminals, `json` for clusters.
     #[arg(long, env = "PIER_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,

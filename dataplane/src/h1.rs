@@ -106,6 +106,7 @@ pub(crate) async fn serve(
         buf: BytesMut::new(),
         out: Vec::new(),
         active: false,
+        peer: None,
     };
     conn.run().await
 }
@@ -123,6 +124,8 @@ struct Conn<'a> {
     out: Vec<u8>,
     /// Holds buffers (counted in `connections_active`).
     active: bool,
+    /// The client's address, once a proxy route asked for it.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Drop for Conn<'_> {

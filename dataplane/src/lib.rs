@@ -123,6 +123,7 @@ impl Dataplane {
             file_cache_entries,
             file_cache_content,
             max_ranges,
+            upstream_idle,
             log_format: _,
             log: _,
         } = args;
@@ -140,6 +141,7 @@ impl Dataplane {
                 },
             },
             max_connections.get(),
+            upstream_idle,
         ));
         let source = match (routes, controller, controller_ca, controller_token_file) {
             (Some(dir), ..) => {

@@ -344,7 +344,7 @@ impl Metrics {
             (
                 "upstream_idle_connections",
                 "gauge",
-                "Idle upstream connections kept for reuse (at most 32 per endpoint and worker).",
+                "Idle upstream connections kept for reuse (at most --upstream-idle per endpoint and worker).",
                 self.upstream_idle.load(Relaxed).into(),
             ),
             (

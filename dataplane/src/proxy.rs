@@ -3,8 +3,8 @@
 //! response head, hop-by-hop rules). The exchange itself runs in the
 //! HTTP/1.1 engine (`h1/proxy.rs`), which owns the client connection.
 //!
-//! Limits: [`MAX_IDLE_PER_ENDPOINT`] idle upstream connections per endpoint
-//! and worker (`pier_dataplane_upstream_idle_connections`); response
+//! Limits: `--upstream-idle` idle upstream connections per endpoint and
+//! worker (`pier_dataplane_upstream_idle_connections`); response
 //! heads up to `--max-header-size`; bodies move through one
 //! [`BUFFER`]-byte buffer per exchange, so a slow client slows the backend
 //! instead of growing memory (buffering comes with the hybrid-buffering
@@ -29,8 +29,6 @@ use self::ring::Ring;
 use self::schedule::Schedule;
 use crate::metrics::Metrics;
 
-/// Idle upstream connections kept per endpoint and worker.
-pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 32;
 /// Bytes moved per read while relaying a body.
 pub(crate) const BUFFER: usize = 64 * 1024;
 
@@ -333,33 +331,32 @@ fn random() -> u64 {
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),
 /// plus the framing fields the proxy writes itself.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "expect",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::CONTENT_LENGTH,
+    http::header::EXPECT,
 ];
 
 /// Removes hop-by-hop fields, including those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect();
-    for name in named.iter().chain(
-        HOP_BY_HOP
+    if headers.contains_key(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
             .iter()
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect::<Vec<_>>()
-            .iter(),
-    ) {
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -427,6 +424,11 @@ pub(crate) fn take_idle(addr: SocketAddr, metrics: &Metrics) -> Option<TcpStream
             metrics.upstream_idle.fetch_sub(1, Relaxed);
             // An idle connection has nothing to read: a byte or an end of
             // stream means the backend closed it or broke the protocol.
+            // Only a connection the reactor saw become readable is probed,
+            // so a healthy one costs no system call here.
+            if !readable(&stream) {
+                return Some(stream);
+            }
             let mut probe = [0u8; 1];
             if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             {
@@ -437,11 +439,18 @@ pub(crate) fn take_idle(addr: SocketAddr, metrics: &Metrics) -> Option<TcpStream
     })
 }
 
+/// Whether the reactor reported `stream` readable (without a system call).
+fn readable(stream: &TcpStream) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    stream.poll_read_ready(&mut cx).is_ready()
+}
+
 /// Keeps a connection whose exchange completed, if there is room.
-pub(crate) fn put_idle(addr: SocketAddr, stream: TcpStream, metrics: &Metrics) {
+pub(crate) fn put_idle(addr: SocketAddr, stream: TcpStream, max_idle: usize, metrics: &Metrics) {
     POOL.with_borrow_mut(|pool| {
         let idle = pool.entry(addr).or_default();
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+        if idle.len() < max_idle {
             idle.push(stream);
             metrics.upstream_idle.fetch_add(1, Relaxed);
         }

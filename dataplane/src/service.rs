@@ -43,10 +43,13 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// The `--max-connections` limit.
     pub(crate) max_connections: usize,
+    /// The `--upstream-idle` limit: idle upstream connections kept per
+    /// endpoint and worker.
+    pub(crate) upstream_idle: usize,
 }
 
 impl Shared {
-    pub(crate) fn new(files: FileLimits, max_connections: usize) -> Self {
+    pub(crate) fn new(files: FileLimits, max_connections: usize, upstream_idle: usize) -> Self {
         Self {
             table: ArcSwap::from_pointee(Table::empty()),
             metrics: Metrics::default(),
@@ -54,6 +57,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             max_connections,
+            upstream_idle,
         }
     }
 

@@ -126,7 +126,7 @@ impl Conn<'_> {
                 .path_and_query()
                 .map_or("/", |p| p.as_str()),
             headers: head.request.headers(),
-            client: self.stream.peer_addr().ok().map(|a| a.ip()),
+            client: self.peer().map(|a| a.ip()),
         };
         let request = self.upstream_request(head, target, proxy);
         let metrics = &self.shared.metrics;
@@ -245,7 +245,7 @@ impl Conn<'_> {
                 Failure::After
             })?;
         if clean && response.keep_alive && framing != Upstream::Close {
-            px::put_idle(addr, upstream, metrics);
+            px::put_idle(addr, upstream, self.shared.upstream_idle, metrics);
         }
         Ok((response.status, keep_client))
     }
@@ -286,6 +286,14 @@ impl Conn<'_> {
         }
     }
 
+    /// The client's address, looked up once per connection.
+    fn peer(&mut self) -> Option<SocketAddr> {
+        if self.peer.is_none() {
+            self.peer = self.stream.peer_addr().ok();
+        }
+        self.peer
+    }
+
     /// Feeds passive health, counting ejections.
     fn eject_if(&self, proxy: &Proxy, endpoint: usize, ok: bool) {
         if proxy.record(endpoint, ok) {
@@ -294,7 +302,7 @@ impl Conn<'_> {
     }
 
     /// The request head sent upstream.
-    fn upstream_request(&self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Vec<u8> {
+    fn upstream_request(&mut self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Vec<u8> {
         let req = &head.request;
         let mut headers = req.headers().clone();
         let client_host = headers.get(HOST).cloned();
@@ -309,11 +317,7 @@ impl Conn<'_> {
             );
             headers.insert(http::header::UPGRADE, protocol);
         }
-        forwarded(
-            &mut headers,
-            self.stream.peer_addr().ok(),
-            client_host.as_ref(),
-        );
+        forwarded(&mut headers, self.peer(), client_host.as_ref());
         proxy.request_edits.apply(&mut headers);
 
         let mut out = Vec::with_capacity(1024);
@@ -491,7 +495,12 @@ impl Conn<'_> {
                 self.write_out(&leftover[..first], left > first as u64)
                     .await?;
                 left -= first as u64;
-                let mut buf = vec![0; BUFFER];
+                // Only bodies larger than what came with the head need it.
+                let mut buf = if left > 0 {
+                    vec![0; BUFFER]
+                } else {
+                    Vec::new()
+                };
                 while left > 0 {
                     let want = usize::try_from(left).map_or(BUFFER, |l| l.min(BUFFER));
                     let got = timed(idle, upstream.read(&mut buf[..want])).await?;

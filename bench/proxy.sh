@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Proxy benchmark: Pier beside nginx and HAProxy, each proxying a 1 KiB
+# response from the same fast backend (nginx serving a file, one worker).
+# The proxy under test is pinned to core 0; the backend and the load
+# generator share core 1, so on two cores they may saturate before a good
+# proxy does: besides requests/s the script reports the proxy's CPU seconds
+# per 100,000 requests (utime + stime from /proc/PID/stat), which does not
+# depend on who saturates first.
+#
+#   bash bench/proxy.sh            # RUNS=3 DURATION=10
+#   QUICK=1 bash bench/proxy.sh    # one short run, a smoke check
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT_DIR=$(pwd)
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+if [[ ${QUICK:-0} == 1 ]]; then RUNS=1; DURATION=3; fi
+PROXY_CPU=${PROXY_CPU:-0}
+OTHER_CPU=${OTHER_CPU:-1}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian starts the packaged services; this benchmark runs its own.
+  service nginx stop >/dev/null 2>&1 || true
+  service haproxy stop >/dev/null 2>&1 || true
+fi
+ulimit -n 20000 2>/dev/null || true
+
+if [[ -z ${PIER_BIN:-} ]]; then
+  cargo build --release -q -p pier-dataplane
+  PIER_BIN=$ROOT_DIR/target/release/pier-dataplane
+fi
+
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+BACKEND_PORT=18510
+PORT=18511
+ADMIN_PORT=18512
+mkdir -p "$WORK/docroot" "$WORK/routes"
+head -c 1024 /dev/urandom >"$WORK/docroot/1k.bin"
+
+# The backend: nginx, one worker, on the other core.
+cat >"$WORK/backend.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/backend.pid;
+error_log $WORK/backend.error.log;
+events { worker_connections 10000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  open_file_cache max=100;
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$BACKEND_PORT; root $WORK/docroot; }
+}
+CONF
+taskset -c "$OTHER_CPU" nginx -c "$WORK/backend.conf" &
+PIDS+=("$!")
+
+cat >"$WORK/routes/proxy.yaml" <<YAML
+apiVersion: pier.dev/v1alpha1
+kind: ProxyRoute
+metadata: {name: bench, namespace: default}
+spec:
+  backends: [{address: "127.0.0.1:$BACKEND_PORT"}]
+YAML
+
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.error.log;
+events { worker_connections 10000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+
+cat >"$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend in
+  bind 127.0.0.1:$PORT
+  default_backend out
+backend out
+  server b1 127.0.0.1:$BACKEND_PORT
+CONF
+
+start_proxy() { # name -> sets PROXY_PID (the process whose CPU counts)
+  case $1 in
+    pier)
+      taskset -c "$PROXY_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" \
+        --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --log warn &
+      PROXY_PID=$! ;;
+    nginx)
+      taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx.conf" &
+      local master=$!
+      for _ in $(seq 100); do PROXY_PID=$(pgrep -P "$master" | head -n1 || true); [[ -n $PROXY_PID ]] && break; sleep 0.05; done ;;
+    haproxy)
+      taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db &
+      PROXY_PID=$! ;;
+  esac
+  PIDS+=("$!")
+  for _ in $(seq 200); do
+    curl -sf -o /dev/null "http://127.0.0.1:$PORT/1k.bin" && return 0
+    sleep 0.05
+  done
+  echo "$1 did not start" >&2
+  return 1
+}
+
+stop_proxy() {
+  kill "${PIDS[-1]}" 2>/dev/null || true
+  wait "${PIDS[-1]}" 2>/dev/null || true
+  unset 'PIDS[-1]'
+  sleep 0.5
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+to_us() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); print v }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 }
+    else { sub(/s$/, "", v); print v * 1000000 } }'
+}
+
+measure() { # -> "rps p99_us cpu_s_per_100k" medians
+  local rps=() p99=() cpu=()
+  local hz
+  hz=$(getconf CLK_TCK)
+  taskset -c "$OTHER_CPU" wrk -t1 -c64 -d2s "http://127.0.0.1:$PORT/1k.bin" >/dev/null
+  for _ in $(seq "$RUNS"); do
+    local before after out requests
+    before=$(cpu_ticks "$PROXY_PID")
+    out=$(taskset -c "$OTHER_CPU" wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/1k.bin")
+    after=$(cpu_ticks "$PROXY_PID")
+    if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers: $out" >&2; fi
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
+    p99+=("$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")")
+    cpu+=("$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 100000 }')")
+  done
+  echo "$(printf '%s\n' "${rps[@]}" | median) $(printf '%s\n' "${p99[@]}" | median) $(printf '%s\n' "${cpu[@]}" | median)"
+}
+
+declare -A RPS P99 CPU
+for proxy in pier nginx haproxy; do
+  echo "== $proxy" >&2
+  start_proxy "$proxy"
+  read -r RPS[$proxy] P99[$proxy] CPU[$proxy] < <(measure)
+  stop_proxy
+  echo "   ${RPS[$proxy]} req/s, p99 ${P99[$proxy]} us, ${CPU[$proxy]} CPU s per 100k requests" >&2
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+mkdir -p bench/results
+report=bench/results/proxy-$(date -u +%Y%m%dT%H%M%SZ).md
+{
+  echo "# Proxying 1 KiB: Pier, nginx, HAProxy ($(date -u +%F), runs=$RUNS, ${DURATION}s each, proxy on one core)"
+  echo
+  echo "| measure | Pier | nginx | HAProxy | Pier/nginx | Pier/HAProxy |"
+  echo "|---|---|---|---|---|---|"
+  echo "| req/s, 64 conns | ${RPS[pier]} | ${RPS[nginx]} | ${RPS[haproxy]} | $(ratio "${RPS[pier]}" "${RPS[nginx]}") | $(ratio "${RPS[pier]}" "${RPS[haproxy]}") |"
+  echo "| p99 (µs) | ${P99[pier]} | ${P99[nginx]} | ${P99[haproxy]} | $(ratio "${P99[pier]}" "${P99[nginx]}") | $(ratio "${P99[pier]}" "${P99[haproxy]}") |"
+  echo "| proxy CPU s per 100k requests | ${CPU[pier]} | ${CPU[nginx]} | ${CPU[haproxy]} | $(ratio "${CPU[pier]}" "${CPU[nginx]}") | $(ratio "${CPU[pier]}" "${CPU[haproxy]}") |"
+} | tee "$report"
+echo "written to $report" >&2
