@@ -474,3 +474,21 @@ async fn service_backends_follow_their_endpoint_slices() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_electing_replica_programs_its_own_dataplanes() {
+    let cluster = Cluster::start_electing(&["solo"]).await;
+    let root = cluster.docroot("site", &[("index.html", "solo")]);
+    let api: Api<StaticRoute> = Api::namespaced(cluster.cp.client(), "default");
+    api.create(
+        &PostParams::default(),
+        &route("site", json!({"root": root})),
+    )
+    .await
+    .expect("created");
+    eventually("Programmed=True with a local dataplane", || async {
+        let got = api.get("site").await.expect("read back");
+        condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(1)))
+    })
+    .await;
+}

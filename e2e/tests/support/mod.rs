@@ -59,25 +59,32 @@ impl Cluster {
     /// Two controller replicas, `a` and `b`, electing a leader through a
     /// Lease, with the dataplane connected to the one that does not lead.
     pub async fn start_replicated() -> Self {
+        Self::start_electing(&["a", "b"]).await
+    }
+
+    /// Controller replicas electing a leader, the dataplane connected to
+    /// one that does not lead (or to the only one).
+    pub async fn start_electing(identities: &[&str]) -> Self {
         let mut cluster = Self::bare().await;
-        for identity in ["a", "b"] {
+        for identity in identities {
             let lease = pier_controller::LeaseConfig {
                 namespace: CHART_NAMESPACE.into(),
                 name: "pier-controller".into(),
-                identity: identity.into(),
+                identity: (*identity).into(),
                 duration: Duration::from_secs(2),
                 renew: Duration::from_millis(300),
             };
             let listen = SocketAddr::from(([127, 0, 0, 1], 0));
             let controller = cluster.controller_with(listen, Some(lease)).await;
-            cluster.replicas.push((identity.to_owned(), controller));
+            cluster.replicas.push(((*identity).to_owned(), controller));
         }
         let leader = cluster.leader().await;
         let follower = cluster
             .replicas
             .iter()
             .find(|(identity, _)| *identity != leader)
-            .expect("two replicas");
+            .or(cluster.replicas.first())
+            .expect("a replica");
         cluster.snapshot_addr = follower.1.snapshot_addr();
         cluster.dataplane = Some(cluster.start_dataplane());
         cluster
