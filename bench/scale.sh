@@ -6,7 +6,7 @@
 # it. The driver is e2e/examples/scale.rs; bench/README.md has the method
 # and the latest figures.
 #
-#   bash bench/scale.sh                                  # 10,000 routes, 200 samples
+#   bash bench/scale.sh                                  # 10,000 routes, 200 samples (~3 min once built)
 #   ROUTES=1000 LATENCY_SAMPLES=50 bash bench/scale.sh   # a quicker look
 #
 # Also read from the environment: NAMESPACES (100), CONCURRENCY (32 creates
