@@ -309,7 +309,11 @@ fn apply(upstream: &Upstream, shared: &Shared, snapshot: Snapshot) -> Ack {
             rejected: Some("the snapshot does not match its version hash".to_owned()),
         };
     }
-    if shared.table.load().snapshot.version != version {
+    // The first snapshot is applied even when it matches the empty table
+    // (a cluster without routes): applying it is what makes the dataplane
+    // ready.
+    let ready = shared.ready.load(std::sync::atomic::Ordering::Relaxed);
+    if !ready || shared.table.load().snapshot.version != version {
         upstream.store(&snapshot);
         shared.apply(Compiled {
             snapshot,

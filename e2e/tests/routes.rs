@@ -492,3 +492,12 @@ async fn a_single_electing_replica_programs_its_own_dataplanes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_is_ready_on_a_cluster_without_routes() {
+    let cluster = Cluster::start().await;
+    eventually("/readyz answers 200 with an empty snapshot", || async {
+        cluster.admin("/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+}

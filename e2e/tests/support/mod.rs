@@ -236,6 +236,11 @@ impl Cluster {
         root.to_string_lossy().into_owned()
     }
 
+    /// `GET path` on the dataplane's admin listener.
+    pub fn admin(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.dataplane.as_ref()?.admin, "admin", path)
+    }
+
     /// The dataplane's active snapshot (its admin `/snapshot`).
     pub fn snapshot(&self) -> Option<serde_json::Value> {
         let admin = self.dataplane.as_ref()?.admin;
