@@ -76,10 +76,10 @@ impl Reconciler {
             let all = watcher::Config::default;
             stores
                 .statics
-                .push(self.watch(self.api(scope), all(), changed));
+                .push(self.watch_specs(self.api(scope), changed));
             stores
                 .proxies
-                .push(self.watch(self.api(scope), all(), changed));
+                .push(self.watch_specs(self.api(scope), changed));
             stores
                 .services
                 .push(self.watch(self.api(scope), all(), changed));
@@ -141,18 +141,77 @@ impl Reconciler {
             + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     {
+        self.watch_filtered(api, config, changed, None)
+    }
+
+    /// Like [`Reconciler::watch`], waking the loop only when `generation`
+    /// of an object changes (or it comes or goes): a route's own status
+    /// writes come back as watch events, and rebuilding for them would
+    /// publish nothing new.
+    fn watch_specs<K>(&self, api: Api<K>, changed: &Arc<Notify>) -> Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        self.watch_filtered(
+            api,
+            watcher::Config::default(),
+            changed,
+            Some(generation_of::<K>),
+        )
+    }
+
+    fn watch_filtered<K>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        changed: &Arc<Notify>,
+        generation: Option<Generation<K>>,
+    ) -> Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
         let (reader, writer) = reflector::store();
         let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
         let changed = Arc::clone(changed);
         let mut alive = self.alive.clone();
         tokio::spawn(async move {
             futures::pin_mut!(events);
+            // Last generation seen per object uid (only with a filter).
+            let mut seen: HashMap<String, i64> = HashMap::new();
             loop {
                 let event = tokio::select! {
                     event = events.next() => event,
                     _ = alive.changed() => return,
                 };
                 match event {
+                    Some(Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object))) => {
+                        let echo = generation.and_then(|of| of(&object)).is_some_and(
+                            |(uid, generation)| seen.insert(uid, generation) == Some(generation),
+                        );
+                        if !echo {
+                            changed.notify_one();
+                        }
+                    }
+                    Some(Ok(watcher::Event::Delete(object))) => {
+                        if let Some((uid, _)) = generation.and_then(|of| of(&object)) {
+                            seen.remove(&uid);
+                        }
+                        changed.notify_one();
+                    }
                     Some(Ok(_)) => changed.notify_one(),
                     Some(Err(e)) => {
                         tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying")
@@ -428,6 +487,16 @@ impl StatusWriter {
             }
         }
     }
+}
+
+/// Reads an object's uid and generation.
+type Generation<K> = fn(&K) -> Option<(String, i64)>;
+
+/// An object's uid and generation, for telling spec changes from status
+/// echoes.
+fn generation_of<K: kube::Resource>(object: &K) -> Option<(String, i64)> {
+    let meta = object.meta();
+    Some((meta.uid.clone()?, meta.generation?))
 }
 
 /// The stores of every watched namespace.
