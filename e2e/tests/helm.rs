@@ -10,8 +10,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -29,7 +28,7 @@ use pier_crds::StaticRoute;
 use pier_e2e::ControlPlane;
 use pier_e2e::binaries::{self, Tool};
 use serde_json::{Value, json};
-use support::eventually;
+use support::{Running, eventually, http_get};
 
 /// The release namespace every test installs into.
 const NAMESPACE: &str = "pier-system";
@@ -410,7 +409,7 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
         .expect("route created");
 
     eventually("the route is served", || async {
-        get(dataplane.addr, "www.example.com", "/")
+        http_get(dataplane.addr, "www.example.com", "/")
             .is_some_and(|(s, b)| s == 200 && b == "served under RBAC")
     })
     .await;
@@ -719,87 +718,4 @@ fn scrape(addr: SocketAddr) -> BTreeSet<String> {
         }
     }
     names
-}
-
-fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    http_get(addr, host, path)
-}
-
-/// `GET path` over HTTP/1.1: status and body, or `None` on failure.
-fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Some((status, body))
-}
-
-/// Joins the chunks of a chunked body (the admin server may chunk).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-        else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
-    }
-    out
-}
-
-/// A dataplane on its own thread until dropped.
-struct Running {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(dataplane: pier_dataplane::Dataplane) -> Self {
-        let addr = dataplane.listen_addr();
-        let admin = dataplane.admin_addr().expect("admin address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            dataplane
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .expect("dataplane runs");
-        });
-        Self {
-            addr,
-            admin,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

@@ -24,6 +24,22 @@ fn route(name: &str, spec: serde_json::Value) -> StaticRoute {
     .expect("a StaticRoute")
 }
 
+fn proxy_route(name: &str, spec: serde_json::Value) -> ProxyRoute {
+    serde_json::from_value(json!({
+        "apiVersion": "pier.dev/v1alpha1",
+        "kind": "ProxyRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }))
+    .expect("a ProxyRoute")
+}
+
+/// Whether StaticRoute `name` is `Programmed=True` for `generation`.
+async fn programmed(api: &Api<StaticRoute>, name: &str, generation: i64) -> bool {
+    let got = api.get(name).await.expect("read back");
+    condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(generation)))
+}
+
 fn condition(route: &StaticRoute, kind: &str) -> Option<(String, String, Option<i64>)> {
     let c = route
         .status
@@ -70,8 +86,7 @@ async fn routes_are_served_updated_and_removed_with_truthful_status() {
     })
     .await;
     eventually("Programmed follows generation 2", || async {
-        let got = api.get("site").await.expect("read back");
-        condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(2)))
+        programmed(&api, "site", 2).await
     })
     .await;
 
@@ -233,8 +248,7 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
     .await
     .expect("created");
     eventually("Programmed through the other replica's report", || async {
-        let got = api.get("site").await.expect("read back");
-        condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(1)))
+        programmed(&api, "site", 1).await
     })
     .await;
 
@@ -255,8 +269,7 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
         .await
         .expect("updated");
     eventually("the new leader writes status for generation 2", || async {
-        let got = api.get("site").await.expect("read back");
-        condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(2)))
+        programmed(&api, "site", 2).await
     })
     .await;
 }
@@ -299,13 +312,10 @@ async fn proxy_routes_are_served_through_the_controller() {
     let cluster = Cluster::start().await;
     let backend = tiny_backend("from the backend");
     let api: Api<ProxyRoute> = Api::namespaced(cluster.cp.client(), "default");
-    let app: ProxyRoute = serde_json::from_value(json!({
-        "apiVersion": "pier.dev/v1alpha1",
-        "kind": "ProxyRoute",
-        "metadata": {"name": "app", "namespace": "default"},
-        "spec": {"hosts": ["app.example.com"], "backends": [{"address": backend.to_string()}]},
-    }))
-    .expect("a ProxyRoute");
+    let app = proxy_route(
+        "app",
+        json!({"hosts": ["app.example.com"], "backends": [{"address": backend.to_string()}]}),
+    );
     api.create(&PostParams::default(), &app)
         .await
         .expect("created");
@@ -326,16 +336,13 @@ async fn proxy_routes_are_served_through_the_controller() {
     .await;
 
     // The schema refuses header values that would split a header.
-    let bad: ProxyRoute = serde_json::from_value(json!({
-        "apiVersion": "pier.dev/v1alpha1",
-        "kind": "ProxyRoute",
-        "metadata": {"name": "bad", "namespace": "default"},
-        "spec": {
+    let bad = proxy_route(
+        "bad",
+        json!({
             "backends": [{"address": backend.to_string()}],
             "requestHeaders": {"set": [{"name": "X-A", "value": "a\r\nInjected: 1"}]},
-        },
-    }))
-    .expect("a ProxyRoute");
+        }),
+    );
     match api.create(&PostParams::default(), &bad).await {
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 422, "{e:?}");
@@ -395,13 +402,7 @@ async fn service_backends_follow_their_endpoint_slices() {
     };
 
     // A route whose Service has no endpoints yet: accepted, refs unresolved.
-    let app: ProxyRoute = serde_json::from_value(json!({
-        "apiVersion": "pier.dev/v1alpha1",
-        "kind": "ProxyRoute",
-        "metadata": {"name": "app", "namespace": "default"},
-        "spec": {"backends": [{"service": "api", "port": 80}]},
-    }))
-    .expect("a ProxyRoute");
+    let app = proxy_route("app", json!({"backends": [{"service": "api", "port": 80}]}));
     routes
         .create(&PostParams::default(), &app)
         .await
@@ -487,8 +488,7 @@ async fn a_single_electing_replica_programs_its_own_dataplanes() {
     .await
     .expect("created");
     eventually("Programmed=True with a local dataplane", || async {
-        let got = api.get("site").await.expect("read back");
-        condition(&got, "Programmed") == Some(("True".into(), "Programmed".into(), Some(1)))
+        programmed(&api, "site", 1).await
     })
     .await;
 }
