@@ -130,17 +130,12 @@ impl Reconciler {
 
     /// Mirrors `api` into a store, waking the loop on every change, until
     /// the controller stops.
-    fn watch<K>(&self, api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
-    where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
+    fn watch<K: Watched>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        changed: &Arc<Notify>,
+    ) -> Store<K> {
         self.watch_filtered(api, config, changed, None)
     }
 
@@ -148,17 +143,7 @@ impl Reconciler {
     /// of an object changes (or it comes or goes): a route's own status
     /// writes come back as watch events, and rebuilding for them would
     /// publish nothing new.
-    fn watch_specs<K>(&self, api: Api<K>, changed: &Arc<Notify>) -> Store<K>
-    where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
+    fn watch_specs<K: Watched>(&self, api: Api<K>, changed: &Arc<Notify>) -> Store<K> {
         self.watch_filtered(
             api,
             watcher::Config::default(),
@@ -167,23 +152,13 @@ impl Reconciler {
         )
     }
 
-    fn watch_filtered<K>(
+    fn watch_filtered<K: Watched>(
         &self,
         api: Api<K>,
         config: watcher::Config,
         changed: &Arc<Notify>,
         generation: Option<Generation<K>>,
-    ) -> Store<K>
-    where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
+    ) -> Store<K> {
         let (reader, writer) = reflector::store();
         let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
         let changed = Arc::clone(changed);
@@ -489,6 +464,29 @@ impl StatusWriter {
     }
 }
 
+/// What a watched resource type must offer: a reflector store of it.
+trait Watched:
+    kube::Resource<DynamicType: Default + Eq + std::hash::Hash + Clone>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType: Default + Eq + std::hash::Hash + Clone>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Reads an object's uid and generation.
 type Generation<K> = fn(&K) -> Option<(String, i64)>;
 
@@ -508,6 +506,16 @@ struct Stores {
     slices: Vec<Store<EndpointSlice>>,
 }
 
+/// Waits until each store listed its resources once; false when one closed.
+async fn all_ready<K: Watched>(stores: &[Store<K>]) -> bool {
+    for store in stores {
+        if store.wait_until_ready().await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Every object of these stores, cloned for the compiler.
 fn cloned<K: kube::Resource + Clone>(stores: &[Store<K>]) -> Vec<K>
 where
@@ -524,27 +532,10 @@ impl Stores {
     /// Waits until every store listed its resources once; false when one
     /// closed first.
     async fn wait_until_ready(&self) -> bool {
-        for store in &self.statics {
-            if store.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        for store in &self.proxies {
-            if store.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        for store in &self.services {
-            if store.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        for store in &self.slices {
-            if store.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        true
+        all_ready(&self.statics).await
+            && all_ready(&self.proxies).await
+            && all_ready(&self.services).await
+            && all_ready(&self.slices).await
     }
 }
 
