@@ -214,11 +214,8 @@ impl Proxy {
                 .find(|&i| usable(i)),
             Picker::Hash { ring, key, bound } => {
                 let key = hash_key(key, choice);
-                let loads: Vec<u32> = match bound {
-                    Some(_) => self.inflight.iter().map(|l| l.load(Relaxed)).collect(),
-                    None => Vec::new(),
-                };
-                ring.pick(key, &loads, *bound, usable)
+                let load = |i: usize| self.inflight.get(i).map_or(0, |l| l.load(Relaxed));
+                ring.pick(key, &load, *bound, usable)
             }
             Picker::LeastRequest => self.least_request(usable),
         }
@@ -227,16 +224,16 @@ impl Proxy {
     /// Power of two choices: two distinct random endpoints with weight,
     /// the one with fewer requests in flight per unit of weight.
     fn least_request(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.weights.len())
-            .filter(|&i| self.weights[i] > 0 && usable(i))
-            .collect();
-        let n = candidates.len();
+        // The `k`th usable endpoint with weight, without collecting them.
+        let usable = |i: &usize| self.weights[*i] > 0 && usable(*i);
+        let n = (0..self.weights.len()).filter(usable).count();
         if n == 0 {
             return None;
         }
+        let nth = |k: usize| (0..self.weights.len()).filter(usable).nth(k);
         let first = random() as usize % n;
         let second = (first + 1 + random() as usize % n.saturating_sub(1).max(1)) % n;
-        let (a, b) = (candidates[first], candidates[second]);
+        let (a, b) = (nth(first)?, nth(second)?);
         let cost = |i: usize| {
             u64::from(self.inflight[i].load(Relaxed)) * 1_000_000
                 / u64::from(self.weights[i].max(1))

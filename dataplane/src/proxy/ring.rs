@@ -48,7 +48,7 @@ impl Ring {
     pub(crate) fn pick(
         &self,
         key: u64,
-        loads: &[u32],
+        load: &dyn Fn(usize) -> u32,
         bound: Option<u32>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
@@ -64,14 +64,14 @@ impl Ring {
         let Some(bound) = bound else {
             return walk.next();
         };
-        let total: u64 = loads.iter().map(|&l| u64::from(l)).sum::<u64>() + 1;
+        let total: u64 = (0..self.endpoints).map(|i| u64::from(load(i))).sum::<u64>() + 1;
         let live = self.endpoints.max(1) as u64;
         // ceil(bound × (total / live)), in whole requests.
         let limit = (u64::from(bound) * total).div_ceil(1000 * live);
         let mut first = None;
         for i in walk {
             first.get_or_insert(i);
-            if u64::from(loads.get(i).copied().unwrap_or(0)) < limit {
+            if u64::from(load(i)) < limit {
                 return Some(i);
             }
         }
@@ -109,7 +109,12 @@ mod tests {
 
     fn owner(ring: &Ring, names: &[String], key: usize) -> String {
         let i = ring
-            .pick(hash(format!("user-{key}").as_bytes()), &[], None, &|_| true)
+            .pick(
+                hash(format!("user-{key}").as_bytes()),
+                &|_| 0,
+                None,
+                &|_| true,
+            )
             .expect("an endpoint");
         names[i].clone()
     }
@@ -161,16 +166,16 @@ mod tests {
         let ring = ring(&names);
         let key = hash(b"hot");
         let home = ring
-            .pick(key, &[0, 0, 0], Some(1250), &|_| true)
+            .pick(key, &|_| 0, Some(1250), &|_| true)
             .expect("home");
         let mut loads = [1, 1, 1];
         loads[home] = 10;
         let moved = ring
-            .pick(key, &loads, Some(1250), &|_| true)
+            .pick(key, &|i| loads[i], Some(1250), &|_| true)
             .expect("moved");
         assert_ne!(moved, home, "a busy home endpoint is skipped");
         assert_eq!(
-            ring.pick(key, &loads, None, &|_| true),
+            ring.pick(key, &|i| loads[i], None, &|_| true),
             Some(home),
             "no bound, no move"
         );
