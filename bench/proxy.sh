@@ -12,41 +12,15 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-ROOT_DIR=$(pwd)
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 if [[ ${QUICK:-0} == 1 ]]; then RUNS=1; DURATION=3; fi
 PROXY_CPU=${PROXY_CPU:-0}
 OTHER_CPU=${OTHER_CPU:-1}
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Debian starts the packaged services; this benchmark runs its own.
-  service nginx stop >/dev/null 2>&1 || true
-  service haproxy stop >/dev/null 2>&1 || true
-fi
-ulimit -n 20000 2>/dev/null || true
-
-if [[ -z ${PIER_BIN:-} ]]; then
-  cargo build --release -q -p pier-dataplane
-  PIER_BIN=$ROOT_DIR/target/release/pier-dataplane
-fi
-
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/lib/common.sh
+install_missing haproxy
+build_pier
 
 BACKEND_PORT=18510
 PORT=18511
@@ -142,21 +116,8 @@ start_proxy() { # name -> sets PROXY_PID (the process whose CPU counts)
   return 1
 }
 
-stop_proxy() {
-  kill "${PIDS[-1]}" 2>/dev/null || true
-  wait "${PIDS[-1]}" 2>/dev/null || true
-  unset 'PIDS[-1]'
-  sleep 0.5
-}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-to_us() {
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); print v }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 }
-    else { sub(/s$/, "", v); print v * 1000000 } }'
-}
 
 measure() { # -> "rps p99_us cpu_s_per_100k" medians
   local rps=() p99=() cpu=()
@@ -182,7 +143,7 @@ for proxy in pier nginx haproxy; do
   echo "== $proxy" >&2
   start_proxy "$proxy"
   read -r RPS[$proxy] P99[$proxy] CPU[$proxy] < <(measure)
-  stop_proxy
+  stop_last
   echo "   ${RPS[$proxy]} req/s, p99 ${P99[$proxy]} us, ${CPU[$proxy]} CPU s per 100k requests" >&2
 done
 

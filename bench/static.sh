@@ -16,34 +16,9 @@ if [[ ${QUICK:-0} == 1 ]]; then RUNS=1; DURATION=3; fi
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v lighttpd >/dev/null || need+=(lighttpd)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Debian starts the packaged services; this benchmark runs its own.
-  service nginx stop >/dev/null 2>&1 || true
-  service lighttpd stop >/dev/null 2>&1 || true
-fi
-ulimit -n 20000 2>/dev/null || true
-
-if [[ -z ${PIER_BIN:-} ]]; then
-  cargo build --release -q -p pier-dataplane
-  PIER_BIN=$ROOT_DIR/target/release/pier-dataplane
-fi
-
-WORK=$(mktemp -d)
-chmod 755 "$WORK" # nginx workers run as www-data
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/lib/common.sh
+install_missing lighttpd
+build_pier
 
 DOCROOT=$WORK/docroot
 mkdir -p "$DOCROOT" "$WORK/routes"
@@ -116,21 +91,8 @@ start_server() { # name -> sets SERVER_PID (the process whose RSS counts)
   return 1
 }
 
-stop_server() {
-  kill "${PIDS[-1]}" 2>/dev/null || true
-  wait "${PIDS[-1]}" 2>/dev/null || true
-  unset 'PIDS[-1]'
-  sleep 0.5
-}
 
-median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-to_us() { # wrk latency such as 812.00us, 1.20ms, 2.01s
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); print v }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 }
-    else { sub(/s$/, "", v); print v * 1000000 } }'
-}
 
 measure_small() { # -> "rps p99_us" medians
   local rps=() p99=()
@@ -177,7 +139,7 @@ for server in "${SERVERS[@]}"; do
   read -r RPS[$server] P99[$server] < <(measure_small)
   MBPS[$server]=$(measure_large)
   IDLE[$server]=$(measure_idle)
-  stop_server
+  stop_last
   echo "   4KiB: ${RPS[$server]} req/s, p99 ${P99[$server]} us; 1GiB: ${MBPS[$server]} MB/s; idle: ${IDLE[$server]} B/conn" >&2
 done
 
