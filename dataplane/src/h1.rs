@@ -222,7 +222,10 @@ impl Conn<'_> {
                 Dispatch::Respond(res) => res,
                 Dispatch::Proxy(target) => {
                     let keep = head.keep_alive && !self.shared.draining.load(Relaxed);
-                    if self.proxy(head, target, keep).await {
+                    // Boxed: the exchange's state is large, and inline it
+                    // would be part of every connection's task, idle
+                    // static ones included.
+                    if Box::pin(self.proxy(head, target, keep)).await {
                         continue;
                     }
                     return Outcome::Closed;
