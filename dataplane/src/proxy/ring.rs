@@ -165,9 +165,7 @@ mod tests {
         let names = names(3);
         let ring = ring(&names);
         let key = hash(b"hot");
-        let home = ring
-            .pick(key, &|_| 0, Some(1250), &|_| true)
-            .expect("home");
+        let home = ring.pick(key, &|_| 0, Some(1250), &|_| true).expect("home");
         let mut loads = [1, 1, 1];
         loads[home] = 10;
         let moved = ring
