@@ -48,6 +48,18 @@ pub struct ProxyRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
 
+    /// Request methods the route matches. Empty or absent: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    pub methods: Vec<HttpMethod>,
+
+    /// Request headers that must all be present with exactly these values
+    /// (names compared without case). A route with header or method
+    /// matches is tried before one without on the same host and path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<Header>,
+
     /// Where requests go; each request goes to one, by weight.
     #[schemars(length(min = 1, max = 64))]
     pub backends: Vec<Backend>,
@@ -82,6 +94,70 @@ pub struct ProxyRouteSpec {
     /// out for a while. Absent: 5 failures, 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejection: Option<Ejection>,
+
+    /// X-Sendfile: a backend may answer with an `X-Sendfile` or
+    /// `X-Accel-Redirect` header naming a file below `roots`, which the
+    /// dataplane then serves itself (ranges, validators and all) instead
+    /// of the backend's body. Absent: the headers pass through untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sendfile: Option<Sendfile>,
+}
+
+/// Files a backend may hand back to the dataplane to serve.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || size(self.roots) > 0").message("sendfile needs at least one root when enabled"))]
+pub struct Sendfile {
+    /// Whether the headers are acted on.
+    pub enabled: bool,
+    /// Absolute directories in the dataplane; a named file must lie below
+    /// one of them after normalisation and symlink resolution, or the
+    /// response is refused with 502.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 4096)))]
+    #[x_kube(validation = Rule::new("self.all(r, r.startsWith('/'))").message("sendfile roots must be absolute paths"))]
+    pub roots: Vec<String>,
+}
+
+/// HTTP methods a route can match (Gateway API's set).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum HttpMethod {
+    /// `GET`
+    GET,
+    /// `HEAD`
+    HEAD,
+    /// `POST`
+    POST,
+    /// `PUT`
+    PUT,
+    /// `DELETE`
+    DELETE,
+    /// `CONNECT`
+    CONNECT,
+    /// `OPTIONS`
+    OPTIONS,
+    /// `TRACE`
+    TRACE,
+    /// `PATCH`
+    PATCH,
+}
+
+impl HttpMethod {
+    /// The method as it appears on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GET => "GET",
+            Self::HEAD => "HEAD",
+            Self::POST => "POST",
+            Self::PUT => "PUT",
+            Self::DELETE => "DELETE",
+            Self::CONNECT => "CONNECT",
+            Self::OPTIONS => "OPTIONS",
+            Self::TRACE => "TRACE",
+            Self::PATCH => "PATCH",
+        }
+    }
 }
 
 /// Retries: how many, and after which failures. A response status is

@@ -86,13 +86,15 @@ pub(crate) const HOST_PATTERN: &str =
 /// Gateway API's path match: a type and a value.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'RegularExpression' || self.value.startsWith('/')").message("path must start with '/'"))]
 pub struct PathMatch {
     /// How `value` is compared with the request path. Default `PathPrefix`.
     #[serde(default, rename = "type")]
     pub kind: PathMatchType,
-    /// The path to match; it starts with `/`.
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with '/'"))]
-    #[schemars(length(min = 1, max = 4096))]
+    /// The path to match; it starts with `/`. For `RegularExpression`, a
+    /// regular expression (Rust `regex` syntax) that must match the whole
+    /// decoded path.
+    #[schemars(length(min = 1, max = 1024))]
     pub value: String,
 }
 
@@ -114,6 +116,10 @@ pub enum PathMatchType {
     PathPrefix,
     /// Matches the value exactly.
     Exact,
+    /// A regular expression matching the whole decoded path (anchored at
+    /// both ends). Checked after exact paths and before prefixes, in route
+    /// age order, as nginx checks `location ~` blocks.
+    RegularExpression,
 }
 
 /// Status every Pier route reports: conditions `Accepted`, `ResolvedRefs`

@@ -1,15 +1,23 @@
-//! The routing table: host, then path, to a route index. Pure and built once
-//! per snapshot; a lookup costs O(host labels × path segments), not
-//! O(routes).
+//! The routing table: host, then path, then the route's other conditions,
+//! to a route index. Pure and built once per snapshot; a lookup costs
+//! O(host labels × path segments), not O(routes), plus one test per
+//! `RegularExpression` route of the host.
 //!
 //! Precedence, as in Gateway API: an exact host before a wildcard host (the
 //! longest wildcard suffix first) before routes for any host; within a host,
-//! an exact path before the longest matching prefix. A request that matches
-//! a host but none of its paths falls through to the less specific hosts.
+//! an exact path, then regular expressions (nginx's order: they beat
+//! prefixes), then the longest matching prefix. Routes on the same host and
+//! path are tried most specific first (a method match, then more header
+//! matches), ties in snapshot order (namespace/name); regular expressions
+//! are tried in snapshot order too. A request whose host matches but none
+//! of whose paths and conditions do falls through to the less specific
+//! hosts.
 
 use std::collections::HashMap;
 
-use pier_snapshot::{PathRule, Snapshot};
+use http::{HeaderMap, HeaderName, Method};
+use pier_snapshot::{Matches, PathRule, Snapshot};
+use regex::bytes::Regex;
 
 /// A route chosen for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,8 +25,19 @@ pub(crate) struct Match {
     /// Index of the route in the snapshot.
     pub(crate) route: usize,
     /// Bytes of the request path covered by the prefix, to strip before the
-    /// file lookup (0 for `/` and for exact matches).
+    /// file lookup (0 for `/`, exact and regular-expression matches).
     pub(crate) prefix_len: usize,
+}
+
+/// What a lookup looks at.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request<'a> {
+    /// The Host header or `:authority` (any case, with or without port).
+    pub(crate) host: &'a str,
+    /// The normalised path.
+    pub(crate) path: &'a [u8],
+    pub(crate) method: &'a Method,
+    pub(crate) headers: &'a HeaderMap,
 }
 
 /// Host and path lookup for one snapshot.
@@ -28,20 +47,74 @@ pub(crate) struct Router {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, Paths>,
     any: Paths,
+    /// Per route: its conditions besides host and path, if any.
+    conditions: Box<[Option<Box<Conditions>>]>,
 }
+
+/// Routes sharing one host and path, in the order they are tried.
+type Slot = Vec<usize>;
 
 #[derive(Debug, Default)]
 struct Paths {
-    exact: HashMap<Box<[u8]>, usize>,
-    prefix: HashMap<Box<[u8]>, usize>,
+    exact: HashMap<Box<[u8]>, Slot>,
+    /// One entry per distinct expression (as written), in snapshot order.
+    regex: Vec<(Box<str>, Regex, Slot)>,
+    prefix: HashMap<Box<[u8]>, Slot>,
+}
+
+/// Methods and exact header values a request must have.
+#[derive(Debug)]
+struct Conditions {
+    methods: Box<[Method]>,
+    headers: Box<[(HeaderName, Box<[u8]>)]>,
+}
+
+impl Conditions {
+    /// `Ok(None)` when the route has no conditions; `Err` when the
+    /// snapshot holds one this dataplane cannot parse (the compiler checked
+    /// them, so only a damaged snapshot gets here).
+    fn new(matches: &Matches) -> Result<Option<Box<Self>>, ()> {
+        if matches.is_empty() {
+            return Ok(None);
+        }
+        let methods = matches
+            .methods
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).map_err(drop))
+            .collect::<Result<_, _>>()?;
+        let headers = matches
+            .headers
+            .iter()
+            .map(|(n, v)| Ok((HeaderName::from_bytes(n.as_bytes()).map_err(drop)?, v.as_bytes().into())))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Box::new(Self { methods, headers })))
+    }
+
+    fn admit(&self, req: &Request<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(req.method))
+            && self.headers.iter().all(|(name, value)| {
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.as_bytes() == &**value)
+            })
+    }
 }
 
 impl Router {
     /// Builds the table. The snapshot compiler has already rejected routes
-    /// that claim the same host and path, so no entry is overwritten.
+    /// that claim the same host, path and conditions, and checked every
+    /// expression; one that still fails to compile matches nothing.
     pub(crate) fn new(snapshot: &Snapshot) -> Self {
         let mut router = Self::default();
+        let mut conditions = Vec::with_capacity(snapshot.routes.len());
         for (index, route) in snapshot.routes.iter().enumerate() {
+            let Ok(parsed) = Conditions::new(&route.matches) else {
+                tracing::warn!(route = %route.key, "route conditions unusable; route left out");
+                conditions.push(None);
+                continue;
+            };
+            conditions.push(parsed);
             if route.hosts.is_empty() {
                 router.any.insert(&route.path, index);
             }
@@ -53,48 +126,73 @@ impl Router {
                 paths.insert(&route.path, index);
             }
         }
+        router.conditions = conditions.into();
+        // Most specific first; the sort is stable, so ties keep snapshot
+        // order.
+        let rank = |i: &usize| std::cmp::Reverse(snapshot.routes[*i].matches.specificity());
+        for paths in router
+            .exact
+            .values_mut()
+            .chain(router.wildcard.values_mut())
+            .chain([&mut router.any])
+        {
+            let slots = paths.exact.values_mut().chain(paths.prefix.values_mut());
+            for slot in slots.chain(paths.regex.iter_mut().map(|(_, _, slot)| slot)) {
+                slot.sort_by_key(rank);
+            }
+        }
         router
     }
 
-    /// Finds the route for a request. `host` is the Host header or
-    /// `:authority` (any case, with or without port); `path` is normalised.
-    pub(crate) fn lookup(&self, host: &str, path: &[u8]) -> Option<Match> {
+    /// Finds the route for a request.
+    pub(crate) fn lookup(&self, req: &Request<'_>) -> Option<Match> {
         let mut buf = [0u8; 256];
-        let host = normalize_host(host, &mut buf);
+        let host = normalize_host(req.host, &mut buf);
         if let Some(host) = host {
-            if let Some(found) = self.exact.get(host).and_then(|p| p.lookup(path)) {
+            if let Some(found) = self.exact.get(host).and_then(|p| self.in_paths(p, req)) {
                 return Some(found);
             }
             if !self.wildcard.is_empty() {
                 let mut rest = host;
                 while let Some(dot) = rest.find('.') {
                     rest = &rest[dot + 1..];
-                    if let Some(found) = self.wildcard.get(rest).and_then(|p| p.lookup(path)) {
+                    if let Some(found) = self.wildcard.get(rest).and_then(|p| self.in_paths(p, req))
+                    {
                         return Some(found);
                     }
                 }
             }
         }
-        self.any.lookup(path)
+        self.in_paths(&self.any, req)
     }
-}
 
-impl Paths {
-    fn insert(&mut self, rule: &PathRule, index: usize) {
-        match rule {
-            PathRule::Exact(value) => self.exact.insert(value.as_bytes().into(), index),
-            PathRule::Prefix(value) => self.prefix.insert(value.as_bytes().into(), index),
+    /// The first route of a slot whose conditions the request meets.
+    fn in_slot(&self, slot: &Slot, req: &Request<'_>) -> Option<usize> {
+        slot.iter().copied().find(|&route| {
+            self.conditions
+                .get(route)
+                .and_then(Option::as_deref)
+                .is_none_or(|c| c.admit(req))
+        })
+    }
+
+    fn in_paths(&self, paths: &Paths, req: &Request<'_>) -> Option<Match> {
+        let path = req.path;
+        let whole = |route| Match {
+            route,
+            prefix_len: 0,
         };
-    }
-
-    fn lookup(&self, path: &[u8]) -> Option<Match> {
-        if let Some(&route) = self.exact.get(path) {
-            return Some(Match {
-                route,
-                prefix_len: 0,
-            });
+        if let Some(route) = paths.exact.get(path).and_then(|s| self.in_slot(s, req)) {
+            return Some(whole(route));
         }
-        if self.prefix.is_empty() {
+        for (_, regex, slot) in &paths.regex {
+            if regex.is_match(path) {
+                if let Some(route) = self.in_slot(slot, req) {
+                    return Some(whole(route));
+                }
+            }
+        }
+        if paths.prefix.is_empty() {
             return None;
         }
         // Candidates from the longest: the path without its trailing slash,
@@ -105,7 +203,7 @@ impl Paths {
         }
         loop {
             let candidate = if end <= 1 { &b"/"[..] } else { &path[..end] };
-            if let Some(&route) = self.prefix.get(candidate) {
+            if let Some(route) = paths.prefix.get(candidate).and_then(|s| self.in_slot(s, req)) {
                 let prefix_len = if candidate == b"/" { 0 } else { end };
                 return Some(Match { route, prefix_len });
             }
@@ -113,6 +211,34 @@ impl Paths {
                 return None;
             }
             end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
+        }
+    }
+}
+
+impl Paths {
+    fn insert(&mut self, rule: &PathRule, index: usize) {
+        match rule {
+            PathRule::Exact(value) => self
+                .exact
+                .entry(value.as_bytes().into())
+                .or_default()
+                .push(index),
+            PathRule::Prefix(value) => self
+                .prefix
+                .entry(value.as_bytes().into())
+                .or_default()
+                .push(index),
+            PathRule::Regex(value) => {
+                match self.regex.iter_mut().find(|(v, _, _)| **v == **value) {
+                    Some((_, _, slot)) => slot.push(index),
+                    None => match pier_snapshot::path_regex(value) {
+                        Ok(regex) => self.regex.push((value.as_str().into(), regex, vec![index])),
+                        Err(why) => {
+                            tracing::warn!(expression = value, why, "path expression left out")
+                        }
+                    },
+                }
+            }
         }
     }
 }
@@ -134,11 +260,16 @@ fn normalize_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
     use pier_snapshot::{Action, Route, RouteKey, RouteKind, StaticAction};
 
     use super::*;
 
     fn route(name: &str, hosts: &[&str], path: PathRule) -> Route {
+        conditional(name, hosts, path, Matches::default())
+    }
+
+    fn conditional(name: &str, hosts: &[&str], path: PathRule, matches: Matches) -> Route {
         Route {
             key: RouteKey {
                 kind: RouteKind::StaticRoute,
@@ -147,6 +278,7 @@ mod tests {
             },
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             path,
+            matches,
             action: Action::Static(StaticAction {
                 root: "/srv".into(),
                 index: "index.html".into(),
@@ -161,12 +293,103 @@ mod tests {
         PathRule::Prefix(p.into())
     }
 
-    /// Looks a request up and returns the route name and stripped length.
+    /// Looks a GET request up and returns the route name and stripped length.
     fn find(snapshot: &Snapshot, host: &str, path: &str) -> Option<(String, usize)> {
+        find_with(snapshot, host, path, &Method::GET, &[])
+    }
+
+    fn find_with(
+        snapshot: &Snapshot,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &[(&'static str, &'static str)],
+    ) -> Option<(String, usize)> {
         let router = Router::new(snapshot);
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(*n, HeaderValue::from_static(v));
+        }
+        let req = Request {
+            host,
+            path: path.as_bytes(),
+            method,
+            headers: &map,
+        };
         router
-            .lookup(host, path.as_bytes())
+            .lookup(&req)
             .map(|m| (snapshot.routes[m.route].key.name.clone(), m.prefix_len))
+    }
+
+    fn matches(methods: &[&str], headers: &[(&str, &str)]) -> Matches {
+        Matches {
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn regular_expressions_match_whole_paths_after_exact_and_before_prefixes() {
+        let s = Snapshot::new(vec![
+            route("root", &[], prefix("/")),
+            route("api", &[], prefix("/api")),
+            route("php", &[], PathRule::Regex(r"/.*\.php".into())),
+            route("exact", &[], PathRule::Exact("/api/index.php".into())),
+        ]);
+        assert_eq!(find(&s, "x", "/api/a.php"), Some(("php".into(), 0)));
+        assert_eq!(find(&s, "x", "/a/b.php"), Some(("php".into(), 0)));
+        assert_eq!(name(find(&s, "x", "/api/index.php")), Some("exact".into()));
+        // Anchored: a match inside the path is not enough.
+        assert_eq!(name(find(&s, "x", "/a.php/x")), Some("root".into()));
+        assert_eq!(name(find(&s, "x", "/api/a.phpx")), Some("api".into()));
+    }
+
+    #[test]
+    fn method_and_header_matches_go_first_then_fall_back() {
+        let s = Snapshot::new(vec![
+            route("plain", &["a.com"], prefix("/api")),
+            conditional("posts", &["a.com"], prefix("/api"), matches(&["POST"], &[])),
+            conditional(
+                "canary",
+                &["a.com"],
+                prefix("/api"),
+                matches(&[], &[("x-canary", "1")]),
+            ),
+            conditional(
+                "canary-posts",
+                &["a.com"],
+                prefix("/api"),
+                matches(&["POST"], &[("x-canary", "1")]),
+            ),
+            route("any", &[], prefix("/")),
+        ]);
+        let get = |headers| name(find_with(&s, "a.com", "/api/x", &Method::GET, headers));
+        let post = |headers| name(find_with(&s, "a.com", "/api/x", &Method::POST, headers));
+        assert_eq!(get(&[]), Some("plain".into()));
+        assert_eq!(post(&[]), Some("posts".into()));
+        assert_eq!(get(&[("x-canary", "1")]), Some("canary".into()));
+        assert_eq!(get(&[("x-canary", "2")]), Some("plain".into()));
+        assert_eq!(post(&[("x-canary", "1")]), Some("canary-posts".into()));
+        // Any one of repeated fields may carry the value.
+        assert_eq!(
+            get(&[("x-canary", "0"), ("x-canary", "1")]),
+            Some("canary".into())
+        );
+    }
+
+    #[test]
+    fn a_conditional_route_alone_lets_other_requests_fall_through() {
+        let s = Snapshot::new(vec![
+            conditional("posts", &["a.com"], prefix("/api"), matches(&["POST"], &[])),
+            route("parent", &["a.com"], prefix("/")),
+            route("any", &[], prefix("/")),
+        ]);
+        let found = |m: &Method| name(find_with(&s, "a.com", "/api/x", m, &[]));
+        assert_eq!(found(&Method::POST), Some("posts".into()));
+        assert_eq!(found(&Method::GET), Some("parent".into()));
     }
 
     fn name(found: Option<(String, usize)>) -> Option<String> {

@@ -27,6 +27,7 @@ use crate::files::path::{self, PathError};
 use crate::files::{self, FileLimits, FileRequest};
 use crate::h2::Activity;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::routing;
 use crate::table::{Handler, Table};
 
 /// State shared by every worker and the admin server.
@@ -157,7 +158,13 @@ impl Shared {
             .host()
             .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
             .unwrap_or("");
-        let Some(found) = table.router.lookup(host, &path) else {
+        let lookup = routing::Request {
+            host,
+            path: &path,
+            method: req.method(),
+            headers: req.headers(),
+        };
+        let Some(found) = table.router.lookup(&lookup) else {
             return Dispatch::Respond(done(unrouted(), files::status(StatusCode::NOT_FOUND)));
         };
         let entry = &table.routes[found.route];

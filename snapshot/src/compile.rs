@@ -7,12 +7,18 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
-use crate::model::{Action, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
+use crate::model::{
+    Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction,
+};
 
 /// Longest host name DNS allows.
 const MAX_HOST_LEN: usize = 253;
 /// Longest route path accepted; request paths are bounded by the dataplane too.
 const MAX_PATH_LEN: usize = 1024;
+/// Most memory a compiled path expression may take (the `regex` crate's
+/// size limit), so one route cannot make every dataplane build a huge
+/// automaton.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// The resources a snapshot is compiled from.
 #[derive(Clone, Debug, Default)]
@@ -236,7 +242,7 @@ pub fn compile(resources: &Resources) -> Compiled {
         let a_key = (a.created.is_none(), &a.created, &a.route.key);
         a_key.cmp(&(b.created.is_none(), &b.created, &b.route.key))
     });
-    let mut claimed: HashMap<(&str, &PathRule), &RouteKey> = HashMap::new();
+    let mut claimed: HashMap<(&str, &PathRule, &Matches), &RouteKey> = HashMap::new();
     let mut accepted = Vec::with_capacity(candidates.len());
     'routes: for (i, candidate) in candidates.iter().enumerate() {
         let route = &candidate.route;
@@ -246,7 +252,7 @@ pub fn compile(resources: &Resources) -> Compiled {
             route.hosts.iter().map(String::as_str).collect()
         };
         for host in &hosts {
-            if let Some(winner) = claimed.get(&(*host, &route.path)) {
+            if let Some(winner) = claimed.get(&(*host, &route.path, &route.matches)) {
                 errors.push(RouteError {
                     key: route.key.clone(),
                     generation: candidate.generation,
@@ -260,7 +266,7 @@ pub fn compile(resources: &Resources) -> Compiled {
             }
         }
         for host in hosts {
-            claimed.insert((host, &route.path), &route.key);
+            claimed.insert((host, &route.path, &route.matches), &route.key);
         }
         accepted.push(i);
     }
@@ -332,6 +338,7 @@ fn static_route(key: &RouteKey, resource: &StaticRoute) -> Result<Route, Invalid
         key: key.clone(),
         hosts,
         path,
+        matches: Matches::default(),
         action: Action::Static(StaticAction {
             root,
             index,
@@ -390,14 +397,36 @@ fn path_rule(given: Option<&pier_crds::PathMatch>) -> Result<PathRule, Invalid> 
     let Some(given) = given else {
         return Ok(PathRule::Prefix("/".to_owned()));
     };
-    let clean = clean_path(&given.value).map_err(|why| Invalid::Path {
+    let invalid = |why| Invalid::Path {
         value: given.value.clone(),
         why,
-    })?;
+    };
+    if given.kind == PathMatchType::RegularExpression {
+        path_regex(&given.value).map_err(invalid)?;
+        return Ok(PathRule::Regex(given.value.clone()));
+    }
+    let clean = clean_path(&given.value).map_err(invalid)?;
     Ok(match given.kind {
-        PathMatchType::PathPrefix => PathRule::Prefix(clean),
         PathMatchType::Exact => PathRule::Exact(given.value.clone()),
+        _ => PathRule::Prefix(clean),
     })
+}
+
+/// Compiles a `RegularExpression` path: anchored at both ends, matched
+/// against the decoded path's bytes, within a size limit. The compiler
+/// validates with it and the dataplane matches with it, so both agree on
+/// what an expression means.
+pub fn path_regex(value: &str) -> Result<regex::bytes::Regex, &'static str> {
+    if value.is_empty() || value.len() > MAX_PATH_LEN {
+        return Err("must be a regular expression of 1 to 1024 characters");
+    }
+    regex::bytes::RegexBuilder::new(&format!("^(?:{value})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => "is a regular expression too large to compile",
+            _ => "is not a valid regular expression",
+        })
 }
 
 /// Checks a route path and removes its trailing slash (but for `/`).

@@ -20,8 +20,8 @@ mod compile;
 mod model;
 pub mod wire;
 
-pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile};
+pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile, path_regex};
 pub use model::{
-    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, PathRule, ProxyAction,
-    ProxyTimeouts, RetryPolicy, Route, RouteKey, RouteKind, Snapshot, StaticAction,
+    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches, PathRule,
+    ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, RouteKind, Snapshot, StaticAction,
 };

@@ -91,8 +91,38 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// Which paths match.
     pub path: PathRule,
+    /// Further conditions on the request (ProxyRoute methods and headers).
+    #[serde(default, skip_serializing_if = "Matches::is_empty")]
+    pub matches: Matches,
     /// What the dataplane does with a matching request.
     pub action: Action,
+}
+
+/// Conditions besides host and path; all must hold.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct Matches {
+    /// Upper-case methods, sorted; empty: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Lower-case header names with the exact values they must have,
+    /// sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+impl Matches {
+    /// True when every request matches.
+    pub fn is_empty(&self) -> bool {
+        self.methods.is_empty() && self.headers.is_empty()
+    }
+
+    /// Precedence among routes on the same host and path (Gateway API's):
+    /// a method match first, then more header matches. Higher is tried
+    /// first.
+    pub fn specificity(&self) -> (bool, usize) {
+        (!self.methods.is_empty(), self.headers.len())
+    }
 }
 
 /// A validated path match.
@@ -104,13 +134,16 @@ pub enum PathRule {
     Prefix(String),
     /// Matches the value exactly.
     Exact(String),
+    /// A regular expression that must match the whole decoded path; see
+    /// [`path_regex`](crate::path_regex).
+    Regex(String),
 }
 
 impl PathRule {
-    /// The path the rule compares with.
+    /// The path or expression the rule compares with.
     pub fn value(&self) -> &str {
         match self {
-            Self::Prefix(v) | Self::Exact(v) => v,
+            Self::Prefix(v) | Self::Exact(v) | Self::Regex(v) => v,
         }
     }
 }
@@ -147,6 +180,10 @@ pub struct ProxyAction {
     pub retries: RetryPolicy,
     /// Passive health.
     pub ejection: EjectionPolicy,
+    /// X-Sendfile: absolute directories the backend may name files in;
+    /// empty: the feature is off and the headers pass through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sendfile_roots: Vec<String>,
 }
 
 /// When a failed request is sent again.

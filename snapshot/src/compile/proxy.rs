@@ -7,10 +7,10 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use pier_crds::{BalancerType, Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts};
 
-use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule};
+use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule, root};
 use crate::model::{
-    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, PathRule, ProxyAction,
-    ProxyTimeouts, RetryPolicy, Route, RouteKey,
+    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches, PathRule,
+    ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey,
 };
 
 /// Default time limits, in milliseconds (nginx's and Envoy's order of magnitude).
@@ -222,7 +222,7 @@ pub(super) fn proxy_route(
     let rewrite = spec.rewrite.clone().unwrap_or_default();
     let rewrite_prefix = match &rewrite.path_prefix {
         None => None,
-        Some(value) if matches!(path, PathRule::Exact(_)) => {
+        Some(value) if !matches!(path, PathRule::Prefix(_)) => {
             return Err(Invalid::Path {
                 value: value.clone(),
                 why: "rewrite.pathPrefix needs a PathPrefix match",
@@ -244,6 +244,7 @@ pub(super) fn proxy_route(
         key: key.clone(),
         hosts,
         path,
+        matches: matches(spec)?,
         action: Action::Proxy(Box::new(ProxyAction {
             endpoints,
             balancer: balance(spec.balancer.as_ref())?,
@@ -254,6 +255,7 @@ pub(super) fn proxy_route(
             timeouts: timeouts(spec.timeouts.as_ref())?,
             retries: retries(spec.retries.as_ref()),
             ejection: ejection(spec.ejection.as_ref())?,
+            sendfile_roots: sendfile_roots(spec.sendfile.as_ref())?,
         })),
     };
     let unresolved = (!problems.is_empty()).then(|| Unresolved {
@@ -271,6 +273,51 @@ pub(super) fn proxy_route(
             .join("; "),
     });
     Ok((route, unresolved))
+}
+
+/// Methods and header matches, sorted so that equal conditions compare
+/// equal (the conflict rule).
+fn matches(spec: &pier_crds::ProxyRouteSpec) -> Result<Matches, Invalid> {
+    let mut methods: Vec<String> = spec
+        .methods
+        .iter()
+        .map(|m| m.as_str().to_owned())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    let mut headers = Vec::with_capacity(spec.headers.len());
+    for h in &spec.headers {
+        let name = token(&h.name)?;
+        let value = header_value(&h.value).map_err(|why| Invalid::Header {
+            name: h.name.clone(),
+            why,
+        })?;
+        headers.push((name, value));
+    }
+    headers.sort();
+    headers.dedup();
+    Ok(Matches { methods, headers })
+}
+
+/// The X-Sendfile roots of an enabled `sendfile`; none when it is off.
+fn sendfile_roots(given: Option<&pier_crds::Sendfile>) -> Result<Vec<String>, Invalid> {
+    let Some(given) = given.filter(|s| s.enabled) else {
+        return Ok(Vec::new());
+    };
+    if given.roots.is_empty() {
+        return Err(Invalid::Root {
+            value: String::new(),
+            why: "list of sendfile is empty; an enabled sendfile needs a root",
+        });
+    }
+    let mut roots = given
+        .roots
+        .iter()
+        .map(|r| root(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    roots.sort();
+    roots.dedup();
+    Ok(roots)
 }
 
 fn balance(given: Option<&pier_crds::Balancer>) -> Result<Balance, Invalid> {
@@ -339,23 +386,28 @@ fn edits(ops: Option<&HeaderOps>) -> Result<HeaderEdits, Invalid> {
     })
 }
 
-/// A header name: an HTTP token, lower-cased, not one the proxy owns.
+/// A header name to edit: a [`token`] the proxy does not own.
 fn header_name(name: &str) -> Result<String, Invalid> {
-    let invalid = |why| Invalid::Header {
-        name: name.to_owned(),
-        why,
-    };
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
-        return Err(invalid("must be an HTTP token"));
-    }
-    let lower = name.to_ascii_lowercase();
+    let lower = token(name)?;
     if RESERVED.contains(&lower.as_str()) {
-        return Err(invalid(
-            "is managed by the proxy (use rewrite.host for Host)",
-        ));
+        return Err(Invalid::Header {
+            name: name.to_owned(),
+            why: "is managed by the proxy (use rewrite.host for Host)",
+        });
     }
     Ok(lower)
+}
+
+/// A header name: an HTTP token, lower-cased.
+fn token(name: &str) -> Result<String, Invalid> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(Invalid::Header {
+            name: name.to_owned(),
+            why: "must be an HTTP token",
+        });
+    }
+    Ok(name.to_ascii_lowercase())
 }
 
 /// Absent: one retry after a connection failure.
