@@ -85,7 +85,12 @@ impl Conditions {
         let headers = matches
             .headers
             .iter()
-            .map(|(n, v)| Ok((HeaderName::from_bytes(n.as_bytes()).map_err(drop)?, v.as_bytes().into())))
+            .map(|(n, v)| {
+                Ok((
+                    HeaderName::from_bytes(n.as_bytes()).map_err(drop)?,
+                    v.as_bytes().into(),
+                ))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Some(Box::new(Self { methods, headers })))
     }
@@ -203,7 +208,11 @@ impl Router {
         }
         loop {
             let candidate = if end <= 1 { &b"/"[..] } else { &path[..end] };
-            if let Some(route) = paths.prefix.get(candidate).and_then(|s| self.in_slot(s, req)) {
+            if let Some(route) = paths
+                .prefix
+                .get(candidate)
+                .and_then(|s| self.in_slot(s, req))
+            {
                 let prefix_len = if candidate == b"/" { 0 } else { end };
                 return Some(Match { route, prefix_len });
             }

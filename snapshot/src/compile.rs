@@ -7,9 +7,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
-use crate::model::{
-    Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction,
-};
+use crate::model::{Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
 
 /// Longest host name DNS allows.
 const MAX_HOST_LEN: usize = 253;

@@ -278,11 +278,7 @@ pub(super) fn proxy_route(
 /// Methods and header matches, sorted so that equal conditions compare
 /// equal (the conflict rule).
 fn matches(spec: &pier_crds::ProxyRouteSpec) -> Result<Matches, Invalid> {
-    let mut methods: Vec<String> = spec
-        .methods
-        .iter()
-        .map(|m| m.as_str().to_owned())
-        .collect();
+    let mut methods: Vec<String> = spec.methods.iter().map(|m| m.as_str().to_owned()).collect();
     methods.sort();
     methods.dedup();
     let mut headers = Vec::with_capacity(spec.headers.len());

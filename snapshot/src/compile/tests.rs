@@ -252,6 +252,30 @@ fn invalid_proxy_routes_are_reported_with_their_reason() {
             r#"{path: {type: Exact, value: /x}, backends: [{address: "127.0.0.1:80"}], rewrite: {pathPrefix: /y}}"#,
             "InvalidPath",
         ),
+        (
+            r#"{path: {type: RegularExpression, value: "/a.*"}, backends: [{address: "127.0.0.1:80"}], rewrite: {pathPrefix: /y}}"#,
+            "InvalidPath",
+        ),
+        (
+            r#"{path: {type: RegularExpression, value: "/(unclosed"}, backends: [{address: "127.0.0.1:80"}]}"#,
+            "InvalidPath",
+        ),
+        (
+            r#"{path: {type: RegularExpression, value: "/a{1000}{1000}"}, backends: [{address: "127.0.0.1:80"}]}"#,
+            "InvalidPath",
+        ),
+        (
+            r#"{headers: [{name: "X Bad", value: "1"}], backends: [{address: "127.0.0.1:80"}]}"#,
+            "InvalidHeaderValue",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80"}], sendfile: {enabled: true}}"#,
+            "InvalidRoot",
+        ),
+        (
+            r#"{backends: [{address: "127.0.0.1:80"}], sendfile: {enabled: true, roots: [files]}}"#,
+            "InvalidRoot",
+        ),
     ];
     for (spec, reason) in cases {
         let out = compile_proxies(vec![proxy("p", spec)]);
@@ -283,6 +307,63 @@ fn static_and_proxy_routes_share_one_precedence_for_conflicts() {
     assert_eq!(out.snapshot.routes[0].key.kind, RouteKind::StaticRoute);
     assert_eq!(out.errors[0].key.kind, RouteKind::ProxyRoute);
     assert_eq!(out.errors[0].invalid.reason(), "Conflict");
+}
+
+#[test]
+fn methods_and_headers_are_normalised_and_tell_routes_apart() {
+    let a = proxy(
+        "a",
+        r#"{path: {value: /api}, methods: [POST, GET, POST], headers: [{name: X-Canary, value: "1"}], backends: [{address: "127.0.0.1:80"}],
+            sendfile: {enabled: true, roots: [/srv/files/, /srv/files]}}"#,
+    );
+    // Same host and path, other conditions: both serve.
+    let b = proxy(
+        "b",
+        r#"{path: {value: /api}, backends: [{address: "127.0.0.1:80"}], sendfile: {enabled: false, roots: [/x]}}"#,
+    );
+    // Same conditions in another order: a conflict.
+    let c = proxy(
+        "c",
+        r#"{path: {value: /api/}, methods: [GET, POST], headers: [{name: x-canary, value: "1"}], backends: [{address: "127.0.0.1:80"}]}"#,
+    );
+    let out = compile_proxies(vec![a, b, c]);
+    let names: Vec<&str> = out
+        .snapshot
+        .routes
+        .iter()
+        .map(|r| r.key.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].key.name, "c");
+    assert_eq!(out.errors[0].invalid.reason(), "Conflict");
+    let a = &out.snapshot.routes[0];
+    assert_eq!(a.matches.methods, ["GET", "POST"]);
+    assert_eq!(a.matches.headers, [("x-canary".to_owned(), "1".to_owned())]);
+    let Action::Proxy(action) = &a.action else {
+        panic!("a proxy action");
+    };
+    assert_eq!(action.sendfile_roots, ["/srv/files"]);
+    let Action::Proxy(action) = &out.snapshot.routes[1].action else {
+        panic!("a proxy action");
+    };
+    assert!(
+        action.sendfile_roots.is_empty(),
+        "disabled sendfile has no roots"
+    );
+}
+
+#[test]
+fn regular_expression_paths_are_kept_as_written() {
+    let out = compile_all(vec![named(
+        "a",
+        r#"{root: /srv, path: {type: RegularExpression, value: '.*\.(png|jpg)'}}"#,
+    )]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(
+        out.snapshot.routes[0].path,
+        PathRule::Regex(r".*\.(png|jpg)".into())
+    );
 }
 
 fn service(name: &str, ports: &[(&str, i32)]) -> k8s_openapi::api::core::v1::Service {
