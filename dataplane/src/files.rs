@@ -53,7 +53,7 @@ pub(crate) struct FileLimits {
     pub(crate) cache: CacheConfig,
 }
 
-/// A compiled `StaticRoute` action.
+/// A compiled `StaticRoute` action, or an X-Sendfile root.
 #[derive(Debug)]
 pub(crate) struct StaticFiles {
     root: Box<Path>,
@@ -61,7 +61,15 @@ pub(crate) struct StaticFiles {
     cache_control: Option<HeaderValue>,
     precompressed: bool,
     fallback: Option<Box<[u8]>>,
+    /// X-Sendfile: regular files only (a directory is 404, never an index
+    /// or a redirect), and a path that leaves the root is an [`Escape`].
+    files_only: bool,
 }
+
+/// X-Sendfile named a file outside its root: through a symlink, or a
+/// magic link. The response is refused (502), never served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Escape;
 
 /// What the handler needs from the request.
 #[derive(Debug)]
@@ -77,11 +85,12 @@ pub(crate) struct FileRequest<'a> {
     pub(crate) now: Instant,
 }
 
-/// Why no file is served: a status, or a redirect adding the slash a
-/// directory needs.
+/// Why no file is served: a status, a redirect adding the slash a
+/// directory needs, or (X-Sendfile) a path leading out of the root.
 enum Refusal {
     Status(StatusCode),
     AddSlash,
+    Escape,
 }
 
 /// A file found for a request.
@@ -120,7 +129,25 @@ impl StaticFiles {
                 .and_then(|v| HeaderValue::from_str(v).ok()),
             precompressed: action.precompressed,
             fallback: action.fallback.as_deref().map(|f| f.as_bytes().into()),
+            files_only: false,
         }
+    }
+
+    /// An X-Sendfile root: plain files below `root`, nothing else.
+    pub(crate) fn sendfile_root(root: &str) -> Self {
+        Self {
+            root: Path::new(root).into(),
+            index: Box::new([]),
+            cache_control: None,
+            precompressed: false,
+            fallback: None,
+            files_only: true,
+        }
+    }
+
+    /// The root directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Answers one request.
@@ -137,8 +164,34 @@ impl StaticFiles {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return res;
         }
+        match self.serve_as(req, is_get, limits, counters) {
+            Ok(res) => res,
+            // Only `files_only` roots see escapes; a route answers 404.
+            Err(Escape) => status(StatusCode::NOT_FOUND),
+        }
+    }
+
+    /// Answers with the file an X-Sendfile header named (`req.rel`, below
+    /// this root), as a GET would, or a HEAD for a HEAD request: ranges and
+    /// conditionals included, whatever the method the backend answered.
+    pub(crate) fn serve_file(
+        &self,
+        req: &FileRequest<'_>,
+        limits: &FileLimits,
+        counters: &CacheCounters,
+    ) -> Result<Response<Body>, Escape> {
+        self.serve_as(req, *req.method != Method::HEAD, limits, counters)
+    }
+
+    fn serve_as(
+        &self,
+        req: &FileRequest<'_>,
+        is_get: bool,
+        limits: &FileLimits,
+        counters: &CacheCounters,
+    ) -> Result<Response<Body>, Escape> {
         if path::is_hidden(req.rel) {
-            return status(StatusCode::NOT_FOUND);
+            return Ok(status(StatusCode::NOT_FOUND));
         }
         FileCache::with(|cache| {
             let mut opener = Opener {
@@ -149,9 +202,10 @@ impl StaticFiles {
                 counters,
             };
             match self.find(&mut opener, req) {
-                Ok(found) => self.respond(&mut opener, found, req, is_get, limits),
-                Err(Refusal::Status(code)) => status(code),
-                Err(Refusal::AddSlash) => redirect_to_slash(req),
+                Ok(found) => Ok(self.respond(&mut opener, found, req, is_get, limits)),
+                Err(Refusal::Status(code)) => Ok(status(code)),
+                Err(Refusal::AddSlash) => Ok(redirect_to_slash(req)),
+                Err(Refusal::Escape) => Err(Escape),
             }
         })
     }
@@ -176,6 +230,7 @@ impl StaticFiles {
                 });
             }
             Kind::Other => return Err(Refusal::Status(StatusCode::NOT_FOUND)),
+            Kind::Dir if self.files_only => return Err(Refusal::Status(StatusCode::NOT_FOUND)),
             Kind::Dir if !req.rel.ends_with(b"/") => return Err(Refusal::AddSlash),
             Kind::Dir => {}
         }
@@ -194,6 +249,11 @@ impl StaticFiles {
     }
 
     fn missing(&self, opener: &mut Opener<'_>, e: Errno) -> Result<Found<'static>, Refusal> {
+        // `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` refuses what
+        // leads out of the root with EXDEV (ELOOP for magic links).
+        if self.files_only && matches!(e, Errno::XDEV | Errno::LOOP) {
+            return Err(Refusal::Escape);
+        }
         if !matches!(e, Errno::NOENT | Errno::NOTDIR) {
             return Err(Refusal::Status(error_status(e)));
         }

@@ -141,6 +141,10 @@ pub(crate) struct Metrics {
     pub(crate) upstream_retries: AtomicU64,
     /// Endpoints ejected by passive health.
     pub(crate) upstream_ejections: AtomicU64,
+    /// Files served for an X-Sendfile / X-Accel-Redirect answer.
+    pub(crate) sendfile_served: AtomicU64,
+    /// X-Sendfile answers refused (502): a path outside the roots.
+    pub(crate) sendfile_refused: AtomicU64,
     /// Cluster mode: a snapshot stream to the controller is open.
     pub(crate) controller_connected: std::sync::atomic::AtomicBool,
 }
@@ -168,6 +172,8 @@ impl Default for Metrics {
             upstream_retries: AtomicU64::new(0),
             upstream_tunnels: AtomicU64::new(0),
             upstream_ejections: AtomicU64::new(0),
+            sendfile_served: AtomicU64::new(0),
+            sendfile_refused: AtomicU64::new(0),
             controller_connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -322,7 +328,19 @@ impl Metrics {
         for (name, kind, help, value) in figures {
             out.plain(name, kind, help, value);
         }
-        let upstream: [(&str, &str, &str, i128); 7] = [
+        let upstream: [(&str, &str, &str, i128); 9] = [
+            (
+                "sendfile_total",
+                "counter",
+                "Files served in place of a backend body after an X-Sendfile or X-Accel-Redirect answer.",
+                self.sendfile_served.load(Relaxed).into(),
+            ),
+            (
+                "sendfile_refused_total",
+                "counter",
+                "X-Sendfile or X-Accel-Redirect answers refused with 502: a path outside the route's sendfile roots, or one leading out of them.",
+                self.sendfile_refused.load(Relaxed).into(),
+            ),
             (
                 "upstream_tunnels_total",
                 "counter",

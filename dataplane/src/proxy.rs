@@ -13,6 +13,7 @@
 pub(crate) mod chunked;
 mod ring;
 mod schedule;
+pub(crate) mod sendfile;
 
 use std::cell::Cell;
 use std::cell::RefCell;
@@ -53,6 +54,8 @@ pub(crate) struct Proxy {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// X-Sendfile roots (none: the headers pass through).
+    pub(crate) sendfile: sendfile::Roots,
 }
 
 /// The compiled balancer.
@@ -183,6 +186,7 @@ impl Proxy {
             connect_timeout: ms(action.timeouts.connect_ms),
             response_header_timeout: ms(action.timeouts.response_header_ms),
             idle_timeout: ms(action.timeouts.idle_ms),
+            sendfile: sendfile::Roots::new(&action.sendfile_roots),
         }
     }
 

@@ -64,6 +64,14 @@ async fn answer(
         .map(ToString::to_string)
         .unwrap_or_default();
     let method = req.method().to_string();
+    // Hand a file back to the proxy when the test asks for it.
+    let handoff: Vec<(&'static str, http::HeaderValue)> = [
+        ("x-test-sendfile", "x-sendfile"),
+        ("x-test-accel", "x-accel-redirect"),
+    ]
+    .into_iter()
+    .filter_map(|(asked, header)| Some((header, req.headers().get(asked)?.clone())))
+    .collect();
     let mut headers: Vec<String> = req
         .headers()
         .iter()
@@ -99,6 +107,19 @@ async fn answer(
     } else {
         Response::new(Full::new(Bytes::from(text)).boxed())
     };
+    if !handoff.is_empty() {
+        res = Response::new(Full::new(Bytes::from_static(b"backend body")).boxed());
+        for (name, value) in handoff {
+            res.headers_mut().insert(name, value);
+        }
+        let headers = res.headers_mut();
+        headers.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/x-download"),
+        );
+        headers.insert("set-cookie", http::HeaderValue::from_static("got=1"));
+        headers.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    }
     res.headers_mut()
         .insert("server", http::HeaderValue::from_static("backend-server"));
     res.headers_mut().insert(
@@ -518,4 +539,110 @@ fn websocket_upgrades_are_tunnelled_both_ways() {
     let forwarded = seen.lock().expect("lock").to_lowercase();
     assert!(forwarded.contains("upgrade: websocket"), "{forwarded}");
     assert!(forwarded.contains("connection: upgrade"), "{forwarded}");
+}
+
+#[test]
+fn x_sendfile_serves_files_below_the_roots_and_refuses_everything_else() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("files");
+    let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    support::write(&files, "a.bin", &data);
+    support::write(&files, "a b.txt", b"spaced");
+    support::write(&files, "sub/dir/x", b"x");
+    support::write(dir.path(), "secret/key", b"TOP SECRET");
+    std::os::unix::fs::symlink("../secret/key", files.join("escape")).expect("symlink");
+    std::os::unix::fs::symlink("a.bin", files.join("inside")).expect("symlink");
+    let files = files.display().to_string();
+    let a = backend("a");
+    let pier = start(&format!(
+        "{{backends: [{{address: \"{}\"}}], sendfile: {{enabled: true, roots: [\"{files}\"]}}}}",
+        a.addr
+    ));
+    let mut stream = pier.connect();
+    let mut get = |method: &str, header: &str, extra: &[&str]| {
+        let mut headers = vec![header];
+        headers.extend_from_slice(extra);
+        send(&mut stream, &request(method, "/download", &headers))
+    };
+
+    let res = get("GET", &format!("X-Test-Sendfile: {files}/a.bin"), &[]);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body, data, "the file, not the backend's body");
+    assert_eq!(res.header("content-length"), Some("1000"));
+    assert_eq!(res.header("content-type"), Some("application/x-download"));
+    assert_eq!(res.header("set-cookie"), Some("got=1"));
+    assert_eq!(res.header("accept-ranges"), Some("bytes"));
+    assert_eq!(res.header("x-sendfile"), None);
+    assert_eq!(res.header("x-accel-buffering"), None);
+    let etag = res.header("etag").expect("an ETag").to_owned();
+
+    // Every static feature: ranges, validators, HEAD.
+    let res = get(
+        "GET",
+        &format!("X-Test-Sendfile: {files}/a.bin"),
+        &["Range: bytes=10-19"],
+    );
+    assert_eq!(res.status, 206);
+    assert_eq!(res.body, &data[10..20]);
+    assert_eq!(res.header("content-range"), Some("bytes 10-19/1000"));
+    let res = get(
+        "GET",
+        &format!("X-Test-Sendfile: {files}/a.bin"),
+        &[&format!("If-None-Match: {etag}")],
+    );
+    assert_eq!(res.status, 304);
+    let res = get("HEAD", &format!("X-Test-Sendfile: {files}/a.bin"), &[]);
+    assert_eq!((res.status, res.body.len()), (200, 0));
+    assert_eq!(res.header("content-length"), Some("1000"));
+    // A POST the backend answered with a file gets the file.
+    let res = get("POST", &format!("X-Test-Sendfile: {files}/a.bin"), &[]);
+    assert_eq!((res.status, res.body.len()), (200, 1000));
+
+    // nginx's header is a URI path; a symlink inside the root is fine.
+    let res = get("GET", &format!("X-Test-Accel: {files}/a%20b.txt?x=1"), &[]);
+    assert_eq!((res.status, res.text()), (200, "spaced".to_owned()));
+    let res = get("GET", &format!("X-Test-Sendfile: {files}/inside"), &[]);
+    assert_eq!((res.status, res.body.len()), (200, 1000));
+
+    // Missing files and directories are 404; nothing outside is served.
+    assert_eq!(
+        get("GET", &format!("X-Test-Sendfile: {files}/nope"), &[]).status,
+        404
+    );
+    assert_eq!(
+        get("GET", &format!("X-Test-Sendfile: {files}/sub"), &[]).status,
+        404
+    );
+    let tricks = [
+        format!("X-Test-Sendfile: {files}/../secret/key"),
+        format!("X-Test-Sendfile: {files}/escape"),
+        format!("X-Test-Sendfile: {}/secret/key", dir.path().display()),
+        format!("X-Test-Sendfile: {files}x/key"),
+        format!("X-Test-Accel: {files}/%2e%2e/secret/key"),
+        "X-Test-Sendfile: /etc/passwd".to_owned(),
+    ];
+    for trick in &tricks {
+        // A refusal closes the client connection, as every 502 does.
+        let res = pier.get("/download", &[trick]);
+        assert_eq!(res.status, 502, "{trick}");
+        assert!(!res.text().contains("SECRET"), "{trick}");
+    }
+    assert_eq!(
+        metric(&pier, "pier_dataplane_sendfile_refused_total"),
+        tricks.len() as u64
+    );
+    assert_eq!(metric(&pier, "pier_dataplane_sendfile_total"), 9);
+    // The backend's small bodies were read with their heads: one
+    // connection served every answer.
+    assert_eq!(a.connections.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn without_sendfile_the_headers_pass_through() {
+    let a = backend("a");
+    let pier = start(&format!("{{backends: [{{address: \"{}\"}}]}}", a.addr));
+    let res = pier.get("/", &["X-Test-Sendfile: /etc/passwd"]);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.text(), "backend body");
+    assert_eq!(res.header("x-sendfile"), Some("/etc/passwd"));
 }

@@ -41,7 +41,23 @@ pub(crate) enum PathError {
 /// and `.` segments dropped, a trailing slash kept. Returns the input
 /// unchanged (no allocation) when it is already normal.
 pub(crate) fn normalize(raw: &str) -> Result<Cow<'_, [u8]>, PathError> {
-    let bytes = raw.as_bytes();
+    normalize_bytes(raw.as_bytes(), Escapes::Decode)
+}
+
+/// Normalises a file system path as [`normalize`] does a request path, but
+/// with `%` an ordinary byte (X-Sendfile names files, not URIs).
+pub(crate) fn normalize_file(raw: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
+    normalize_bytes(raw, Escapes::Literal)
+}
+
+/// Whether `%XX` is an escape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Escapes {
+    Decode,
+    Literal,
+}
+
+fn normalize_bytes(bytes: &[u8], escapes: Escapes) -> Result<Cow<'_, [u8]>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
@@ -56,7 +72,7 @@ pub(crate) fn normalize(raw: &str) -> Result<Cow<'_, [u8]>, PathError> {
     let mut segment = Vec::new();
     for raw_segment in bytes[1..].split(|&b| b == b'/') {
         segment.clear();
-        decode_into(raw_segment, &mut segment)?;
+        decode_into(raw_segment, escapes, &mut segment)?;
         match segment.as_slice() {
             b"" | b"." => continue,
             b".." => return Err(PathError::DotDot),
@@ -100,11 +116,11 @@ fn is_normal(bytes: &[u8]) -> bool {
     last != b"." && last != b".." && last.len() <= MAX_SEGMENT_LEN
 }
 
-fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
+fn decode_into(raw: &[u8], escapes: Escapes, out: &mut Vec<u8>) -> Result<(), PathError> {
     let mut i = 0;
     while i < raw.len() {
         let b = match raw[i] {
-            b'%' => {
+            b'%' if escapes == Escapes::Decode => {
                 let hi = raw.get(i + 1).and_then(|&c| hex(c));
                 let lo = raw.get(i + 2).and_then(|&c| hex(c));
                 let (Some(hi), Some(lo)) = (hi, lo) else {
@@ -155,6 +171,20 @@ mod tests {
 
     fn norm(raw: &str) -> Result<String, PathError> {
         normalize(raw).map(|p| String::from_utf8_lossy(&p).into_owned())
+    }
+
+    #[test]
+    fn file_paths_keep_percent_signs_and_refuse_dot_dot() {
+        let file = |raw: &str| {
+            normalize_file(raw.as_bytes()).map(|p| String::from_utf8_lossy(&p).into_owned())
+        };
+        assert_eq!(file("/srv/a%2e%2e/b"), Ok("/srv/a%2e%2e/b".into()));
+        assert_eq!(file("/srv//./files/x"), Ok("/srv/files/x".into()));
+        assert_eq!(file("/srv/files/../etc/passwd"), Err(PathError::DotDot));
+        assert_eq!(file("srv/x"), Err(PathError::NotAbsolute));
+        assert_eq!(file("/srv/x\\y"), Err(PathError::Backslash));
+        assert_eq!(file("/srv/x\0"), Err(PathError::Control));
+        assert_eq!(file("/srv/x\u{1}"), Err(PathError::Control));
     }
 
     #[test]

@@ -29,7 +29,9 @@ use tokio::time::{Instant, timeout};
 use super::Conn;
 use super::head::{Framing, Head, MAX_HEADERS};
 use super::response::{self, Persist};
+use crate::files::{Escape, FileRequest};
 use crate::proxy::chunked::{self, Piece};
+use crate::proxy::sendfile::{self, Handoff};
 use crate::proxy::{self as px, BUFFER, Proxy, strip_hop_by_hop};
 use crate::service::ProxyTarget;
 use crate::table::Handler;
@@ -188,6 +190,23 @@ impl Conn<'_> {
             return Ok((StatusCode::SWITCHING_PROTOCOLS, false));
         }
 
+        if let Some(handoff) = proxy.sendfile.handoff(&response.headers) {
+            // The backend's body is not wanted: its connection is kept only
+            // when that body is absent or already read.
+            let read = match response.framing {
+                Upstream::None => leftover.is_empty(),
+                Upstream::Length(n) => leftover.len() as u64 == n,
+                Upstream::Chunked | Upstream::Close => false,
+            };
+            if read && response.keep_alive {
+                px::put_idle(addr, upstream, self.shared.upstream_idle, metrics);
+            }
+            drop(picked);
+            return self
+                .hand_off(head, handoff, response.headers, keep_client, proxy)
+                .await;
+        }
+
         // The response head for the client.
         let is_head = head.request.method() == Method::HEAD;
         let version_10 = head.request.version() == Version::HTTP_10;
@@ -248,6 +267,69 @@ impl Conn<'_> {
             px::put_idle(addr, upstream, self.shared.upstream_idle, metrics);
         }
         Ok((response.status, keep_client))
+    }
+
+    /// Serves the file an X-Sendfile answer named, in place of the
+    /// backend's body, or refuses it (502, counted).
+    async fn hand_off(
+        &mut self,
+        head: &Head,
+        handoff: Handoff<'_>,
+        mut backend: HeaderMap,
+        keep: bool,
+        proxy: &Proxy,
+    ) -> Result<(StatusCode, bool), Failure> {
+        let metrics = &self.shared.metrics;
+        let refuse = |value: &HeaderValue, why: &str| {
+            metrics.sendfile_refused.fetch_add(1, Relaxed);
+            tracing::warn!(path = ?value, why, "X-Sendfile refused");
+            Failure::Before(StatusCode::BAD_GATEWAY)
+        };
+        let (root, rel) = match handoff {
+            Handoff::File { root, rel } => (root, rel),
+            Handoff::Refused { value, why } => return Err(refuse(&value, why)),
+        };
+        let req = &head.request;
+        let file = FileRequest {
+            method: req.method(),
+            headers: req.headers(),
+            raw_path: req.uri().path(),
+            query: None,
+            rel: &rel,
+            now: std::time::Instant::now(),
+        };
+        let res = root
+            .serve_file(&file, &self.shared.files, &metrics.file_cache)
+            .map_err(|Escape| {
+                let named = HeaderValue::from_bytes(&rel).unwrap_or(HeaderValue::from_static("?"));
+                refuse(&named, "leads out of its sendfile root")
+            })?;
+        metrics.sendfile_served.fetch_add(1, Relaxed);
+        let (mut parts, mut body) = res.into_parts();
+        strip_hop_by_hop(&mut backend);
+        sendfile::merge(&mut parts.headers, backend);
+        proxy.response_edits.apply(&mut parts.headers);
+        let persist = match (keep, req.version()) {
+            (false, _) => Persist::Close,
+            (true, Version::HTTP_10) => Persist::KeepAlive10,
+            (true, _) => Persist::KeepAlive,
+        };
+        self.out.clear();
+        response::encode(
+            &mut self.out,
+            parts.status,
+            &parts.headers,
+            body.len(),
+            persist,
+        );
+        if !response::has_body(req.method() == Method::HEAD, parts.status) {
+            body.clear();
+        }
+        self.write_body(body).await.map_err(|e| {
+            tracing::debug!(error = %e, "X-Sendfile response not completed");
+            Failure::After
+        })?;
+        Ok((parts.status, keep))
     }
 
     /// One try on one endpoint: connect (or reuse), send, read the
