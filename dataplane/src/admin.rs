@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::body::Body;
 use crate::service::Shared;
+use crate::table::Handler;
 
 /// Serves admin requests until shutdown.
 pub(crate) async fn serve(
@@ -53,7 +54,13 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
         "/metrics" => {
             let table = shared.table.load();
             let routes = table.routes.iter().map(|e| (&*e.label, &*e.metrics));
-            let text = shared.metrics.render(routes, table.routes.len());
+            let upstreams = table.routes.iter().flat_map(|e| match &e.handler {
+                Handler::Proxy(proxy) => Some(proxy.upstreams(&e.label)),
+                Handler::Static(_) => None,
+            });
+            let text = shared
+                .metrics
+                .render(routes, upstreams.flatten(), table.routes.len());
             with_type(text, "text/plain; version=0.0.4; charset=utf-8")
         }
         "/healthz" => with_type("ok\n".to_owned(), "text/plain"),

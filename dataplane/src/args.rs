@@ -117,6 +117,11 @@ pub struct Args {
     #[arg(long, env = "PIER_UPSTREAM_IDLE", default_value = "256")]
     pub upstream_idle: usize,
 
+    /// Adds `Via: 1.1 NAME` (RFC 9110 §7.6.3) to proxied requests and
+    /// responses; NAME is a pseudonym such as `pier`. Absent: no `Via`.
+    #[arg(long, env = "PIER_VIA", value_parser = via)]
+    pub via: Option<Via>,
+
     /// Log format: `text` for terminals, `json` for clusters.
     #[arg(long, env = "PIER_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -124,6 +129,22 @@ pub struct Args {
     /// Log filter, in `tracing` `EnvFilter` syntax.
     #[arg(long, env = "PIER_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// A `Via` element: `1.1` and a pseudonym.
+#[derive(Clone, Debug)]
+pub struct Via(pub(crate) http::HeaderValue);
+
+fn via(s: &str) -> Result<Via, String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(token) {
+        return Err(format!(
+            "{s:?} is not a pseudonym (an HTTP token of at most 64 characters)"
+        ));
+    }
+    http::HeaderValue::try_from(format!("1.1 {s}"))
+        .map(Via)
+        .map_err(|e| e.to_string())
 }
 
 /// How logs are written.

@@ -124,6 +124,7 @@ impl Dataplane {
             file_cache_content,
             max_ranges,
             upstream_idle,
+            via,
             log_format: _,
             log: _,
         } = args;
@@ -142,6 +143,7 @@ impl Dataplane {
             },
             max_connections.get(),
             upstream_idle,
+            via.map(|name| name.0),
         ));
         let source = match (routes, controller, controller_ca, controller_token_file) {
             (Some(dir), ..) => {

@@ -6,7 +6,9 @@
 //! as long as the route exists.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -51,23 +53,24 @@ impl RouteMetrics {
         self.bytes.fetch_add(bytes, Relaxed);
     }
 
-    fn render_requests(&self, route: &str, out: &mut Rendered) {
+    /// `pier_dataplane_{name}{labels,code="…"}` for every code seen.
+    fn render_requests(&self, name: &str, labels: &str, out: &mut Rendered) {
         let codes = CODES.iter().map(u16::to_string).zip(&self.codes);
         let classes = CLASSES.iter().map(|c| (*c).to_owned()).zip(&self.classes);
         for (code, n) in codes.chain(classes) {
             let n = n.load(Relaxed);
             if n > 0 {
                 out.line(format_args!(
-                    "pier_dataplane_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+                    "pier_dataplane_{name}{{{labels},code=\"{code}\"}} {n}"
                 ));
             }
         }
     }
 
-    fn render_bytes(&self, route: &str, out: &mut Rendered) {
+    fn render_bytes(&self, labels: &str, out: &mut Rendered) {
         let n = self.bytes.load(Relaxed);
         out.line(format_args!(
-            "pier_dataplane_response_body_bytes_total{{route=\"{route}\"}} {n}"
+            "pier_dataplane_response_body_bytes_total{{{labels}}} {n}"
         ));
     }
 }
@@ -90,22 +93,24 @@ impl Histogram {
         self.sum_nanos.fetch_add(nanos, Relaxed);
     }
 
-    fn render(&self, route: &str, out: &mut Rendered) {
-        const NAME: &str = "pier_dataplane_request_duration_seconds";
+    /// `pier_dataplane_{name}_bucket{labels,le="…"}`, `_sum` and `_count`.
+    fn render(&self, name: &str, labels: &str, out: &mut Rendered) {
         let mut cumulative = 0;
         for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
             cumulative += n.load(Relaxed);
             out.line(format_args!(
-                "{NAME}_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                "pier_dataplane_{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
             ));
         }
         let count = self.count.load(Relaxed);
         let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
         out.line(format_args!(
-            "{NAME}_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+            "pier_dataplane_{name}_bucket{{{labels},le=\"+Inf\"}} {count}"
         ));
-        out.line(format_args!("{NAME}_sum{{route=\"{route}\"}} {sum}"));
-        out.line(format_args!("{NAME}_count{{route=\"{route}\"}} {count}"));
+        out.line(format_args!("pier_dataplane_{name}_sum{{{labels}}} {sum}"));
+        out.line(format_args!(
+            "pier_dataplane_{name}_count{{{labels}}} {count}"
+        ));
     }
 }
 
@@ -141,6 +146,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_retries: AtomicU64,
     /// Endpoints ejected by passive health.
     pub(crate) upstream_ejections: AtomicU64,
+    /// Open upstream connections by endpoint address.
+    pub(crate) upstream_connections: ConnectionGauges,
     /// Files served for an X-Sendfile / X-Accel-Redirect answer.
     pub(crate) sendfile_served: AtomicU64,
     /// X-Sendfile answers refused (502): a path outside the roots.
@@ -172,9 +179,65 @@ impl Default for Metrics {
             upstream_retries: AtomicU64::new(0),
             upstream_tunnels: AtomicU64::new(0),
             upstream_ejections: AtomicU64::new(0),
+            upstream_connections: ConnectionGauges::default(),
             sendfile_served: AtomicU64::new(0),
             sendfile_refused: AtomicU64::new(0),
             controller_connected: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// Counters of one endpoint of one proxy route, carried over to the next
+/// snapshot while the route keeps the endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointStats {
+    /// Tries on this endpoint by the status they ended with (502 or 504
+    /// for a failed connection or exchange), and how long each took, from
+    /// the pick to the end of the response body.
+    pub(crate) tries: RouteMetrics,
+    /// Failed tries here that were sent again to another endpoint.
+    pub(crate) retries: AtomicU64,
+    /// Times passive health ejected this endpoint.
+    pub(crate) ejections: AtomicU64,
+}
+
+/// One endpoint of a proxy route, for rendering.
+pub(crate) struct Upstream<'a> {
+    pub(crate) route: &'a str,
+    pub(crate) endpoint: String,
+    pub(crate) stats: &'a EndpointStats,
+}
+
+/// Open upstream connections per endpoint address, over every route and
+/// worker. Gauges are handed out when a snapshot is built (never on the
+/// request path) and dropped from here once unused and at zero.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionGauges {
+    gauges: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicI64>>>,
+}
+
+impl ConnectionGauges {
+    /// The gauge of connections to `addr`.
+    pub(crate) fn gauge(&self, addr: SocketAddr) -> Arc<AtomicI64> {
+        let mut gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(gauges.entry(addr).or_default())
+    }
+
+    fn render(&self, out: &mut Rendered) {
+        let mut gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        gauges.retain(|_, g| Arc::strong_count(g) > 1 || g.load(Relaxed) != 0);
+        let mut sorted: Vec<(&SocketAddr, i64)> =
+            gauges.iter().map(|(a, g)| (a, g.load(Relaxed))).collect();
+        sorted.sort();
+        out.family(
+            "upstream_connections",
+            "gauge",
+            "Upstream connections open (in use or idle), by endpoint address.",
+        );
+        for (addr, n) in sorted {
+            out.line(format_args!(
+                "pier_dataplane_upstream_connections{{endpoint=\"{addr}\"}} {n}"
+            ));
         }
     }
 }
@@ -184,37 +247,41 @@ impl Metrics {
     pub(crate) fn render<'a>(
         &self,
         routes: impl Iterator<Item = (&'a str, &'a RouteMetrics)>,
+        upstreams: impl Iterator<Item = Upstream<'a>>,
         route_count: usize,
     ) -> String {
         let mut out = Rendered::default();
-        let mut all: Vec<(&str, &RouteMetrics)> = vec![("", &*self.unrouted)];
-        for route in routes {
-            all.push(route);
+        let mut all: Vec<(String, &RouteMetrics)> =
+            vec![("route=\"\"".to_owned(), &*self.unrouted)];
+        for (route, metrics) in routes {
+            all.push((format!("route=\"{route}\""), metrics));
         }
         out.family(
             "requests_total",
             "counter",
             "Responses by route and status code (route=\"\": no route matched).",
         );
-        for (route, m) in &all {
-            m.render_requests(route, &mut out);
+        for (labels, m) in &all {
+            m.render_requests("requests_total", labels, &mut out);
         }
         out.family(
             "response_body_bytes_total",
             "counter",
             "Body bytes sent, by route.",
         );
-        for (route, m) in &all {
-            m.render_bytes(route, &mut out);
+        for (labels, m) in &all {
+            m.render_bytes(labels, &mut out);
         }
         out.family(
             "request_duration_seconds",
             "histogram",
             "Time from request head to the end of the response body, by route.",
         );
-        for (route, m) in &all {
-            m.duration.render(route, &mut out);
+        for (labels, m) in &all {
+            m.duration
+                .render("request_duration_seconds", labels, &mut out);
         }
+        self.render_upstreams(upstreams, &mut out);
 
         let gauges: [(&str, &str, &str, i128); 9] = [
             (
@@ -395,6 +462,62 @@ impl Metrics {
         );
         allocator(&mut out);
         out.text
+    }
+
+    fn render_upstreams<'a>(
+        &self,
+        upstreams: impl Iterator<Item = Upstream<'a>>,
+        out: &mut Rendered,
+    ) {
+        let all: Vec<(String, &EndpointStats)> = upstreams
+            .map(|u| {
+                (
+                    format!("route=\"{}\",endpoint=\"{}\"", u.route, u.endpoint),
+                    u.stats,
+                )
+            })
+            .collect();
+        out.family(
+            "upstream_requests_total",
+            "counter",
+            "Tries on each endpoint of each proxy route, by the status they ended with (502/504: the connection or exchange failed).",
+        );
+        for (labels, s) in &all {
+            s.tries
+                .render_requests("upstream_requests_total", labels, out);
+        }
+        out.family(
+            "upstream_request_duration_seconds",
+            "histogram",
+            "Time from picking an endpoint to the end of its response body, by route and endpoint.",
+        );
+        for (labels, s) in &all {
+            s.tries
+                .duration
+                .render("upstream_request_duration_seconds", labels, out);
+        }
+        let counters = [
+            (
+                "upstream_endpoint_retries_total",
+                "Failed tries on this endpoint that were sent again to another one.",
+                (|s: &EndpointStats| s.retries.load(Relaxed)) as fn(&EndpointStats) -> u64,
+            ),
+            (
+                "upstream_endpoint_ejections_total",
+                "Times passive health left this endpoint out.",
+                |s: &EndpointStats| s.ejections.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.family(name, "counter", help);
+            for (labels, s) in &all {
+                out.line(format_args!(
+                    "pier_dataplane_{name}{{{labels}}} {}",
+                    value(s)
+                ));
+            }
+        }
+        self.upstream_connections.render(out);
     }
 }
 

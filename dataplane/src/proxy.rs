@@ -19,7 +19,9 @@ use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -28,7 +30,7 @@ use tokio::net::TcpStream;
 
 use self::ring::Ring;
 use self::schedule::Schedule;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionGauges, EndpointStats, Metrics, Upstream};
 
 /// Bytes moved per read while relaying a body.
 pub(crate) const BUFFER: usize = 64 * 1024;
@@ -44,6 +46,11 @@ pub(crate) struct Proxy {
     failures: Box<[AtomicU32]>,
     /// Until when (`clock_ms`) each endpoint is ejected.
     ejected_until: Box<[AtomicU64]>,
+    /// Per endpoint counters, kept across snapshots.
+    pub(crate) stats: Box<[Arc<EndpointStats>]>,
+    /// Per endpoint: open connections to its address (shared by every
+    /// route using that address).
+    connections: Box<[Arc<AtomicI64>]>,
     pub(crate) retries: RetryPolicy,
     ejection: EjectionPolicy,
     picker: Picker,
@@ -138,7 +145,14 @@ impl Edits {
 }
 
 impl Proxy {
-    pub(crate) fn new(action: &ProxyAction) -> Self {
+    /// Compiles a route's action, keeping the endpoint counters `previous`
+    /// (the route in the snapshot being replaced) had for the same
+    /// addresses.
+    pub(crate) fn new(
+        action: &ProxyAction,
+        previous: Option<&Proxy>,
+        gauges: &ConnectionGauges,
+    ) -> Self {
         let usable: Vec<(SocketAddr, &str, u32)> = action
             .endpoints
             .iter()
@@ -164,7 +178,17 @@ impl Proxy {
             }
         };
         let ms = Duration::from_millis;
+        let kept = |addr: &SocketAddr| {
+            let previous = previous?;
+            let i = previous.endpoints.iter().position(|a| a == addr)?;
+            previous.stats.get(i).map(Arc::clone)
+        };
         Self {
+            stats: usable
+                .iter()
+                .map(|(a, _, _)| kept(a).unwrap_or_default())
+                .collect(),
+            connections: usable.iter().map(|(a, _, _)| gauges.gauge(*a)).collect(),
             picker,
             inflight: usable.iter().map(|_| AtomicU32::new(0)).collect(),
             failures: usable.iter().map(|_| AtomicU32::new(0)).collect(),
@@ -261,10 +285,61 @@ impl Proxy {
             return false;
         }
         failures.store(0, Relaxed);
+        if let Some(stats) = self.stats.get(i) {
+            stats.ejections.fetch_add(1, Relaxed);
+        }
         let until = clock_ms() + self.ejection.duration_ms;
         self.ejected_until[i].store(until, Relaxed);
         tracing::warn!(endpoint = %self.endpoints[i], for_ms = self.ejection.duration_ms, "endpoint ejected after consecutive failures");
         true
+    }
+}
+
+impl Proxy {
+    /// The counters of each endpoint, for `/metrics`.
+    pub(crate) fn upstreams<'a>(&'a self, route: &'a str) -> impl Iterator<Item = Upstream<'a>> {
+        self.endpoints
+            .iter()
+            .zip(&self.stats)
+            .map(move |(addr, stats)| Upstream {
+                route,
+                endpoint: addr.to_string(),
+                stats,
+            })
+    }
+
+    /// A connection to endpoint `i`, counted while open.
+    pub(crate) fn connection(&self, i: usize, stream: TcpStream) -> Connection {
+        let open = self.connections.get(i).map(Arc::clone).unwrap_or_default();
+        open.fetch_add(1, Relaxed);
+        Connection { stream, open }
+    }
+}
+
+/// An upstream connection, counted in
+/// `pier_dataplane_upstream_connections{endpoint}` while it is open.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    stream: TcpStream,
+    open: Arc<AtomicI64>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Deref for Connection {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
     }
 }
 
@@ -344,6 +419,93 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     http::header::EXPECT,
 ];
 
+/// The request headers sent upstream: the client's without hop-by-hop
+/// fields and `Host` (the caller writes the upstream `Host`), with
+/// `X-Forwarded-For` (appended to any the client sent), `-Proto`, `-Host`,
+/// `Forwarded` (RFC 7239, appended too), `Via` when configured, and the
+/// route's edits last.
+pub(crate) fn upstream_headers(
+    client: &HeaderMap,
+    peer: Option<SocketAddr>,
+    proto: &'static str,
+    via: Option<&HeaderValue>,
+    proxy: &Proxy,
+) -> HeaderMap {
+    let mut headers = client.clone();
+    let host = headers.remove(http::header::HOST);
+    strip_hop_by_hop(&mut headers);
+    let append = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {value}"),
+            None => value.to_owned(),
+        };
+        if let Ok(joined) = HeaderValue::try_from(joined) {
+            headers.insert(name, joined);
+        }
+    };
+    let mut forwarded = String::with_capacity(64);
+    if let Some(peer) = peer {
+        let ip = peer.ip();
+        append(
+            &mut headers,
+            HeaderName::from_static("x-forwarded-for"),
+            &ip.to_string(),
+        );
+        match ip {
+            IpAddr::V4(ip) => forwarded.push_str(&format!("for={ip}")),
+            IpAddr::V6(ip) => forwarded.push_str(&format!("for=\"[{ip}]\"")),
+        }
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+    if let Some(host) = &host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        // A host is a token or a quoted string; quote what is not a token.
+        if let Ok(host) = host.to_str() {
+            let token = host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:_~".contains(&b));
+            if !forwarded.is_empty() {
+                forwarded.push(';');
+            }
+            if token {
+                forwarded.push_str(&format!("host={host}"));
+            } else {
+                forwarded.push_str(&format!("host=\"{}\"", host.replace(['"', '\\'], "")));
+            }
+        }
+    }
+    if !forwarded.is_empty() {
+        forwarded.push(';');
+    }
+    forwarded.push_str("proto=");
+    forwarded.push_str(proto);
+    append(&mut headers, http::header::FORWARDED, &forwarded);
+    if let Some(via) = via {
+        append_via(&mut headers, via);
+    }
+    proxy.request_edits.apply(&mut headers);
+    headers
+}
+
+/// Appends this proxy to `Via` (its value is `1.1 NAME`).
+pub(crate) fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let joined = match headers.get(http::header::VIA) {
+        Some(previous) => {
+            let mut value = previous.as_bytes().to_vec();
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        None => Some(via.clone()),
+    };
+    if let Some(joined) = joined {
+        headers.insert(http::header::VIA, joined);
+    }
+}
+
 /// Removes hop-by-hop fields, including those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(http::header::CONNECTION) {
@@ -414,11 +576,11 @@ fn encode(path: &[u8]) -> Vec<u8> {
 
 thread_local! {
     /// Idle upstream connections of this worker, by endpoint.
-    static POOL: RefCell<HashMap<SocketAddr, Vec<TcpStream>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<SocketAddr, Vec<Connection>>> = RefCell::new(HashMap::new());
 }
 
 /// Takes an idle connection to `addr` that is still open.
-pub(crate) fn take_idle(addr: SocketAddr, metrics: &Metrics) -> Option<TcpStream> {
+pub(crate) fn take_idle(addr: SocketAddr, metrics: &Metrics) -> Option<Connection> {
     POOL.with_borrow_mut(|pool| {
         let idle = pool.get_mut(&addr)?;
         while let Some(stream) = idle.pop() {
@@ -448,7 +610,7 @@ fn readable(stream: &TcpStream) -> bool {
 }
 
 /// Keeps a connection whose exchange completed, if there is room.
-pub(crate) fn put_idle(addr: SocketAddr, stream: TcpStream, max_idle: usize, metrics: &Metrics) {
+pub(crate) fn put_idle(addr: SocketAddr, stream: Connection, max_idle: usize, metrics: &Metrics) {
     POOL.with_borrow_mut(|pool| {
         let idle = pool.entry(addr).or_default();
         if idle.len() < max_idle {

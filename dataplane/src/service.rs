@@ -47,10 +47,17 @@ pub(crate) struct Shared {
     /// The `--upstream-idle` limit: idle upstream connections kept per
     /// endpoint and worker.
     pub(crate) upstream_idle: usize,
+    /// `--via`: the `Via` element (`1.1 NAME`) proxied messages get.
+    pub(crate) via: Option<http::HeaderValue>,
 }
 
 impl Shared {
-    pub(crate) fn new(files: FileLimits, max_connections: usize, upstream_idle: usize) -> Self {
+    pub(crate) fn new(
+        files: FileLimits,
+        max_connections: usize,
+        upstream_idle: usize,
+        via: Option<http::HeaderValue>,
+    ) -> Self {
         Self {
             table: ArcSwap::from_pointee(Table::empty()),
             metrics: Metrics::default(),
@@ -59,6 +66,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             max_connections,
             upstream_idle,
+            via,
         }
     }
 
@@ -77,7 +85,11 @@ impl Shared {
         let version = compiled.snapshot.version.clone();
         let routes = compiled.snapshot.routes.len();
         let previous = self.table.load();
-        let table = Table::new(compiled.snapshot, Some(&previous));
+        let table = Table::new(
+            compiled.snapshot,
+            Some(&previous),
+            &self.metrics.upstream_connections,
+        );
         self.table.store(Arc::new(table));
         let m = &self.metrics;
         m.snapshot_version.store(Arc::new(version.clone()));

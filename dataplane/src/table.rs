@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pier_snapshot::{Action, RouteKey, Snapshot};
 
 use crate::files::StaticFiles;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{ConnectionGauges, RouteMetrics};
 use crate::proxy::Proxy;
 use crate::routing::Router;
 
@@ -40,27 +40,40 @@ pub(crate) enum Handler {
 impl Table {
     /// Compiles a snapshot for serving, keeping the counters of routes that
     /// `previous` already had.
-    pub(crate) fn new(snapshot: Snapshot, previous: Option<&Table>) -> Self {
-        let mut old: HashMap<&RouteKey, &Arc<RouteMetrics>> = previous
+    pub(crate) fn new(
+        snapshot: Snapshot,
+        previous: Option<&Table>,
+        gauges: &ConnectionGauges,
+    ) -> Self {
+        let mut old: HashMap<&RouteKey, &Entry> = previous
             .map(|t| {
                 t.snapshot
                     .routes
                     .iter()
+                    .map(|r| &r.key)
                     .zip(&t.routes)
-                    .map(|(r, e)| (&r.key, &e.metrics))
                     .collect()
             })
             .unwrap_or_default();
         let routes = snapshot
             .routes
             .iter()
-            .map(|route| Entry {
-                label: label(&route.key),
-                handler: match &route.action {
-                    Action::Static(action) => Handler::Static(StaticFiles::new(action)),
-                    Action::Proxy(action) => Handler::Proxy(Box::new(Proxy::new(action))),
-                },
-                metrics: old.remove(&route.key).map(Arc::clone).unwrap_or_default(),
+            .map(|route| {
+                let old = old.remove(&route.key);
+                Entry {
+                    label: label(&route.key),
+                    handler: match &route.action {
+                        Action::Static(action) => Handler::Static(StaticFiles::new(action)),
+                        Action::Proxy(action) => {
+                            let previous = old.and_then(|e| match &e.handler {
+                                Handler::Proxy(p) => Some(&**p),
+                                Handler::Static(_) => None,
+                            });
+                            Handler::Proxy(Box::new(Proxy::new(action, previous, gauges)))
+                        }
+                    },
+                    metrics: old.map(|e| Arc::clone(&e.metrics)).unwrap_or_default(),
+                }
             })
             .collect();
         Self {
@@ -72,7 +85,7 @@ impl Table {
 
     /// A table that routes nothing, active until the first snapshot.
     pub(crate) fn empty() -> Self {
-        Self::new(Snapshot::empty(), None)
+        Self::new(Snapshot::empty(), None, &ConnectionGauges::default())
     }
 }
 

@@ -164,6 +164,56 @@ fn round_robin_follows_the_weights() {
     for backend in [&a, &b, &c] {
         assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
     }
+    // Each endpoint has its own counters.
+    for (backend, n) in [(&a, 250), (&b, 250), (&c, 500)] {
+        let labels = format!("{{route=\"default/app\",endpoint=\"{}\"", backend.addr);
+        assert_eq!(
+            metric(
+                &pier,
+                &format!("pier_dataplane_upstream_requests_total{labels},code=\"200\"}}")
+            ),
+            n
+        );
+        assert_eq!(
+            metric(
+                &pier,
+                &format!("pier_dataplane_upstream_request_duration_seconds_count{labels}}}")
+            ),
+            n
+        );
+        assert_eq!(
+            metric(
+                &pier,
+                &format!(
+                    "pier_dataplane_upstream_connections{{endpoint=\"{}\"}}",
+                    backend.addr
+                )
+            ),
+            1
+        );
+    }
+}
+
+#[test]
+fn via_is_added_both_ways_when_configured() {
+    let a = backend("a");
+    let pier = Running::start(
+        &[(
+            "proxy.yaml",
+            &proxy_route(
+                "app",
+                &format!("{{backends: [{{address: \"{}\"}}]}}", a.addr),
+            ),
+        )],
+        &["--via", "pier"],
+    );
+    let res = pier.get("/", &["Via: 1.0 edge"]);
+    assert!(
+        res.text().contains("\nvia: 1.0 edge, 1.1 pier\n"),
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.header("via"), Some("1.1 pier"));
 }
 
 #[test]
@@ -196,6 +246,11 @@ fn requests_are_rewritten_and_forwarded_headers_added() {
     );
     assert!(text.contains("\nx-forwarded-proto: http\n"), "{text}");
     assert!(text.contains("\nx-forwarded-host: test\n"), "{text}");
+    assert!(
+        text.contains("\nforwarded: for=127.0.0.1;host=test;proto=http\n"),
+        "{text}"
+    );
+    assert!(!text.contains("\nvia:"), "no Via unless --via: {text}");
     assert!(!text.contains("x-debug"), "{text}");
     assert!(
         !text.contains("x-hop"),
@@ -438,6 +493,21 @@ fn a_dead_backend_is_failed_over_and_ejected() {
     // Three connect failures were retried, then the endpoint was left out.
     assert_eq!(metric(&pier, "pier_dataplane_upstream_ejections_total"), 1);
     assert_eq!(metric(&pier, "pier_dataplane_upstream_retries_total"), 3);
+    let dead = format!("{{route=\"default/app\",endpoint=\"{dead}\"}}");
+    assert_eq!(
+        metric(
+            &pier,
+            &format!("pier_dataplane_upstream_endpoint_ejections_total{dead}")
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &pier,
+            &format!("pier_dataplane_upstream_endpoint_retries_total{dead}")
+        ),
+        3
+    );
 }
 
 #[test]

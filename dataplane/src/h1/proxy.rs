@@ -23,16 +23,16 @@ use bytes::Buf;
 use http::header::{CONTENT_LENGTH, DATE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 use super::Conn;
 use super::head::{Framing, Head, MAX_HEADERS};
 use super::response::{self, Persist};
 use crate::files::{Escape, FileRequest};
+use crate::metrics::EndpointStats;
 use crate::proxy::chunked::{self, Piece};
 use crate::proxy::sendfile::{self, Handoff};
-use crate::proxy::{self as px, BUFFER, Proxy, strip_hop_by_hop};
+use crate::proxy::{self as px, BUFFER, Connection, Picked, Proxy, strip_hop_by_hop};
 use crate::service::ProxyTarget;
 use crate::table::Handler;
 
@@ -52,6 +52,44 @@ enum Attempt {
     Connect(StatusCode),
     /// The request went out; no usable response head came back.
     Exchange(StatusCode),
+}
+
+/// One try on one endpoint: the endpoint stays counted in flight while
+/// it lasts, and its status and duration are recorded in the endpoint's
+/// counters when it ends.
+struct Try<'p> {
+    picked: Picked<'p>,
+    stats: Option<&'p EndpointStats>,
+    started: Instant,
+    /// What the try ended with; failures set 502 or 504.
+    status: u16,
+}
+
+impl<'p> Try<'p> {
+    fn new(picked: Picked<'p>, proxy: &'p Proxy) -> Self {
+        Self {
+            stats: proxy.stats.get(picked.index).map(|s| &**s),
+            picked,
+            started: Instant::now(),
+            status: 502,
+        }
+    }
+
+    /// Counts a failed try that goes to another endpoint.
+    fn retried(&self, metrics: &crate::metrics::Metrics) {
+        metrics.upstream_retries.fetch_add(1, Relaxed);
+        if let Some(stats) = self.stats {
+            stats.retries.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Try<'_> {
+    fn drop(&mut self) {
+        if let Some(stats) = self.stats {
+            stats.tries.record(self.status, self.started.elapsed());
+        }
+    }
 }
 
 /// The protocol an upgrade request asks for: an `Upgrade` header with
@@ -137,7 +175,7 @@ impl Conn<'_> {
         // client: no body, and a method that may be repeated.
         let repeatable = head.framing == Framing::None && is_idempotent(head.request.method());
         let mut tried = Vec::new();
-        let (picked, mut upstream, response, leftover) = loop {
+        let (mut try_, mut upstream, response, leftover) = loop {
             let Some(picked) = proxy.pick(&choice, &tried) else {
                 return Err(Failure::Before(if tried.is_empty() {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -146,41 +184,48 @@ impl Conn<'_> {
                 }));
             };
             tried.push(picked.index);
+            let mut try_ = Try::new(picked, proxy);
             let retry_left = tried.len() <= policy.attempts as usize;
-            match self.attempt(picked.addr, &request, head, proxy).await {
+            match self.attempt(&try_.picked, &request, head, proxy).await {
                 Ok((upstream, response, leftover)) => {
                     let failed = matches!(response.status.as_u16(), 502..=504);
-                    self.eject_if(proxy, picked.index, !failed);
+                    self.eject_if(proxy, try_.picked.index, !failed);
+                    try_.status = response.status.as_u16();
                     if failed
                         && retry_left
                         && repeatable
                         && policy.statuses.contains(&response.status.as_u16())
                     {
-                        metrics.upstream_retries.fetch_add(1, Relaxed);
+                        try_.retried(metrics);
                         continue;
                     }
-                    break (picked, upstream, response, leftover);
+                    break (try_, upstream, response, leftover);
                 }
                 Err(Attempt::Connect(status)) => {
-                    self.eject_if(proxy, picked.index, false);
+                    self.eject_if(proxy, try_.picked.index, false);
+                    try_.status = status.as_u16();
                     if retry_left && policy.connect_failure {
-                        metrics.upstream_retries.fetch_add(1, Relaxed);
+                        try_.retried(metrics);
                         continue;
                     }
                     return Err(Failure::Before(status));
                 }
                 Err(Attempt::Exchange(status)) => {
-                    self.eject_if(proxy, picked.index, false);
+                    self.eject_if(proxy, try_.picked.index, false);
+                    try_.status = status.as_u16();
                     return Err(Failure::Before(status));
                 }
             }
         };
-        let addr = picked.addr;
+        let addr = try_.picked.addr;
+        // Until the body is through, a failure here is the endpoint's 502.
+        let final_status = std::mem::replace(&mut try_.status, 502);
 
         if response.status == StatusCode::SWITCHING_PROTOCOLS {
             let protocol = upgrade_of(head.request.headers())
                 .cloned()
                 .ok_or(Failure::Before(StatusCode::BAD_GATEWAY))?;
+            try_.status = final_status;
             self.tunnel(upstream, response, leftover, &protocol, proxy)
                 .await
                 .map_err(|e| {
@@ -201,7 +246,8 @@ impl Conn<'_> {
             if read && response.keep_alive {
                 px::put_idle(addr, upstream, self.shared.upstream_idle, metrics);
             }
-            drop(picked);
+            try_.status = final_status;
+            drop(try_);
             return self
                 .hand_off(head, handoff, response.headers, keep_client, proxy)
                 .await;
@@ -214,6 +260,9 @@ impl Conn<'_> {
         let mut headers = response.headers;
         let length = headers.get(CONTENT_LENGTH).cloned();
         strip_hop_by_hop(&mut headers);
+        if let Some(via) = &self.shared.via {
+            px::append_via(&mut headers, via);
+        }
         proxy.response_edits.apply(&mut headers);
         let rechunk = !no_body
             && !version_10
@@ -263,6 +312,7 @@ impl Conn<'_> {
                 tracing::debug!(%addr, error = %e, "response body not completed");
                 Failure::After
             })?;
+        try_.status = final_status;
         if clean && response.keep_alive && framing != Upstream::Close {
             px::put_idle(addr, upstream, self.shared.upstream_idle, metrics);
         }
@@ -308,6 +358,9 @@ impl Conn<'_> {
         let (mut parts, mut body) = res.into_parts();
         strip_hop_by_hop(&mut backend);
         sendfile::merge(&mut parts.headers, backend);
+        if let Some(via) = &self.shared.via {
+            px::append_via(&mut parts.headers, via);
+        }
         proxy.response_edits.apply(&mut parts.headers);
         let persist = match (keep, req.version()) {
             (false, _) => Persist::Close,
@@ -337,18 +390,22 @@ impl Conn<'_> {
     /// replaced once when the request has no body.
     async fn attempt(
         &mut self,
-        addr: SocketAddr,
+        picked: &Picked<'_>,
         request: &[u8],
         head: &Head,
         proxy: &Proxy,
-    ) -> Result<(TcpStream, ResponseHead, Vec<u8>), Attempt> {
+    ) -> Result<(Connection, ResponseHead, Vec<u8>), Attempt> {
         let metrics = &self.shared.metrics;
+        let addr = picked.addr;
         let mut pooled = px::take_idle(addr, metrics);
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
                 Some(stream) => stream,
-                None => self.connect(addr, proxy).await.map_err(Attempt::Connect)?,
+                None => {
+                    let stream = self.connect(addr, proxy).await.map_err(Attempt::Connect)?;
+                    proxy.connection(picked.index, stream)
+                }
             };
             match self
                 .send_and_receive(&mut upstream, request, head, proxy)
@@ -386,21 +443,18 @@ impl Conn<'_> {
     /// The request head sent upstream.
     fn upstream_request(&mut self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Vec<u8> {
         let req = &head.request;
-        let mut headers = req.headers().clone();
-        let client_host = headers.get(HOST).cloned();
-        let upgrade = upgrade_of(req.headers()).cloned();
-        strip_hop_by_hop(&mut headers);
-        headers.remove(HOST);
+        let client_host = req.headers().get(HOST).cloned();
+        let peer = self.peer();
+        let mut headers =
+            px::upstream_headers(req.headers(), peer, "http", self.shared.via.as_ref(), proxy);
         // An upgrade is the one hop-by-hop request a proxy passes on.
-        if let Some(protocol) = upgrade {
+        if let Some(protocol) = upgrade_of(req.headers()).cloned() {
             headers.insert(
                 http::header::CONNECTION,
                 HeaderValue::from_static("upgrade"),
             );
             headers.insert(http::header::UPGRADE, protocol);
         }
-        forwarded(&mut headers, self.peer(), client_host.as_ref());
-        proxy.request_edits.apply(&mut headers);
 
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -432,10 +486,14 @@ impl Conn<'_> {
         out
     }
 
-    async fn connect(&self, addr: SocketAddr, proxy: &Proxy) -> Result<TcpStream, StatusCode> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        proxy: &Proxy,
+    ) -> Result<tokio::net::TcpStream, StatusCode> {
         let metrics = &self.shared.metrics;
         metrics.upstream_connects.fetch_add(1, Relaxed);
-        match timeout(proxy.connect_timeout, TcpStream::connect(addr)).await {
+        match timeout(proxy.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 Ok(stream)
@@ -456,7 +514,7 @@ impl Conn<'_> {
     /// Returns it with the body bytes read along with it.
     async fn send_and_receive(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut Connection,
         request: &[u8],
         head: &Head,
         proxy: &Proxy,
@@ -515,7 +573,7 @@ impl Conn<'_> {
     /// then the rest as it arrives.
     async fn relay_request_length(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut Connection,
         mut n: u64,
         proxy: &Proxy,
     ) -> io::Result<()> {
@@ -534,7 +592,7 @@ impl Conn<'_> {
     /// Relays a chunked request body, checked chunk by chunk.
     async fn relay_request_chunked(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut Connection,
         proxy: &Proxy,
     ) -> io::Result<()> {
         let mut decoder = chunked::Decoder::default();
@@ -558,7 +616,7 @@ impl Conn<'_> {
     /// its framing said, so the upstream connection can be reused.
     async fn relay_body(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut Connection,
         framing: Upstream,
         leftover: Vec<u8>,
         rechunk: bool,
@@ -650,7 +708,7 @@ impl Conn<'_> {
     /// other upgrades). The client connection ends with the tunnel.
     async fn tunnel(
         &mut self,
-        mut upstream: TcpStream,
+        mut upstream: Connection,
         response: ResponseHead,
         leftover: Vec<u8>,
         protocol: &HeaderValue,
@@ -674,7 +732,7 @@ impl Conn<'_> {
             self.buf.clear();
         }
         self.shared.metrics.upstream_tunnels.fetch_add(1, Relaxed);
-        tokio::io::copy_bidirectional(&mut *self.stream, &mut upstream).await?;
+        tokio::io::copy_bidirectional(&mut *self.stream, &mut *upstream).await?;
         Ok(())
     }
 
@@ -701,29 +759,6 @@ impl Conn<'_> {
             self.out.extend_from_slice(b"0\r\n\r\n");
         }
         self.write_out(&[], false).await
-    }
-}
-
-/// Adds `X-Forwarded-For` (appended to any the client sent), `-Proto` and
-/// `-Host`.
-fn forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&HeaderValue>) {
-    if let Some(peer) = peer {
-        let name = HeaderName::from_static("x-forwarded-for");
-        let ip = peer.ip().to_string();
-        let value = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip,
-        };
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(name, value);
-        }
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
 }
 
