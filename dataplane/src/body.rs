@@ -7,15 +7,18 @@
 //!   passes through user space;
 //! - `http_body::Body` for HTTP/2 (hyper), where files are read one bounded
 //!   chunk per poll, so a response never holds more than one chunk in memory
-//!   and a slow client slows the reads instead of growing a buffer.
+//!   and a slow client slows the reads instead of growing a buffer. A
+//!   proxied response's body (HTTP/2 clients only) is the backend's,
+//!   passed through frame by frame under the route's idle timeout.
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
@@ -51,6 +54,27 @@ enum Kind {
     Bytes(Option<Bytes>),
     File(Region),
     Multipart(Multipart),
+    /// A backend's body, for HTTP/2 clients; boxed, being the largest.
+    Upstream(Box<Upstream>),
+}
+
+/// A backend's response body and what lives as long as it does.
+#[derive(Debug)]
+struct Upstream {
+    body: hyper::body::Incoming,
+    /// Longest wait for the next frame.
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Told when the body ended cleanly, dropped when it ends either way:
+    /// the endpoint's in-flight count, counters and connection.
+    guard: Box<dyn Finish>,
+    finished: bool,
+}
+
+/// What a relayed backend body holds until it ends.
+pub(crate) trait Finish: std::fmt::Debug + Send + Sync {
+    /// The whole body went through; called at most once, before the drop.
+    fn finished(&mut self);
 }
 
 impl Body {
@@ -95,6 +119,23 @@ impl Body {
         }))
     }
 
+    /// A backend's body relayed to an HTTP/2 client: a frame must come
+    /// within `idle` of the last, or the stream is reset (a short body is
+    /// never passed off as complete). `guard` is dropped when it ends.
+    pub(crate) fn upstream(
+        body: hyper::body::Incoming,
+        idle: Duration,
+        guard: Box<dyn Finish>,
+    ) -> Self {
+        Self::from_kind(Kind::Upstream(Box::new(Upstream {
+            body,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            guard,
+            finished: false,
+        })))
+    }
+
     fn from_kind(kind: Kind) -> Self {
         Self { kind, done: None }
     }
@@ -112,6 +153,8 @@ impl Body {
             Kind::Bytes(bytes) => bytes.as_ref().map_or(0, |b| b.len() as u64),
             Kind::File(region) => region.remaining,
             Kind::Multipart(multipart) => multipart.len,
+            // HTTP/2 only, where the length comes from `size_hint`.
+            Kind::Upstream(_) => 0,
         }
     }
 
@@ -127,6 +170,8 @@ impl Body {
             Kind::Bytes(bytes) => bytes.take().map(Segment::Bytes),
             Kind::File(region) => region.take(),
             Kind::Multipart(multipart) => multipart.next_segment(),
+            // The HTTP/1.1 engine relays backend bodies itself.
+            Kind::Upstream(_) => None,
         }
     }
 
@@ -144,7 +189,7 @@ impl http_body::Body for Body {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         let next = match &mut this.kind {
@@ -152,6 +197,10 @@ impl http_body::Body for Body {
             Kind::Bytes(bytes) => bytes.take().map(Ok),
             Kind::File(region) => region.next_chunk(),
             Kind::Multipart(multipart) => multipart.next_chunk(),
+            Kind::Upstream(upstream) => match upstream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(next) => next,
+            },
         };
         match (&next, &this.done) {
             (Some(Ok(bytes)), Some(done)) => done.route.sent(bytes.len() as u64),
@@ -167,6 +216,7 @@ impl http_body::Body for Body {
             Kind::Bytes(bytes) => bytes.is_none(),
             Kind::File(region) => region.remaining == 0,
             Kind::Multipart(_) => false,
+            Kind::Upstream(upstream) => http_body::Body::is_end_stream(&upstream.body),
         }
     }
 
@@ -174,7 +224,54 @@ impl http_body::Body for Body {
         match &self.kind {
             // Already partly sent; the length header was written from `len`.
             Kind::Multipart(_) => SizeHint::default(),
+            Kind::Upstream(upstream) => http_body::Body::size_hint(&upstream.body),
             _ => SizeHint::with_exact(self.len()),
+        }
+    }
+}
+
+impl Upstream {
+    fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.guard.finished();
+        }
+    }
+
+    /// The next data of the backend's body; trailers are dropped (HTTP/1.1
+    /// backends send none that matter here), errors and idle timeouts end
+    /// the stream with an error.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            match http_body::Body::poll_frame(Pin::new(&mut self.body), cx) {
+                Poll::Ready(None) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(io::Error::other(e))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + self.idle;
+                    self.timer.as_mut().reset(deadline);
+                    // hyper stops polling once the body says it ended.
+                    if http_body::Body::is_end_stream(&self.body) {
+                        self.finish();
+                    }
+                    if let Ok(data) = frame.into_data() {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+                Poll::Pending => {
+                    return match self.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "backend body idle past the route's idle timeout",
+                        )))),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
         }
     }
 }

@@ -6,6 +6,8 @@
 //! Timeouts: a connection with no stream open for `--idle-timeout` is
 //! closed; the first request must come within `--header-timeout`.
 
+pub(crate) mod proxy;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -103,6 +105,7 @@ pub(crate) async fn serve(
     let service = Service {
         shared: Arc::clone(&shared),
         activity: Arc::clone(&activity),
+        peer: stream.peer_addr().ok(),
     };
     let io = Prefixed { read, io: stream };
     let conn = builder.serve_connection(TokioIo::new(io), service);

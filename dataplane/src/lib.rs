@@ -42,7 +42,7 @@ use tokio::sync::watch;
 pub use crate::args::{Args, LogFormat};
 use crate::files::{CacheConfig, FileLimits};
 use crate::server::ConnLimits;
-use crate::service::Shared;
+use crate::service::{Shared, UpstreamSettings};
 pub use crate::standalone::LoadError;
 
 /// Why the dataplane could not start.
@@ -142,8 +142,11 @@ impl Dataplane {
                 },
             },
             max_connections.get(),
-            upstream_idle,
-            via.map(|name| name.0),
+            UpstreamSettings {
+                idle: upstream_idle,
+                via: via.map(|name| name.0),
+                max_header_size,
+            },
         ));
         let source = match (routes, controller, controller_ca, controller_token_file) {
             (Some(dir), ..) => {

@@ -31,6 +31,8 @@ use tokio::net::TcpStream;
 use self::ring::Ring;
 use self::schedule::Schedule;
 use crate::metrics::{ConnectionGauges, EndpointStats, Metrics, Upstream};
+use crate::service::ProxyTarget;
+use crate::table::{Handler, Table};
 
 /// Bytes moved per read while relaying a body.
 pub(crate) const BUFFER: usize = 64 * 1024;
@@ -98,6 +100,65 @@ pub(crate) struct Picked<'a> {
 impl Drop for Picked<'_> {
     fn drop(&mut self) {
         self.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One try on one endpoint, owning what it needs so it can outlive the
+/// request future (an HTTP/2 response body ends after it): the endpoint is
+/// counted in flight while it lasts, and its status and duration go to the
+/// endpoint's counters when it ends.
+#[derive(Debug)]
+pub(crate) struct Try {
+    table: Arc<Table>,
+    route: usize,
+    pub(crate) index: usize,
+    pub(crate) addr: SocketAddr,
+    started: std::time::Instant,
+    /// What the try ended with; 502 (or 504) unless set when it succeeds.
+    pub(crate) status: u16,
+}
+
+impl Try {
+    /// Takes over `picked`'s in-flight count.
+    pub(crate) fn new(picked: Picked<'_>, target: &ProxyTarget) -> Self {
+        let (index, addr) = (picked.index, picked.addr);
+        // The count is released by this try's drop instead.
+        std::mem::forget(picked);
+        Self {
+            table: Arc::clone(&target.table),
+            route: target.route,
+            index,
+            addr,
+            started: std::time::Instant::now(),
+            status: 502,
+        }
+    }
+
+    fn proxy(&self) -> Option<&Proxy> {
+        match &self.table.routes.get(self.route)?.handler {
+            Handler::Proxy(proxy) => Some(proxy),
+            Handler::Static(_) => None,
+        }
+    }
+
+    /// Counts a failed try that goes to another endpoint.
+    pub(crate) fn retried(&self, metrics: &Metrics) {
+        metrics.upstream_retries.fetch_add(1, Relaxed);
+        if let Some(stats) = self.proxy().and_then(|p| p.stats.get(self.index)) {
+            stats.retries.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Try {
+    fn drop(&mut self) {
+        let Some(proxy) = self.proxy() else { return };
+        if let Some(inflight) = proxy.inflight.get(self.index) {
+            inflight.fetch_sub(1, Relaxed);
+        }
+        if let Some(stats) = proxy.stats.get(self.index) {
+            stats.tries.record(self.status, self.started.elapsed());
+        }
     }
 }
 
@@ -271,27 +332,27 @@ impl Proxy {
 
     /// Records how an exchange with endpoint `i` went: a success clears
     /// its failures; `consecutive_failures` failures in a row eject it for
-    /// the ejection duration. Returns true when this failure ejected it.
-    pub(crate) fn record(&self, i: usize, ok: bool) -> bool {
+    /// the ejection duration (counted).
+    pub(crate) fn record(&self, i: usize, ok: bool, metrics: &Metrics) {
         let Some(failures) = self.failures.get(i) else {
-            return false;
+            return;
         };
         if ok {
             failures.store(0, Relaxed);
-            return false;
+            return;
         }
         let count = failures.fetch_add(1, Relaxed) + 1;
         if count < self.ejection.consecutive_failures {
-            return false;
+            return;
         }
         failures.store(0, Relaxed);
+        metrics.upstream_ejections.fetch_add(1, Relaxed);
         if let Some(stats) = self.stats.get(i) {
             stats.ejections.fetch_add(1, Relaxed);
         }
         let until = clock_ms() + self.ejection.duration_ms;
         self.ejected_until[i].store(until, Relaxed);
         tracing::warn!(endpoint = %self.endpoints[i], for_ms = self.ejection.duration_ms, "endpoint ejected after consecutive failures");
-        true
     }
 }
 
@@ -341,6 +402,86 @@ impl DerefMut for Connection {
     fn deref_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
     }
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Opens a connection to an endpoint within the route's connect timeout:
+/// 502 when refused, 504 when it times out (both counted).
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    proxy: &Proxy,
+    metrics: &Metrics,
+) -> Result<TcpStream, http::StatusCode> {
+    metrics.upstream_connects.fetch_add(1, Relaxed);
+    match tokio::time::timeout(proxy.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => {
+            metrics.upstream_connect_errors.fetch_add(1, Relaxed);
+            tracing::debug!(%addr, error = %e, "upstream connect failed");
+            Err(http::StatusCode::BAD_GATEWAY)
+        }
+        Err(_) => {
+            metrics.upstream_connect_errors.fetch_add(1, Relaxed);
+            Err(http::StatusCode::GATEWAY_TIMEOUT)
+        }
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+pub(crate) fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Milliseconds since the first call: the clock of ejections.
@@ -420,19 +561,21 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// The request headers sent upstream: the client's without hop-by-hop
-/// fields and `Host` (the caller writes the upstream `Host`), with
+/// fields and `Host` (the caller writes the upstream `Host`; `host` is the
+/// client's `Host` or `:authority`), with
 /// `X-Forwarded-For` (appended to any the client sent), `-Proto`, `-Host`,
 /// `Forwarded` (RFC 7239, appended too), `Via` when configured, and the
 /// route's edits last.
 pub(crate) fn upstream_headers(
     client: &HeaderMap,
+    host: Option<&HeaderValue>,
     peer: Option<SocketAddr>,
     proto: &'static str,
     via: Option<&HeaderValue>,
     proxy: &Proxy,
 ) -> HeaderMap {
     let mut headers = client.clone();
-    let host = headers.remove(http::header::HOST);
+    headers.remove(http::header::HOST);
     strip_hop_by_hop(&mut headers);
     let append = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
@@ -460,7 +603,7 @@ pub(crate) fn upstream_headers(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(proto),
     );
-    if let Some(host) = &host {
+    if let Some(host) = host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
         // A host is a token or a quoted string; quote what is not a token.
         if let Ok(host) = host.to_str() {

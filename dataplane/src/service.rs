@@ -12,9 +12,11 @@
 //! HTTP/2 is a ready value, with no allocation for it.
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -44,19 +46,27 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// The `--max-connections` limit.
     pub(crate) max_connections: usize,
-    /// The `--upstream-idle` limit: idle upstream connections kept per
-    /// endpoint and worker.
-    pub(crate) upstream_idle: usize,
+    /// Proxy settings from the flags.
+    pub(crate) upstream: UpstreamSettings,
+}
+
+/// Proxy settings from the flags.
+#[derive(Debug, Default)]
+pub(crate) struct UpstreamSettings {
+    /// `--upstream-idle`: idle upstream connections kept per endpoint and
+    /// worker.
+    pub(crate) idle: usize,
     /// `--via`: the `Via` element (`1.1 NAME`) proxied messages get.
     pub(crate) via: Option<http::HeaderValue>,
+    /// `--max-header-size`, also the largest response head accepted.
+    pub(crate) max_header_size: usize,
 }
 
 impl Shared {
     pub(crate) fn new(
         files: FileLimits,
         max_connections: usize,
-        upstream_idle: usize,
-        via: Option<http::HeaderValue>,
+        upstream: UpstreamSettings,
     ) -> Self {
         Self {
             table: ArcSwap::from_pointee(Table::empty()),
@@ -65,8 +75,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             max_connections,
-            upstream_idle,
-            via,
+            upstream,
         }
     }
 
@@ -103,27 +112,6 @@ impl Shared {
         // Serving a snapshot: ready (once the admin listener asks).
         self.ready.store(true, Relaxed);
         tracing::info!(%version, routes, invalid = compiled.errors.len(), "snapshot applied");
-    }
-
-    /// Answers one request over HTTP/2, where proxy routes are not served
-    /// yet (502, logged).
-    pub(crate) fn handle<B>(
-        &self,
-        req: &Request<B>,
-        activity: Option<&Arc<Activity>>,
-    ) -> Response<Body> {
-        match self.dispatch(req, activity) {
-            Dispatch::Respond(res) => res,
-            Dispatch::Proxy(target) => {
-                tracing::warn!(route = %target.entry().label, "proxy routes are served over HTTP/1.1 only so far");
-                let res = files::status(StatusCode::BAD_GATEWAY);
-                target.entry().metrics.record(502, target.started.elapsed());
-                if let Some(activity) = activity {
-                    activity.request_done();
-                }
-                res
-            }
-        }
     }
 
     /// Answers one request, or says which proxy route takes it.
@@ -248,14 +236,48 @@ impl ProxyTarget {
 pub(crate) struct Service {
     pub(crate) shared: Arc<Shared>,
     pub(crate) activity: Arc<Activity>,
+    /// The client's address, for proxy routes.
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<Body>, Infallible>>;
+    type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        ready(Ok(self.shared.handle(&req, Some(&self.activity))))
+        match self.shared.dispatch(&req, Some(&self.activity)) {
+            Dispatch::Respond(res) => Answer::Ready(Some(res)),
+            Dispatch::Proxy(target) => Answer::Proxy(Box::pin(crate::h2::proxy::forward(
+                Arc::clone(&self.shared),
+                req,
+                target,
+                self.peer,
+                Arc::clone(&self.activity),
+            ))),
+        }
+    }
+}
+
+/// An HTTP/2 answer: ready at once (files: no allocation for the future),
+/// or a proxied exchange. `Ready` is the hot static path, so it stays
+/// unboxed, as in [`Dispatch`].
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answer {
+    Ready(Option<Response<Body>>),
+    Proxy(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut *self {
+            // Polled once: hyper does not poll a finished future again.
+            Self::Ready(res) => Poll::Ready(Ok(res
+                .take()
+                .unwrap_or_else(|| files::status(StatusCode::INTERNAL_SERVER_ERROR)))),
+            Self::Proxy(future) => future.as_mut().poll(cx).map(Ok),
+        }
     }
 }

@@ -716,3 +716,201 @@ fn without_sendfile_the_headers_pass_through() {
     assert_eq!(res.text(), "backend body");
     assert_eq!(res.header("x-sendfile"), Some("/etc/passwd"));
 }
+
+/// Runs `f` with an HTTP/2 (prior knowledge) client connected to `pier`.
+fn with_h2<F, Fut>(pier: &Running, f: F)
+where
+    F: FnOnce(hyper::client::conn::http2::SendRequest<Full<Bytes>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr = pier.addr;
+    runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        f(sender).await;
+    });
+}
+
+async fn h2_send(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> (u16, http::HeaderMap, Result<Bytes, String>) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://test{path}"));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(body)))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response head");
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| e.to_string());
+    (status, headers, body)
+}
+
+#[test]
+fn http2_clients_are_proxied_with_the_same_rules() {
+    let a = backend("a");
+    let dir = tempfile::tempdir().expect("temp dir");
+    support::write(dir.path(), "file.bin", &[7u8; 3000]);
+    let pier = start(&format!(
+        "{{path: {{value: /api}}, backends: [{{address: \"{}\"}}], rewrite: {{pathPrefix: /}},
+          requestHeaders: {{set: [{{name: X-Env, value: prod}}]}},
+          responseHeaders: {{remove: [Server]}},
+          sendfile: {{enabled: true, roots: [\"{}\"]}}}}",
+        a.addr,
+        dir.path().display()
+    ));
+    let file = format!("{}/file.bin", dir.path().display());
+    let connections = Arc::clone(&a.connections);
+    with_h2(&pier, |mut sender| async move {
+        let (status, headers, body) =
+            h2_send(&mut sender, "GET", "/api/users?id=7", &[], b"").await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body.expect("body")).into_owned();
+        assert_eq!(field(&text, "path="), Some("/users?id=7"), "{text}");
+        assert!(text.contains("\nhost: test\n"), "{text}");
+        assert!(text.contains("\nx-env: prod\n"), "{text}");
+        assert!(text.contains("\nx-forwarded-for: 127.0.0.1\n"), "{text}");
+        assert!(
+            text.contains("\nforwarded: for=127.0.0.1;host=test;proto=http\n"),
+            "{text}"
+        );
+        assert_eq!(headers.get("server"), None);
+        assert_eq!(headers["x-backend"], "a");
+
+        // Bodies both ways, sized and chunked, large and small.
+        let (status, _, body) = h2_send(&mut sender, "POST", "/api/post", &[], b"hello h2").await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body.expect("body")).into_owned();
+        assert_eq!(field(&text, "body="), Some("hello h2"), "{text}");
+        assert_eq!(field(&text, "method="), Some("POST"), "{text}");
+        let (_, headers, body) = h2_send(&mut sender, "GET", "/api/big/300000", &[], b"").await;
+        let body = body.expect("body");
+        assert_eq!(body.len(), 300_000);
+        assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        assert_eq!(headers["content-length"], "300000");
+        let (_, _, body) = h2_send(&mut sender, "GET", "/api/chunked", &[], b"").await;
+        assert!(body.expect("body").starts_with(b"first-backend=a"));
+        let (status, headers, body) = h2_send(&mut sender, "HEAD", "/api/big/1234", &[], b"").await;
+        assert_eq!((status, body.expect("body").len()), (200, 0));
+        assert_eq!(headers["content-length"], "1234");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "one upstream connection carried every request so far"
+        );
+
+        // X-Sendfile over HTTP/2, ranges included.
+        let handoff = [("x-test-sendfile", file.as_str()), ("range", "bytes=0-99")];
+        let (status, _, body) = h2_send(&mut sender, "GET", "/api/dl", &handoff, b"").await;
+        assert_eq!((status, body.expect("body").len()), (206, 100));
+
+        // Concurrent streams share the pool.
+        let mut streams = Vec::new();
+        for i in 0..8 {
+            let mut sender = sender.clone();
+            streams.push(tokio::spawn(async move {
+                h2_send(&mut sender, "GET", &format!("/api/c{i}"), &[], b"")
+                    .await
+                    .0
+            }));
+        }
+        for stream in streams {
+            assert_eq!(stream.await.expect("stream"), 200);
+        }
+    });
+    let counted = metric(
+        &pier,
+        &format!(
+            "pier_dataplane_upstream_requests_total{{route=\"default/app\",endpoint=\"{}\",code=\"200\"}}",
+            a.addr
+        ),
+    );
+    assert_eq!(
+        counted,
+        6 + 8,
+        "every try counted, the 206 handoff as its backend's 200"
+    );
+}
+
+#[test]
+fn http2_streams_see_backend_failures_and_deaths() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly ten b");
+        }
+    });
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let pier = Running::start(
+        &[
+            (
+                "dies.yaml",
+                &proxy_route(
+                    "dies",
+                    &format!("{{path: {{value: /dies}}, backends: [{{address: \"{addr}\"}}]}}"),
+                ),
+            ),
+            (
+                "closed.yaml",
+                &proxy_route(
+                    "closed",
+                    &format!("{{path: {{value: /closed}}, backends: [{{address: \"{closed}\"}}]}}"),
+                ),
+            ),
+            (
+                "none.yaml",
+                &proxy_route(
+                    "none",
+                    &format!(
+                        "{{path: {{value: /none}}, backends: [{{address: \"{closed}\", weight: 0}}, {{address: \"{addr}\", weight: 0}}]}}"
+                    ),
+                ),
+            ),
+        ],
+        &[],
+    );
+    with_h2(&pier, |mut sender| async move {
+        let (status, _, body) = h2_send(&mut sender, "GET", "/dies", &[], b"").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.is_err(),
+            "a short body is an error, not complete: {body:?}"
+        );
+        let (status, _, _) = h2_send(&mut sender, "GET", "/closed", &[], b"").await;
+        assert_eq!(status, 502);
+        // The connection survives both.
+        let (status, _, _) = h2_send(&mut sender, "GET", "/closed", &[], b"").await;
+        assert_eq!(status, 502);
+    });
+}

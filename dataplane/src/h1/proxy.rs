@@ -28,11 +28,9 @@ use tokio::time::{Instant, timeout};
 use super::Conn;
 use super::head::{Framing, Head, MAX_HEADERS};
 use super::response::{self, Persist};
-use crate::files::{Escape, FileRequest};
-use crate::metrics::EndpointStats;
 use crate::proxy::chunked::{self, Piece};
 use crate::proxy::sendfile::{self, Handoff};
-use crate::proxy::{self as px, BUFFER, Connection, Picked, Proxy, strip_hop_by_hop};
+use crate::proxy::{self as px, BUFFER, Connection, Proxy, Try, strip_hop_by_hop};
 use crate::service::ProxyTarget;
 use crate::table::Handler;
 
@@ -54,44 +52,6 @@ enum Attempt {
     Exchange(StatusCode),
 }
 
-/// One try on one endpoint: the endpoint stays counted in flight while
-/// it lasts, and its status and duration are recorded in the endpoint's
-/// counters when it ends.
-struct Try<'p> {
-    picked: Picked<'p>,
-    stats: Option<&'p EndpointStats>,
-    started: Instant,
-    /// What the try ended with; failures set 502 or 504.
-    status: u16,
-}
-
-impl<'p> Try<'p> {
-    fn new(picked: Picked<'p>, proxy: &'p Proxy) -> Self {
-        Self {
-            stats: proxy.stats.get(picked.index).map(|s| &**s),
-            picked,
-            started: Instant::now(),
-            status: 502,
-        }
-    }
-
-    /// Counts a failed try that goes to another endpoint.
-    fn retried(&self, metrics: &crate::metrics::Metrics) {
-        metrics.upstream_retries.fetch_add(1, Relaxed);
-        if let Some(stats) = self.stats {
-            stats.retries.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-impl Drop for Try<'_> {
-    fn drop(&mut self) {
-        if let Some(stats) = self.stats {
-            stats.tries.record(self.status, self.started.elapsed());
-        }
-    }
-}
-
 /// The protocol an upgrade request asks for: an `Upgrade` header with
 /// `upgrade` among the `Connection` tokens.
 fn upgrade_of(headers: &HeaderMap) -> Option<&HeaderValue> {
@@ -101,14 +61,6 @@ fn upgrade_of(headers: &HeaderMap) -> Option<&HeaderValue> {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
     asked.then(|| headers.get(http::header::UPGRADE)).flatten()
-}
-
-/// Methods that may be sent twice (RFC 9110 §9.2.2).
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// How the upstream response body is delimited.
@@ -173,7 +125,7 @@ impl Conn<'_> {
         let policy = &proxy.retries;
         // A status can be retried only when nothing streamed from the
         // client: no body, and a method that may be repeated.
-        let repeatable = head.framing == Framing::None && is_idempotent(head.request.method());
+        let repeatable = head.framing == Framing::None && px::is_idempotent(head.request.method());
         let mut tried = Vec::new();
         let (mut try_, mut upstream, response, leftover) = loop {
             let Some(picked) = proxy.pick(&choice, &tried) else {
@@ -184,12 +136,12 @@ impl Conn<'_> {
                 }));
             };
             tried.push(picked.index);
-            let mut try_ = Try::new(picked, proxy);
+            let mut try_ = Try::new(picked, target);
             let retry_left = tried.len() <= policy.attempts as usize;
-            match self.attempt(&try_.picked, &request, head, proxy).await {
+            match self.attempt(&try_, &request, head, proxy).await {
                 Ok((upstream, response, leftover)) => {
                     let failed = matches!(response.status.as_u16(), 502..=504);
-                    self.eject_if(proxy, try_.picked.index, !failed);
+                    self.eject_if(proxy, try_.index, !failed);
                     try_.status = response.status.as_u16();
                     if failed
                         && retry_left
@@ -202,7 +154,7 @@ impl Conn<'_> {
                     break (try_, upstream, response, leftover);
                 }
                 Err(Attempt::Connect(status)) => {
-                    self.eject_if(proxy, try_.picked.index, false);
+                    self.eject_if(proxy, try_.index, false);
                     try_.status = status.as_u16();
                     if retry_left && policy.connect_failure {
                         try_.retried(metrics);
@@ -211,13 +163,13 @@ impl Conn<'_> {
                     return Err(Failure::Before(status));
                 }
                 Err(Attempt::Exchange(status)) => {
-                    self.eject_if(proxy, try_.picked.index, false);
+                    self.eject_if(proxy, try_.index, false);
                     try_.status = status.as_u16();
                     return Err(Failure::Before(status));
                 }
             }
         };
-        let addr = try_.picked.addr;
+        let addr = try_.addr;
         // Until the body is through, a failure here is the endpoint's 502.
         let final_status = std::mem::replace(&mut try_.status, 502);
 
@@ -244,7 +196,7 @@ impl Conn<'_> {
                 Upstream::Chunked | Upstream::Close => false,
             };
             if read && response.keep_alive {
-                px::put_idle(addr, upstream, self.shared.upstream_idle, metrics);
+                px::put_idle(addr, upstream, self.shared.upstream.idle, metrics);
             }
             try_.status = final_status;
             drop(try_);
@@ -260,7 +212,7 @@ impl Conn<'_> {
         let mut headers = response.headers;
         let length = headers.get(CONTENT_LENGTH).cloned();
         strip_hop_by_hop(&mut headers);
-        if let Some(via) = &self.shared.via {
+        if let Some(via) = &self.shared.upstream.via {
             px::append_via(&mut headers, via);
         }
         proxy.response_edits.apply(&mut headers);
@@ -314,7 +266,7 @@ impl Conn<'_> {
             })?;
         try_.status = final_status;
         if clean && response.keep_alive && framing != Upstream::Close {
-            px::put_idle(addr, upstream, self.shared.upstream_idle, metrics);
+            px::put_idle(addr, upstream, self.shared.upstream.idle, metrics);
         }
         Ok((response.status, keep_client))
     }
@@ -325,43 +277,21 @@ impl Conn<'_> {
         &mut self,
         head: &Head,
         handoff: Handoff<'_>,
-        mut backend: HeaderMap,
+        backend: HeaderMap,
         keep: bool,
         proxy: &Proxy,
     ) -> Result<(StatusCode, bool), Failure> {
-        let metrics = &self.shared.metrics;
-        let refuse = |value: &HeaderValue, why: &str| {
-            metrics.sendfile_refused.fetch_add(1, Relaxed);
-            tracing::warn!(path = ?value, why, "X-Sendfile refused");
-            Failure::Before(StatusCode::BAD_GATEWAY)
-        };
-        let (root, rel) = match handoff {
-            Handoff::File { root, rel } => (root, rel),
-            Handoff::Refused { value, why } => return Err(refuse(&value, why)),
-        };
         let req = &head.request;
-        let file = FileRequest {
-            method: req.method(),
-            headers: req.headers(),
-            raw_path: req.uri().path(),
-            query: None,
-            rel: &rel,
-            now: std::time::Instant::now(),
-        };
-        let res = root
-            .serve_file(&file, &self.shared.files, &metrics.file_cache)
-            .map_err(|Escape| {
-                let named = HeaderValue::from_bytes(&rel).unwrap_or(HeaderValue::from_static("?"));
-                refuse(&named, "leads out of its sendfile root")
-            })?;
-        metrics.sendfile_served.fetch_add(1, Relaxed);
-        let (mut parts, mut body) = res.into_parts();
-        strip_hop_by_hop(&mut backend);
-        sendfile::merge(&mut parts.headers, backend);
-        if let Some(via) = &self.shared.via {
-            px::append_via(&mut parts.headers, via);
-        }
-        proxy.response_edits.apply(&mut parts.headers);
+        let res = sendfile::respond(
+            handoff,
+            req.method(),
+            req.headers(),
+            backend,
+            self.shared,
+            proxy,
+        )
+        .map_err(Failure::Before)?;
+        let (parts, mut body) = res.into_parts();
         let persist = match (keep, req.version()) {
             (false, _) => Persist::Close,
             (true, Version::HTTP_10) => Persist::KeepAlive10,
@@ -390,7 +320,7 @@ impl Conn<'_> {
     /// replaced once when the request has no body.
     async fn attempt(
         &mut self,
-        picked: &Picked<'_>,
+        picked: &Try,
         request: &[u8],
         head: &Head,
         proxy: &Proxy,
@@ -403,7 +333,9 @@ impl Conn<'_> {
             let mut upstream = match pooled.take() {
                 Some(stream) => stream,
                 None => {
-                    let stream = self.connect(addr, proxy).await.map_err(Attempt::Connect)?;
+                    let stream = px::connect(addr, proxy, metrics)
+                        .await
+                        .map_err(Attempt::Connect)?;
                     proxy.connection(picked.index, stream)
                 }
             };
@@ -435,9 +367,7 @@ impl Conn<'_> {
 
     /// Feeds passive health, counting ejections.
     fn eject_if(&self, proxy: &Proxy, endpoint: usize, ok: bool) {
-        if proxy.record(endpoint, ok) {
-            self.shared.metrics.upstream_ejections.fetch_add(1, Relaxed);
-        }
+        proxy.record(endpoint, ok, &self.shared.metrics);
     }
 
     /// The request head sent upstream.
@@ -445,8 +375,14 @@ impl Conn<'_> {
         let req = &head.request;
         let client_host = req.headers().get(HOST).cloned();
         let peer = self.peer();
-        let mut headers =
-            px::upstream_headers(req.headers(), peer, "http", self.shared.via.as_ref(), proxy);
+        let mut headers = px::upstream_headers(
+            req.headers(),
+            client_host.as_ref(),
+            peer,
+            "http",
+            self.shared.upstream.via.as_ref(),
+            proxy,
+        );
         // An upgrade is the one hop-by-hop request a proxy passes on.
         if let Some(protocol) = upgrade_of(req.headers()).cloned() {
             headers.insert(
@@ -484,30 +420,6 @@ impl Conn<'_> {
         }
         out.extend_from_slice(b"\r\n");
         out
-    }
-
-    async fn connect(
-        &self,
-        addr: SocketAddr,
-        proxy: &Proxy,
-    ) -> Result<tokio::net::TcpStream, StatusCode> {
-        let metrics = &self.shared.metrics;
-        metrics.upstream_connects.fetch_add(1, Relaxed);
-        match timeout(proxy.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                Ok(stream)
-            }
-            Ok(Err(e)) => {
-                metrics.upstream_connect_errors.fetch_add(1, Relaxed);
-                tracing::debug!(%addr, error = %e, "upstream connect failed");
-                Err(StatusCode::BAD_GATEWAY)
-            }
-            Err(_) => {
-                metrics.upstream_connect_errors.fetch_add(1, Relaxed);
-                Err(StatusCode::GATEWAY_TIMEOUT)
-            }
-        }
     }
 
     /// Sends the head and the request body, then reads the response head.

@@ -21,10 +21,15 @@
 use std::borrow::Cow;
 use std::os::unix::ffi::OsStrExt;
 
-use http::header::{CONTENT_TYPE, HeaderName};
-use http::{HeaderMap, HeaderValue};
+use std::sync::atomic::Ordering::Relaxed;
 
-use crate::files::{StaticFiles, path};
+use http::header::{CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+use super::{Proxy, append_via, strip_hop_by_hop};
+use crate::body::Body;
+use crate::files::{Escape, FileRequest, StaticFiles, path};
+use crate::service::Shared;
 
 /// lighttpd's header: a file system path.
 const X_SENDFILE: HeaderName = HeaderName::from_static("x-sendfile");
@@ -123,6 +128,50 @@ fn below<'p>(root: &[u8], path: &'p [u8]) -> Option<&'p [u8]> {
     }
     let rest = path.strip_prefix(root)?;
     (rest.is_empty() || rest.starts_with(b"/")).then_some(rest)
+}
+
+/// The response for a handoff: the named file served as a GET (a HEAD for
+/// a HEAD request) with the client's conditional and range headers, the
+/// backend's other fields merged in, `Via` and the route's edits applied.
+/// A refusal is 502, logged and counted.
+pub(crate) fn respond(
+    handoff: Handoff<'_>,
+    method: &Method,
+    client: &HeaderMap,
+    mut backend: HeaderMap,
+    shared: &Shared,
+    proxy: &Proxy,
+) -> Result<Response<Body>, StatusCode> {
+    let metrics = &shared.metrics;
+    let refuse = |value: &[u8], why: &str| {
+        metrics.sendfile_refused.fetch_add(1, Relaxed);
+        tracing::warn!(path = %String::from_utf8_lossy(value), why, "X-Sendfile refused");
+        StatusCode::BAD_GATEWAY
+    };
+    let (root, rel) = match handoff {
+        Handoff::File { root, rel } => (root, rel),
+        Handoff::Refused { value, why } => return Err(refuse(value.as_bytes(), why)),
+    };
+    let file = FileRequest {
+        method,
+        headers: client,
+        raw_path: "/",
+        query: None,
+        rel: &rel,
+        now: std::time::Instant::now(),
+    };
+    let mut res = root
+        .serve_file(&file, &shared.files, &metrics.file_cache)
+        .map_err(|Escape| refuse(&rel, "leads out of its sendfile root"))?;
+    metrics.sendfile_served.fetch_add(1, Relaxed);
+    strip_hop_by_hop(&mut backend);
+    let headers = res.headers_mut();
+    merge(headers, backend);
+    if let Some(via) = &shared.upstream.via {
+        append_via(headers, via);
+    }
+    proxy.response_edits.apply(headers);
+    Ok(res)
 }
 
 /// Strips the handoff fields from a backend response (whether or not the

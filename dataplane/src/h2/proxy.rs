@@ -1,0 +1,341 @@
+//! One proxied request from an HTTP/2 client.
+//!
+//! ```text
+//!  pick endpoint ─► pooled client connection, or connect (timeouts.connect)
+//!   ─► request (path rewritten, hop-by-hop removed, X-Forwarded-*,
+//!      Forwarded, Via, header edits), body streamed as the client sends it
+//!   ─► response head within timeouts.responseHeader ─► X-Sendfile?
+//!   ─► response to the client, body relayed frame by frame (timeouts.idle)
+//!   ─► client connection back to the pool when the body went through
+//! ```
+//!
+//! Backends are spoken to over HTTP/1.1 with hyper's client on this
+//! worker's connections (counted like the HTTP/1.1 engine's, in their own
+//! pool of at most `--upstream-idle` per endpoint and worker). Retries,
+//! passive health, balancing and every header rule are the same functions
+//! the HTTP/1.1 engine uses. Failures before the response head become
+//! 502, 503 or 504; a backend that dies mid-body resets the client's
+//! stream, so a short body is never passed off as complete.
+//!
+//! Limits of this path: upgrades (RFC 8441 WebSocket over HTTP/2) are not
+//! offered, so clients use HTTP/1.1 for them; `timeouts.responseHeader`
+//! counts from the start of the request, a streamed upload included.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::Activity;
+use crate::body::{Body, Done, Finish};
+use crate::files;
+use crate::proxy::{self as px, Choice, Proxy, Try, sendfile, strip_hop_by_hop};
+use crate::service::{ProxyTarget, Shared};
+use crate::table::Handler;
+
+/// The body sent upstream: the client's, or none.
+type Outbound = Either<Incoming, Empty<Bytes>>;
+type Sender = SendRequest<Outbound>;
+
+thread_local! {
+    /// Idle client connections of this worker, by endpoint.
+    static SENDERS: RefCell<HashMap<SocketAddr, Vec<Sender>>> = RefCell::new(HashMap::new());
+}
+
+/// Answers one request for a proxy route; the response's body accounts for
+/// it in the route's metrics and on the connection when it ends.
+pub(crate) async fn forward(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    target: Box<ProxyTarget>,
+    peer: Option<SocketAddr>,
+    activity: Arc<Activity>,
+) -> Response<Body> {
+    let res = match exchange(&shared, req, &target, peer).await {
+        Ok(res) => res,
+        Err(status) => files::status(status),
+    };
+    let status = res.status().as_u16();
+    res.map(|body| {
+        body.with_done(Done {
+            route: Arc::clone(&target.entry().metrics),
+            status,
+            started: target.started,
+            activity: Some(activity),
+        })
+    })
+}
+
+/// Tries endpoints until one answers usably, as the HTTP/1.1 engine does.
+async fn exchange(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    target: &ProxyTarget,
+    peer: Option<SocketAddr>,
+) -> Result<Response<Body>, StatusCode> {
+    let Handler::Proxy(proxy) = &target.entry().handler else {
+        return Err(StatusCode::BAD_GATEWAY);
+    };
+    let metrics = &shared.metrics;
+    let (parts, body) = req.into_parts();
+    let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+    // A status can be retried only when nothing streamed from the client.
+    let repeatable = body.is_none() && px::is_idempotent(&parts.method);
+    let choice = Choice {
+        uri: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &parts.headers,
+        client: peer.map(|a| a.ip()),
+    };
+    let client_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(HOST).cloned());
+    let mut headers = px::upstream_headers(
+        &parts.headers,
+        client_host.as_ref(),
+        peer,
+        "http",
+        shared.upstream.via.as_ref(),
+        proxy,
+    );
+    if let Some(host) = proxy.rewrite_host.clone().or(client_host) {
+        headers.insert(HOST, host);
+    }
+    let mut path = Vec::with_capacity(parts.uri.path().len() + 16);
+    px::upstream_path(
+        parts.uri.path(),
+        parts.uri.query(),
+        &target.path,
+        target.prefix_len,
+        proxy.rewrite_prefix.as_deref(),
+        &mut path,
+    );
+    let uri = Uri::from_maybe_shared(Bytes::from(path)).map_err(|_| StatusCode::BAD_REQUEST)?;
+
+    let policy = &proxy.retries;
+    let mut tried = Vec::new();
+    loop {
+        let Some(picked) = proxy.pick(&choice, &tried) else {
+            return Err(if tried.is_empty() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            });
+        };
+        tried.push(picked.index);
+        let mut try_ = Try::new(picked, target);
+        let retry_left = tried.len() <= policy.attempts as usize;
+        let mut pooled = take_sender(try_.addr, shared);
+        let sent = loop {
+            let reused = pooled.is_some();
+            let sender = match pooled.take() {
+                Some(sender) => sender,
+                None => match open(&try_, proxy, shared).await {
+                    Ok(sender) => sender,
+                    Err(status) => break Err((status, true)),
+                },
+            };
+            let mut request = Request::new(match body.take() {
+                Some(body) => Either::Left(body),
+                None => Either::Right(Empty::new()),
+            });
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers.clone();
+            match send(sender, request, proxy, metrics).await {
+                Ok(answer) => break Ok(answer),
+                // A pooled connection the backend closed meanwhile: once
+                // more on a fresh one when nothing streamed.
+                Err(_) if reused && repeatable => {}
+                Err(status) => break Err((status, false)),
+            }
+        };
+        match sent {
+            Ok((response, sender)) => {
+                let code = response.status().as_u16();
+                let failed = matches!(code, 502..=504);
+                proxy.record(try_.index, !failed, metrics);
+                try_.status = code;
+                if failed && retry_left && repeatable && policy.statuses.contains(&code) {
+                    try_.retried(metrics);
+                    continue;
+                }
+                return respond(
+                    shared,
+                    &parts.method,
+                    &parts.headers,
+                    response,
+                    sender,
+                    try_,
+                    proxy,
+                );
+            }
+            Err((status, connect)) => {
+                proxy.record(try_.index, false, metrics);
+                try_.status = status.as_u16();
+                // Nothing was sent when the connection failed.
+                if connect && retry_left && policy.connect_failure {
+                    try_.retried(metrics);
+                    continue;
+                }
+                return Err(status);
+            }
+        }
+    }
+}
+
+/// Opens a connection to the try's endpoint and starts hyper's client on it.
+async fn open(try_: &Try, proxy: &Proxy, shared: &Shared) -> Result<Sender, StatusCode> {
+    let stream = px::connect(try_.addr, proxy, &shared.metrics).await?;
+    let conn = proxy.connection(try_.index, stream);
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(shared.upstream.max_header_size.max(8192))
+        .handshake(TokioIo::new(conn))
+        .await
+        .map_err(|e| {
+            tracing::debug!(addr = %try_.addr, error = %e, "upstream handshake failed");
+            StatusCode::BAD_GATEWAY
+        })?;
+    let addr = try_.addr;
+    // Driven on this worker until the sender and every body are gone, or
+    // the backend closes.
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends a request and waits for the response head.
+async fn send(
+    mut sender: Sender,
+    request: Request<Outbound>,
+    proxy: &Proxy,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(Response<Incoming>, Sender), StatusCode> {
+    let answer = tokio::time::timeout(proxy.response_header_timeout, async {
+        sender.ready().await?;
+        sender.send_request(request).await
+    })
+    .await;
+    match answer {
+        Ok(Ok(response)) => Ok((response, sender)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upstream exchange failed");
+            Err(StatusCode::BAD_GATEWAY)
+        }
+        Err(_) => {
+            metrics.upstream_timeouts.fetch_add(1, Relaxed);
+            Err(StatusCode::GATEWAY_TIMEOUT)
+        }
+    }
+}
+
+/// The client's response: the backend's, or the file it handed back.
+fn respond(
+    shared: &Arc<Shared>,
+    method: &Method,
+    client: &http::HeaderMap,
+    response: Response<Incoming>,
+    sender: Sender,
+    mut try_: Try,
+    proxy: &Proxy,
+) -> Result<Response<Body>, StatusCode> {
+    let (mut head, incoming) = response.into_parts();
+    let ended = http_body::Body::is_end_stream(&incoming);
+    if let Some(handoff) = proxy.sendfile.handoff(&head.headers) {
+        // The backend's body is not wanted: its connection is kept only
+        // when that body is already over.
+        if ended {
+            put_sender(try_.addr, sender, shared);
+        }
+        drop(try_);
+        return sendfile::respond(handoff, method, client, head.headers, shared, proxy);
+    }
+    let length = head.headers.get(CONTENT_LENGTH).cloned();
+    strip_hop_by_hop(&mut head.headers);
+    if let Some(via) = &shared.upstream.via {
+        px::append_via(&mut head.headers, via);
+    }
+    proxy.response_edits.apply(&mut head.headers);
+    head.version = Version::HTTP_2;
+    let status = std::mem::replace(&mut try_.status, 502);
+    let mut exchange = Exchange {
+        try_,
+        status,
+        sender: Some(sender),
+        shared: Arc::clone(shared),
+    };
+    let body = if ended {
+        // HEAD, 204, 304 or an empty body: the backend's length still
+        // describes the resource.
+        if let Some(length) = length {
+            head.headers.insert(CONTENT_LENGTH, length);
+        }
+        exchange.finished();
+        Body::empty()
+    } else {
+        Body::upstream(incoming, proxy.idle_timeout, Box::new(exchange))
+    };
+    Ok(Response::from_parts(head, body))
+}
+
+/// What a relayed body holds: the endpoint's try (counted in flight, its
+/// status recorded at the end) and the connection, pooled again once the
+/// body went through.
+#[derive(Debug)]
+struct Exchange {
+    try_: Try,
+    /// The backend's status, recorded when the body completes (502 if cut).
+    status: u16,
+    sender: Option<Sender>,
+    shared: Arc<Shared>,
+}
+
+impl Finish for Exchange {
+    fn finished(&mut self) {
+        self.try_.status = self.status;
+        if let Some(sender) = self.sender.take() {
+            put_sender(self.try_.addr, sender, &self.shared);
+        }
+    }
+}
+
+/// An idle connection to `addr` the backend has not closed.
+fn take_sender(addr: SocketAddr, shared: &Shared) -> Option<Sender> {
+    SENDERS.with_borrow_mut(|pool| {
+        let idle = pool.get_mut(&addr)?;
+        while let Some(sender) = idle.pop() {
+            shared.metrics.upstream_idle.fetch_sub(1, Relaxed);
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    })
+}
+
+/// Keeps a connection whose exchange completed, if there is room.
+fn put_sender(addr: SocketAddr, sender: Sender, shared: &Shared) {
+    if sender.is_closed() {
+        return;
+    }
+    SENDERS.with_borrow_mut(|pool| {
+        let idle = pool.entry(addr).or_default();
+        if idle.len() < shared.upstream.idle {
+            idle.push(sender);
+            shared.metrics.upstream_idle.fetch_add(1, Relaxed);
+        }
+    });
+}
