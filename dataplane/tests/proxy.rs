@@ -296,8 +296,61 @@ fn request_bodies_are_relayed_sized_chunked_and_after_100_continue() {
     let mut all = Vec::new();
     let _ = stream.read_to_end(&mut all);
     let text = String::from_utf8_lossy(&all);
-    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(!text.contains("backend=a"), "{text}");
+}
+
+#[test]
+fn smuggling_attempts_get_400_and_are_never_forwarded() {
+    let a = backend("a");
+    let pier = start(&format!("{{backends: [{{address: \"{}\"}}]}}", a.addr));
+    let attempts = [
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n",
+    ];
+    for attempt in attempts {
+        let mut stream = pier.connect();
+        stream.write_all(attempt.as_bytes()).expect("send");
+        let mut all = Vec::new();
+        let _ = stream.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 400"), "{attempt:?}: {text}");
+    }
+    assert_eq!(
+        a.connections.load(Ordering::SeqCst),
+        0,
+        "no head was forwarded"
+    );
+    // Bad chunk sizes in the body: 400, and the bad chunk is not passed on.
+    for body in [
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "-5\r\nhello\r\n0\r\n\r\n",
+        "ffffffffffffffffff\r\nx\r\n0\r\n\r\n",
+    ] {
+        let mut stream = pier.connect();
+        let request =
+            format!("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut all = Vec::new();
+        let _ = stream.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 400"), "{body:?}: {text}");
+    }
+    assert_eq!(
+        metric(&pier, "pier_dataplane_upstream_ejections_total"),
+        0,
+        "a client's bad body is not the endpoint's failure"
+    );
+    assert!(
+        !pier.admin("/metrics").text().contains("code=\"200\""),
+        "no request reached the backend and came back"
+    );
 }
 
 #[test]

@@ -50,6 +50,22 @@ enum Attempt {
     Connect(StatusCode),
     /// The request went out; no usable response head came back.
     Exchange(StatusCode),
+    /// The client's request body was malformed, short or too slow: not
+    /// the endpoint's failure.
+    Client(StatusCode),
+}
+
+/// Marks an error as the client's (its request body), not the backend's.
+#[derive(Debug, thiserror::Error)]
+#[error("request body: {0}")]
+struct ClientSide(io::Error);
+
+fn client_side(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), ClientSide(e))
+}
+
+fn is_client_side(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<ClientSide>())
 }
 
 /// The protocol an upgrade request asks for: an `Upgrade` header with
@@ -164,6 +180,10 @@ impl Conn<'_> {
                 }
                 Err(Attempt::Exchange(status)) => {
                     self.eject_if(proxy, try_.index, false);
+                    try_.status = status.as_u16();
+                    return Err(Failure::Before(status));
+                }
+                Err(Attempt::Client(status)) => {
                     try_.status = status.as_u16();
                     return Err(Failure::Before(status));
                 }
@@ -344,6 +364,15 @@ impl Conn<'_> {
                 .await
             {
                 Ok((response, leftover)) => return Ok((upstream, response, leftover)),
+                // The client's fault: a malformed, short or stalled body.
+                Err(e) if is_client_side(&e) => {
+                    tracing::debug!(%addr, error = %e, "request body refused");
+                    return Err(Attempt::Client(if e.kind() == io::ErrorKind::TimedOut {
+                        StatusCode::REQUEST_TIMEOUT
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    }));
+                }
                 Err(e) if reused && head.framing == Framing::None && is_stale(&e) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     metrics.upstream_timeouts.fetch_add(1, Relaxed);
@@ -437,14 +466,14 @@ impl Conn<'_> {
             Framing::Length(n) => {
                 if head.expect_continue && (self.buf.len() as u64) < n {
                     self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    self.write_out(&[], false).await?;
+                    self.write_out(&[], false).await.map_err(client_side)?;
                 }
                 self.relay_request_length(upstream, n, proxy).await?;
             }
             Framing::Chunked => {
                 if head.expect_continue {
                     self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    self.write_out(&[], false).await?;
+                    self.write_out(&[], false).await.map_err(client_side)?;
                 }
                 self.relay_request_chunked(upstream, proxy).await?;
             }
@@ -490,8 +519,8 @@ impl Conn<'_> {
         proxy: &Proxy,
     ) -> io::Result<()> {
         while n > 0 {
-            if self.buf.is_empty() && self.read(Instant::now() + proxy.idle_timeout).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            if self.buf.is_empty() && self.read_body(proxy).await? == 0 {
+                return Err(client_side(io::ErrorKind::UnexpectedEof.into()));
             }
             let take = usize::try_from(n).map_or(self.buf.len(), |n| n.min(self.buf.len()));
             timed(proxy.idle_timeout, upstream.write_all(&self.buf[..take])).await?;
@@ -499,6 +528,13 @@ impl Conn<'_> {
             n -= take as u64;
         }
         Ok(())
+    }
+
+    /// Reads more of the client's request body, within the idle timeout.
+    async fn read_body(&mut self, proxy: &Proxy) -> io::Result<usize> {
+        self.read(Instant::now() + proxy.idle_timeout)
+            .await
+            .map_err(client_side)
     }
 
     /// Relays a chunked request body, checked chunk by chunk.
@@ -509,12 +545,12 @@ impl Conn<'_> {
     ) -> io::Result<()> {
         let mut decoder = chunked::Decoder::default();
         loop {
-            if self.buf.is_empty() && self.read(Instant::now() + proxy.idle_timeout).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            if self.buf.is_empty() && self.read_body(proxy).await? == 0 {
+                return Err(client_side(io::ErrorKind::UnexpectedEof.into()));
             }
             let used = decoder
                 .feed(&self.buf, &mut Vec::new())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                .map_err(|e| client_side(io::Error::new(io::ErrorKind::InvalidData, e)))?;
             // The framing is valid: pass it on as it came.
             timed(proxy.idle_timeout, upstream.write_all(&self.buf[..used])).await?;
             self.buf.advance(used);
