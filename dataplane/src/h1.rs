@@ -125,7 +125,7 @@ struct Conn<'a> {
     /// Holds buffers (counted in `connections_active`).
     active: bool,
     /// The client's address, once a proxy route asked for it.
-    peer: Option<std::net::SocketAddr>,
+    peer: Option<crate::proxy::Peer>,
 }
 
 impl Drop for Conn<'_> {

@@ -105,7 +105,10 @@ pub(crate) async fn serve(
     let service = Service {
         shared: Arc::clone(&shared),
         activity: Arc::clone(&activity),
-        peer: stream.peer_addr().ok(),
+        peer: stream
+            .peer_addr()
+            .ok()
+            .map(|a| Arc::new(crate::proxy::Peer::new(a))),
     };
     let io = Prefixed { read, io: stream };
     let conn = builder.serve_connection(TokioIo::new(io), service);

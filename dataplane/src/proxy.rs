@@ -103,6 +103,35 @@ impl Drop for Picked<'_> {
     }
 }
 
+/// Endpoints a request already tried, on the stack: a route makes at most
+/// 1 + 5 tries (`retries.attempts` is at most 5).
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    endpoints: [usize; 6],
+    len: usize,
+}
+
+impl Tried {
+    pub(crate) fn push(&mut self, endpoint: usize) {
+        if let Some(slot) = self.endpoints.get_mut(self.len) {
+            *slot = endpoint;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[usize] {
+        &self.endpoints[..self.len]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// One try on one endpoint, owning what it needs so it can outlive the
 /// request future (an HTTP/2 response body ends after it): the endpoint is
 /// counted in flight while it lasts, and its status and duration go to the
@@ -189,6 +218,16 @@ impl Edits {
                 .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                 .collect(),
         }
+    }
+
+    /// True when there is nothing to do.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Whether a field of this name is removed or replaced.
+    pub(crate) fn drops(&self, name: &HeaderName) -> bool {
+        self.remove.contains(name) || self.set.iter().any(|(n, _)| n == name)
     }
 
     /// Applies remove, then set, then add.
@@ -560,77 +599,161 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     http::header::EXPECT,
 ];
 
-/// The request headers sent upstream: the client's without hop-by-hop
-/// fields and `Host` (the caller writes the upstream `Host`; `host` is the
-/// client's `Host` or `:authority`), with
-/// `X-Forwarded-For` (appended to any the client sent), `-Proto`, `-Host`,
-/// `Forwarded` (RFC 7239, appended too), `Via` when configured, and the
-/// route's edits last.
-pub(crate) fn upstream_headers(
+/// The client's address as the forwarding headers spell it, formatted once
+/// per connection rather than per request.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    /// `X-Forwarded-For` form: `192.0.2.1`, `2001:db8::1`.
+    ip: Box<str>,
+    /// `Forwarded` form: `for=192.0.2.1`, `for="[2001:db8::1]"`.
+    node: Box<str>,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip();
+        let node = match ip {
+            IpAddr::V4(ip) => format!("for={ip}"),
+            IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        };
+        Self {
+            addr,
+            ip: ip.to_string().into(),
+            node: node.into(),
+        }
+    }
+}
+
+/// Where upstream request fields go: a request head being written
+/// (HTTP/1.1), or a header map (hyper's client).
+pub(crate) trait Fields {
+    /// One field whose value is the concatenation of `value`.
+    fn field(&mut self, name: &HeaderName, value: &[&[u8]]);
+}
+
+impl Fields for Vec<u8> {
+    fn field(&mut self, name: &HeaderName, value: &[&[u8]]) {
+        self.extend_from_slice(name.as_str().as_bytes());
+        self.extend_from_slice(b": ");
+        for part in value {
+            self.extend_from_slice(part);
+        }
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Fields for HeaderMap {
+    fn field(&mut self, name: &HeaderName, value: &[&[u8]]) {
+        // Every part is a checked header value, or the proxy's own ASCII.
+        if let Ok(value) = HeaderValue::from_bytes(&value.concat()) {
+            self.append(name.clone(), value);
+        }
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Writes the request fields sent upstream, in one pass over the client's:
+/// without hop-by-hop fields (and those `Connection` names) or `Host` (the
+/// caller writes the upstream `Host`; `host` is the client's `Host` or
+/// `:authority`); with `X-Forwarded-For` and `Forwarded` (RFC 7239)
+/// appended to the client's, `X-Forwarded-Proto` and `-Host` set, `Via`
+/// appended when configured; the route's edits decide last (`remove` and
+/// `set` replace any of these, `add` appends).
+pub(crate) fn upstream_fields(
     client: &HeaderMap,
     host: Option<&HeaderValue>,
-    peer: Option<SocketAddr>,
+    peer: Option<&Peer>,
     proto: &'static str,
     via: Option<&HeaderValue>,
     proxy: &Proxy,
-) -> HeaderMap {
-    let mut headers = client.clone();
-    headers.remove(http::header::HOST);
-    strip_hop_by_hop(&mut headers);
-    let append = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
-        let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {value}"),
-            None => value.to_owned(),
-        };
-        if let Ok(joined) = HeaderValue::try_from(joined) {
-            headers.insert(name, joined);
+    out: &mut impl Fields,
+) {
+    let edits = &proxy.request_edits;
+    // Names `Connection` lists are hop-by-hop too (rare: collected only
+    // when there is such a header).
+    let named: Vec<HeaderName> = client
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    let ours = [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &http::header::FORWARDED,
+        &http::header::VIA,
+    ];
+    for (name, value) in client {
+        let dropped = *name == http::header::HOST
+            || HOP_BY_HOP.contains(name)
+            || ours.contains(&name)
+            || named.contains(name)
+            || edits.drops(name);
+        if !dropped {
+            out.field(name, &[value.as_bytes()]);
+        }
+    }
+    // Appended to what the client sent, joined into one field (many
+    // backends read only the first).
+    let mut joined = |name: &HeaderName, own: &[&[u8]]| {
+        if edits.drops(name) {
+            return;
+        }
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for previous in client.get_all(name) {
+            parts.extend_from_slice(&[previous.as_bytes(), b", "]);
+        }
+        if parts.is_empty() {
+            out.field(name, own);
+        } else {
+            parts.extend_from_slice(own);
+            out.field(name, &parts);
         }
     };
-    let mut forwarded = String::with_capacity(64);
     if let Some(peer) = peer {
-        let ip = peer.ip();
-        append(
-            &mut headers,
-            HeaderName::from_static("x-forwarded-for"),
-            &ip.to_string(),
-        );
-        match ip {
-            IpAddr::V4(ip) => forwarded.push_str(&format!("for={ip}")),
-            IpAddr::V6(ip) => forwarded.push_str(&format!("for=\"[{ip}]\"")),
+        joined(&X_FORWARDED_FOR, &[peer.ip.as_bytes()]);
+    }
+    let host = host.map(HeaderValue::as_bytes);
+    // `for=…;host=…;proto=…`; a host is a token or a quoted string (one
+    // with a port needs the quotes; one with `"` or `\\` is left out).
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let mut element: [&[u8]; 7] = [b"", b"", b"", b"", b"", b"proto=", proto.as_bytes()];
+    if let Some(peer) = peer {
+        element[0] = peer.node.as_bytes();
+        element[1] = b";";
+    }
+    match host {
+        Some(h) if h.iter().all(tchar) => {
+            element[2] = b"host=";
+            element[3] = h;
+            element[5] = b";proto=";
         }
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
-    if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-        // A host is a token or a quoted string; quote what is not a token.
-        if let Ok(host) = host.to_str() {
-            let token = host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:_~".contains(&b));
-            if !forwarded.is_empty() {
-                forwarded.push(';');
-            }
-            if token {
-                forwarded.push_str(&format!("host={host}"));
-            } else {
-                forwarded.push_str(&format!("host=\"{}\"", host.replace(['"', '\\'], "")));
-            }
+        Some(h) if !h.iter().any(|b| *b == b'"' || *b == b'\\') => {
+            element[2] = b"host=\"";
+            element[3] = h;
+            element[4] = b"\"";
+            element[5] = b";proto=";
         }
+        _ => {}
     }
-    if !forwarded.is_empty() {
-        forwarded.push(';');
-    }
-    forwarded.push_str("proto=");
-    forwarded.push_str(proto);
-    append(&mut headers, http::header::FORWARDED, &forwarded);
+    joined(&http::header::FORWARDED, &element);
     if let Some(via) = via {
-        append_via(&mut headers, via);
+        joined(&http::header::VIA, &[via.as_bytes()]);
     }
-    proxy.request_edits.apply(&mut headers);
-    headers
+    if !edits.drops(&X_FORWARDED_PROTO) {
+        out.field(&X_FORWARDED_PROTO, &[proto.as_bytes()]);
+    }
+    if let Some(host) = host.filter(|_| !edits.drops(&X_FORWARDED_HOST)) {
+        out.field(&X_FORWARDED_HOST, &[host]);
+    }
+    for (name, value) in edits.set.iter().chain(&edits.add) {
+        out.field(name, &[value.as_bytes()]);
+    }
 }
 
 /// Appends this proxy to `Via` (its value is `1.1 NAME`).

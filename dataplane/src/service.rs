@@ -236,8 +236,9 @@ impl ProxyTarget {
 pub(crate) struct Service {
     pub(crate) shared: Arc<Shared>,
     pub(crate) activity: Arc<Activity>,
-    /// The client's address, for proxy routes.
-    pub(crate) peer: Option<std::net::SocketAddr>,
+    /// The client's address, for proxy routes (formatted once per
+    /// connection).
+    pub(crate) peer: Option<Arc<crate::proxy::Peer>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -252,7 +253,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
                 Arc::clone(&self.shared),
                 req,
                 target,
-                self.peer,
+                self.peer.clone(),
                 Arc::clone(&self.activity),
             ))),
         }

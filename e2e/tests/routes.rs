@@ -335,24 +335,92 @@ async fn proxy_routes_are_served_through_the_controller() {
     })
     .await;
 
-    // The schema refuses header values that would split a header.
-    let bad = proxy_route(
-        "bad",
+    // Methods and a regular-expression path narrow a route.
+    let items = proxy_route(
+        "items",
         json!({
-            "backends": [{"address": backend.to_string()}],
-            "requestHeaders": {"set": [{"name": "X-A", "value": "a\r\nInjected: 1"}]},
+            "hosts": ["app.example.com"],
+            "path": {"type": "RegularExpression", "value": "/items/[0-9]+"},
+            "methods": ["GET"],
+            "backends": [{"address": tiny_backend("an item").to_string()}],
         }),
     );
-    match api.create(&PostParams::default(), &bad).await {
-        Err(kube::Error::Api(e)) => {
-            assert_eq!(e.code, 422, "{e:?}");
-            assert!(
-                e.message.contains("must not contain CR, LF or NUL"),
-                "{}",
-                e.message
-            );
+    api.create(&PostParams::default(), &items)
+        .await
+        .expect("created");
+    eventually("the expression route takes its paths only", || async {
+        cluster
+            .get("app.example.com", "/items/42")
+            .is_some_and(|(s, b)| s == 200 && b == "an item")
+            && cluster
+                .get("app.example.com", "/items/x")
+                .is_some_and(|(s, b)| s == 200 && b == "from the backend")
+    })
+    .await;
+
+    // What only the compiler can judge is reported in status.
+    let unclosed = proxy_route(
+        "unclosed",
+        json!({
+            "path": {"type": "RegularExpression", "value": "/(unclosed"},
+            "backends": [{"address": backend.to_string()}],
+        }),
+    );
+    api.create(&PostParams::default(), &unclosed)
+        .await
+        .expect("the schema cannot judge an expression");
+    eventually("the bad expression is reported as InvalidPath", || async {
+        let got = api.get("unclosed").await.expect("read back");
+        got.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Accepted" && c.status == "False" && c.reason == "InvalidPath")
+        })
+    })
+    .await;
+
+    // What the schema can judge, the API server refuses.
+    let address = backend.to_string();
+    let refused = [
+        (
+            json!({"backends": [{"address": address}], "requestHeaders": {"set": [{"name": "X-A", "value": "a\r\nInjected: 1"}]}}),
+            "must not contain CR, LF or NUL",
+        ),
+        (
+            json!({"backends": [{"address": address}], "headers": [{"name": "X-A", "value": "a\r\nb"}]}),
+            "must not contain CR, LF or NUL",
+        ),
+        (
+            json!({"backends": [{"address": address}], "methods": ["FETCH"]}),
+            "spec.methods[0]",
+        ),
+        (
+            json!({"backends": [{"address": address}], "sendfile": {"enabled": true}}),
+            "sendfile needs at least one root when enabled",
+        ),
+        (
+            json!({"backends": [{"address": address}], "sendfile": {"enabled": true, "roots": ["files"]}}),
+            "sendfile roots must be absolute paths",
+        ),
+        (
+            json!({"backends": [{"address": address}], "path": {"type": "PathPrefix", "value": "api"}}),
+            "path must start with '/'",
+        ),
+    ];
+    for (i, (spec, message)) in refused.into_iter().enumerate() {
+        match api
+            .create(
+                &PostParams::default(),
+                &proxy_route(&format!("bad-{i}"), spec.clone()),
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{spec}: {e:?}");
+                assert!(e.message.contains(message), "{spec}: {}", e.message);
+            }
+            other => panic!("{spec} was accepted: {other:?}"),
         }
-        other => panic!("a CR/LF header value was accepted: {other:?}"),
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Buf;
-use http::header::{CONTENT_LENGTH, DATE, HOST};
+use http::header::{DATE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -89,12 +89,19 @@ enum Upstream {
     Close,
 }
 
-/// A parsed upstream response head.
+/// A parsed upstream response head: what the proxy decides on. The fields
+/// stay in the read buffer and are copied from there to the client, or
+/// made into a map when something must look at them ([`fields`]).
 struct ResponseHead {
     status: StatusCode,
-    headers: HeaderMap,
+    /// Bytes of the head at the start of the read buffer.
+    len: usize,
     keep_alive: bool,
     framing: Upstream,
+    /// `Content-Length`, when the backend sent one.
+    length: Option<u64>,
+    /// An `X-Sendfile` or `X-Accel-Redirect` field is present.
+    handoff: bool,
 }
 
 impl Conn<'_> {
@@ -142,9 +149,9 @@ impl Conn<'_> {
         // A status can be retried only when nothing streamed from the
         // client: no body, and a method that may be repeated.
         let repeatable = head.framing == Framing::None && px::is_idempotent(head.request.method());
-        let mut tried = Vec::new();
-        let (mut try_, mut upstream, response, leftover) = loop {
-            let Some(picked) = proxy.pick(&choice, &tried) else {
+        let mut tried = px::Tried::default();
+        let (mut try_, mut upstream, response, mut read) = loop {
+            let Some(picked) = proxy.pick(&choice, tried.as_slice()) else {
                 return Err(Failure::Before(if tried.is_empty() {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
@@ -155,7 +162,7 @@ impl Conn<'_> {
             let mut try_ = Try::new(picked, target);
             let retry_left = tried.len() <= policy.attempts as usize;
             match self.attempt(&try_, &request, head, proxy).await {
-                Ok((upstream, response, leftover)) => {
+                Ok((upstream, response, read)) => {
                     let failed = matches!(response.status.as_u16(), 502..=504);
                     self.eject_if(proxy, try_.index, !failed);
                     try_.status = response.status.as_u16();
@@ -167,7 +174,7 @@ impl Conn<'_> {
                         try_.retried(metrics);
                         continue;
                     }
-                    break (try_, upstream, response, leftover);
+                    break (try_, upstream, response, read);
                 }
                 Err(Attempt::Connect(status)) => {
                     self.eject_if(proxy, try_.index, false);
@@ -198,7 +205,10 @@ impl Conn<'_> {
                 .cloned()
                 .ok_or(Failure::Before(StatusCode::BAD_GATEWAY))?;
             try_.status = final_status;
-            self.tunnel(upstream, response, leftover, &protocol, proxy)
+            let headers = fields(&read[..response.len])
+                .map_err(|_| Failure::Before(StatusCode::BAD_GATEWAY))?;
+            read.drain(..response.len);
+            self.tunnel(upstream, headers, read, &protocol, proxy)
                 .await
                 .map_err(|e| {
                     tracing::debug!(%addr, error = %e, "tunnel ended");
@@ -207,12 +217,20 @@ impl Conn<'_> {
             return Ok((StatusCode::SWITCHING_PROTOCOLS, false));
         }
 
-        if let Some(handoff) = proxy.sendfile.handoff(&response.headers) {
+        let handoff = if response.handoff && proxy.sendfile.is_enabled() {
+            let headers = fields(&read[..response.len])
+                .map_err(|_| Failure::Before(StatusCode::BAD_GATEWAY))?;
+            proxy.sendfile.handoff(&headers).map(|h| (h, headers))
+        } else {
+            None
+        };
+        if let Some((handoff, headers)) = handoff {
             // The backend's body is not wanted: its connection is kept only
             // when that body is absent or already read.
+            let body = read.len() - response.len;
             let read = match response.framing {
-                Upstream::None => leftover.is_empty(),
-                Upstream::Length(n) => leftover.len() as u64 == n,
+                Upstream::None => body == 0,
+                Upstream::Length(n) => body as u64 == n,
                 Upstream::Chunked | Upstream::Close => false,
             };
             if read && response.keep_alive {
@@ -221,7 +239,7 @@ impl Conn<'_> {
             try_.status = final_status;
             drop(try_);
             return self
-                .hand_off(head, handoff, response.headers, keep_client, proxy)
+                .hand_off(head, handoff, headers, keep_client, proxy)
                 .await;
         }
 
@@ -229,13 +247,6 @@ impl Conn<'_> {
         let is_head = head.request.method() == Method::HEAD;
         let version_10 = head.request.version() == Version::HTTP_10;
         let no_body = is_head || !response::has_body(false, response.status);
-        let mut headers = response.headers;
-        let length = headers.get(CONTENT_LENGTH).cloned();
-        strip_hop_by_hop(&mut headers);
-        if let Some(via) = &self.shared.upstream.via {
-            px::append_via(&mut headers, via);
-        }
-        proxy.response_edits.apply(&mut headers);
         let rechunk = !no_body
             && !version_10
             && matches!(response.framing, Upstream::Chunked | Upstream::Close);
@@ -243,20 +254,44 @@ impl Conn<'_> {
             keep_client && (no_body || rechunk || matches!(response.framing, Upstream::Length(_)));
         self.out.clear();
         write_status_line(&mut self.out, response.status);
-        for (name, value) in &headers {
-            write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+        let backend_head = &read[..response.len];
+        let has_date = if proxy.response_edits.is_empty() {
+            // The common case: fields copied as they came, less hop-by-hop.
+            copy_fields(backend_head, &mut self.out)
+        } else {
+            fields(backend_head).map(|mut headers| {
+                strip_hop_by_hop(&mut headers);
+                proxy.response_edits.apply(&mut headers);
+                for (name, value) in &headers {
+                    write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                headers.contains_key(DATE)
+            })
         }
-        if !headers.contains_key(DATE) {
+        .map_err(|_| Failure::Before(StatusCode::BAD_GATEWAY))?;
+        read.drain(..response.len);
+        if !has_date {
             write_field(&mut self.out, b"date", &response::date());
+        }
+        if let Some(via) = &self.shared.upstream.via {
+            write_field(&mut self.out, b"via", via.as_bytes());
         }
         match response.framing {
             _ if no_body => {
-                if let Some(length) = &length {
-                    write_field(&mut self.out, b"content-length", length.as_bytes());
+                if let Some(length) = response.length {
+                    write_field(
+                        &mut self.out,
+                        b"content-length",
+                        response::digits(length).as_slice(),
+                    );
                 }
             }
             Upstream::Length(n) => {
-                write_field(&mut self.out, b"content-length", n.to_string().as_bytes());
+                write_field(
+                    &mut self.out,
+                    b"content-length",
+                    response::digits(n).as_slice(),
+                );
             }
             _ if rechunk => write_field(&mut self.out, b"transfer-encoding", b"chunked"),
             _ => {}
@@ -267,6 +302,7 @@ impl Conn<'_> {
             (true, false) => {}
         }
         self.out.extend_from_slice(b"\r\n");
+        let leftover = read;
 
         // The body.
         let framing = if no_body {
@@ -389,9 +425,9 @@ impl Conn<'_> {
     /// The client's address, looked up once per connection.
     fn peer(&mut self) -> Option<SocketAddr> {
         if self.peer.is_none() {
-            self.peer = self.stream.peer_addr().ok();
+            self.peer = self.stream.peer_addr().ok().map(px::Peer::new);
         }
-        self.peer
+        self.peer.as_ref().map(|p| p.addr)
     }
 
     /// Feeds passive health, counting ejections.
@@ -401,26 +437,9 @@ impl Conn<'_> {
 
     /// The request head sent upstream.
     fn upstream_request(&mut self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Vec<u8> {
+        self.peer();
         let req = &head.request;
-        let client_host = req.headers().get(HOST).cloned();
-        let peer = self.peer();
-        let mut headers = px::upstream_headers(
-            req.headers(),
-            client_host.as_ref(),
-            peer,
-            "http",
-            self.shared.upstream.via.as_ref(),
-            proxy,
-        );
-        // An upgrade is the one hop-by-hop request a proxy passes on.
-        if let Some(protocol) = upgrade_of(req.headers()).cloned() {
-            headers.insert(
-                http::header::CONNECTION,
-                HeaderValue::from_static("upgrade"),
-            );
-            headers.insert(http::header::UPGRADE, protocol);
-        }
-
+        let client_host = req.headers().get(HOST);
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(req.method().as_str().as_bytes());
         out.push(b' ');
@@ -433,17 +452,27 @@ impl Conn<'_> {
             &mut out,
         );
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let host = proxy.rewrite_host.as_ref().or(client_host.as_ref());
-        if let Some(host) = host {
+        if let Some(host) = proxy.rewrite_host.as_ref().or(client_host) {
             write_field(&mut out, b"host", host.as_bytes());
         }
-        for (name, value) in &headers {
-            write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        px::upstream_fields(
+            req.headers(),
+            client_host,
+            self.peer.as_ref(),
+            "http",
+            self.shared.upstream.via.as_ref(),
+            proxy,
+            &mut out,
+        );
+        // An upgrade is the one hop-by-hop request a proxy passes on.
+        if let Some(protocol) = upgrade_of(req.headers()) {
+            write_field(&mut out, b"connection", b"upgrade");
+            write_field(&mut out, b"upgrade", protocol.as_bytes());
         }
         match head.framing {
             Framing::None => {}
             Framing::Length(n) => {
-                write_field(&mut out, b"content-length", n.to_string().as_bytes())
+                write_field(&mut out, b"content-length", response::digits(n).as_slice())
             }
             Framing::Chunked => write_field(&mut out, b"transfer-encoding", b"chunked"),
         }
@@ -497,12 +526,12 @@ impl Conn<'_> {
                     "backend closed before a response head",
                 ));
             }
-            while let Some((response, len)) = parse_response(&buf, head.request.method())? {
-                buf.drain(..len);
+            while let Some(response) = parse_response(&buf, head.request.method())? {
                 if response.status.is_informational()
                     && response.status != StatusCode::SWITCHING_PROTOCOLS
                 {
                     // 100 Continue and friends were answered here already.
+                    buf.drain(..response.len);
                     continue;
                 }
                 return Ok((response, buf));
@@ -657,12 +686,11 @@ impl Conn<'_> {
     async fn tunnel(
         &mut self,
         mut upstream: Connection,
-        response: ResponseHead,
+        mut headers: HeaderMap,
         leftover: Vec<u8>,
         protocol: &HeaderValue,
         proxy: &Proxy,
     ) -> io::Result<()> {
-        let mut headers = response.headers;
         strip_hop_by_hop(&mut headers);
         proxy.response_edits.apply(&mut headers);
         self.out.clear();
@@ -710,9 +738,10 @@ impl Conn<'_> {
     }
 }
 
-/// Parses a response head at the start of `buf`: the head and its length,
-/// or `None` when incomplete.
-fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<(ResponseHead, usize)>> {
+/// Parses a response head at the start of `buf`, or `None` when
+/// incomplete. Fields are checked (httparse refuses bad names and control
+/// bytes in values) but left where they are.
+fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<ResponseHead>> {
     let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut slots);
@@ -726,14 +755,13 @@ fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<(ResponseHea
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| invalid("invalid status"))?;
     let version_11 = res.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = !version_11;
+    let mut handoff = false;
     for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid("header value"))?;
-        if name == CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .map(str::trim)
@@ -744,13 +772,13 @@ fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<(ResponseHea
                 return Err(invalid("conflicting Content-Length"));
             }
             length = Some(n);
-        } else if name == http::header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked = h
                 .value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == http::header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -759,8 +787,11 @@ fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<(ResponseHea
                     close = false;
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"x-sendfile")
+            || name.eq_ignore_ascii_case(b"x-accel-redirect")
+        {
+            handoff = true;
         }
-        headers.append(name, value);
     }
     let framing = if *method == Method::HEAD || !response::has_body(false, status) {
         Upstream::None
@@ -771,15 +802,68 @@ fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<(ResponseHea
     } else {
         Upstream::Close
     };
-    Ok(Some((
-        ResponseHead {
-            status,
-            headers,
-            keep_alive: !close,
-            framing,
-        },
+    Ok(Some(ResponseHead {
+        status,
         len,
-    )))
+        keep_alive: !close,
+        framing,
+        length,
+        handoff,
+    }))
+}
+
+/// The fields of a response head (already parsed once) as a map.
+fn fields(head: &[u8]) -> io::Result<HeaderMap> {
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, "malformed response head");
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    res.parse(head).map_err(|_| invalid())?;
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid())?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Copies a response head's fields to `out`, less hop-by-hop ones (and
+/// those `Connection` names) and framing, which the proxy writes itself.
+/// Returns whether a `Date` was among them.
+fn copy_fields(head: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
+    const SKIPPED: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+    ];
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    res.parse(head)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed response head"))?;
+    // Names `Connection` lists (collected only when there is one).
+    let mut named: Vec<&[u8]> = Vec::new();
+    for h in res.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            named.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
+        }
+    }
+    let mut has_date = false;
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        let skip = |list: &[&[u8]]| list.iter().any(|s| s.eq_ignore_ascii_case(name));
+        if skip(&SKIPPED) || skip(&named) {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        write_field(out, name, h.value);
+    }
+    Ok(has_date)
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {

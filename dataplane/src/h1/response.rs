@@ -66,6 +66,10 @@ pub(crate) fn encode(
 }
 
 /// Decimal digits of `n` on the stack.
+pub(crate) fn digits(n: u64) -> Digits {
+    itoa_buf(n)
+}
+
 fn itoa_buf(mut n: u64) -> Digits {
     let mut digits = Digits {
         buf: [0; 20],
@@ -81,13 +85,13 @@ fn itoa_buf(mut n: u64) -> Digits {
     }
 }
 
-struct Digits {
+pub(crate) struct Digits {
     buf: [u8; 20],
     start: usize,
 }
 
 impl Digits {
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 }

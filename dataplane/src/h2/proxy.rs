@@ -57,10 +57,10 @@ pub(crate) async fn forward(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     target: Box<ProxyTarget>,
-    peer: Option<SocketAddr>,
+    peer: Option<Arc<px::Peer>>,
     activity: Arc<Activity>,
 ) -> Response<Body> {
-    let res = match exchange(&shared, req, &target, peer).await {
+    let res = match exchange(&shared, req, &target, peer.as_deref()).await {
         Ok(res) => res,
         Err(status) => files::status(status),
     };
@@ -80,7 +80,7 @@ async fn exchange(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
     target: &ProxyTarget,
-    peer: Option<SocketAddr>,
+    peer: Option<&px::Peer>,
 ) -> Result<Response<Body>, StatusCode> {
     let Handler::Proxy(proxy) = &target.entry().handler else {
         return Err(StatusCode::BAD_GATEWAY);
@@ -93,24 +93,26 @@ async fn exchange(
     let choice = Choice {
         uri: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &parts.headers,
-        client: peer.map(|a| a.ip()),
+        client: peer.map(|p| p.addr.ip()),
     };
     let client_host = parts
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(HOST).cloned());
-    let mut headers = px::upstream_headers(
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 6);
+    if let Some(host) = proxy.rewrite_host.as_ref().or(client_host.as_ref()) {
+        headers.insert(HOST, host.clone());
+    }
+    px::upstream_fields(
         &parts.headers,
         client_host.as_ref(),
         peer,
         "http",
         shared.upstream.via.as_ref(),
         proxy,
+        &mut headers,
     );
-    if let Some(host) = proxy.rewrite_host.clone().or(client_host) {
-        headers.insert(HOST, host);
-    }
     let mut path = Vec::with_capacity(parts.uri.path().len() + 16);
     px::upstream_path(
         parts.uri.path(),
@@ -123,9 +125,9 @@ async fn exchange(
     let uri = Uri::from_maybe_shared(Bytes::from(path)).map_err(|_| StatusCode::BAD_REQUEST)?;
 
     let policy = &proxy.retries;
-    let mut tried = Vec::new();
+    let mut tried = px::Tried::default();
     loop {
-        let Some(picked) = proxy.pick(&choice, &tried) else {
+        let Some(picked) = proxy.pick(&choice, tried.as_slice()) else {
             return Err(if tried.is_empty() {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {

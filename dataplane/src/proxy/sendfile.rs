@@ -79,6 +79,11 @@ impl Roots {
         }
     }
 
+    /// Whether the route acts on X-Sendfile at all.
+    pub(crate) fn is_enabled(&self) -> bool {
+        !self.roots.is_empty()
+    }
+
     /// The file a backend response hands back, if it names one and the
     /// route allows it.
     pub(crate) fn handoff(&self, headers: &HeaderMap) -> Option<Handoff<'_>> {
