@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use self::head::{Framing, HeadError};
 use self::response::Persist;
 use crate::body::{Body, Segment};
+use crate::pool;
 use crate::service::{Dispatch, Shared};
 
 /// Room reserved in the read buffer before each read.
@@ -131,6 +132,8 @@ struct Conn<'a> {
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         self.set_active(false);
+        pool::give_read(std::mem::take(&mut self.buf));
+        pool::give(std::mem::take(&mut self.out));
     }
 }
 
@@ -146,8 +149,8 @@ impl Conn<'_> {
         loop {
             if self.buf.is_empty() {
                 // Idle: give the buffers back before waiting.
-                self.buf = BytesMut::new();
-                self.out = Vec::new();
+                pool::give_read(std::mem::take(&mut self.buf));
+                pool::give(std::mem::take(&mut self.out));
                 self.set_active(false);
                 if served > 0 {
                     idle_deadline = Instant::now() + self.limits.idle_timeout;
@@ -180,7 +183,9 @@ impl Conn<'_> {
                 }
             }
             self.set_active(true);
-            self.out.reserve(1024);
+            if self.out.capacity() == 0 {
+                self.out = pool::take();
+            }
 
             // Read one head within the header timeout.
             // The clock is read only when the head needs more than one read.
@@ -299,6 +304,9 @@ impl Conn<'_> {
     /// only returns `EAGAIN` after each request.
     async fn first_bytes(&mut self) -> io::Result<()> {
         self.stream.readable().await?;
+        if self.buf.capacity() == 0 {
+            self.buf = pool::take_read();
+        }
         self.buf.reserve(READ_RESERVE);
         match self.stream.read_buf(&mut self.buf).await? {
             0 => Err(io::ErrorKind::UnexpectedEof.into()),

@@ -22,6 +22,7 @@ mod files;
 mod h1;
 mod h2;
 mod metrics;
+mod pool;
 mod proxy;
 mod routing;
 mod server;

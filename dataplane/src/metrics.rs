@@ -395,6 +395,12 @@ impl Metrics {
         for (name, kind, help, value) in figures {
             out.plain(name, kind, help, value);
         }
+        out.plain(
+            "buffer_pool_bytes",
+            "gauge",
+            "Bytes of idle request and head buffers the workers keep for reuse (at most 64 of each kind, 4 KiB each, per worker).",
+            crate::pool::POOL_BYTES.load(Relaxed).into(),
+        );
         let upstream: [(&str, &str, &str, i128); 9] = [
             (
                 "sendfile_total",

@@ -15,6 +15,7 @@
 //! complete (a chunked body lacks its last chunk, a sized one its bytes).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use tokio::time::{Instant, timeout};
 use super::Conn;
 use super::head::{Framing, Head, MAX_HEADERS};
 use super::response::{self, Persist};
+use crate::pool::Pooled;
 use crate::proxy::chunked::{self, Piece};
 use crate::proxy::sendfile::{self, Handoff};
 use crate::proxy::{self as px, BUFFER, Connection, Proxy, Try, strip_hop_by_hop};
@@ -102,6 +104,10 @@ struct ResponseHead {
     length: Option<u64>,
     /// An `X-Sendfile` or `X-Accel-Redirect` field is present.
     handoff: bool,
+    /// The status line and fields were copied to the client's head.
+    copied: bool,
+    /// A `Date` was among the copied fields.
+    has_date: bool,
 }
 
 impl Conn<'_> {
@@ -117,6 +123,8 @@ impl Conn<'_> {
             Ok((status, keep)) => (status.as_u16(), keep),
             Err(Failure::Before(status)) => {
                 let persist = Persist::Close;
+                // A backend answer copied there may have been refused.
+                self.out.clear();
                 response::encode(&mut self.out, status, &HeaderMap::new(), 0, persist);
                 let _ = self.write_out(&[], false).await;
                 (status.as_u16(), false)
@@ -252,23 +260,21 @@ impl Conn<'_> {
             && matches!(response.framing, Upstream::Chunked | Upstream::Close);
         let keep_client =
             keep_client && (no_body || rechunk || matches!(response.framing, Upstream::Length(_)));
-        self.out.clear();
-        write_status_line(&mut self.out, response.status);
-        let backend_head = &read[..response.len];
-        let has_date = if proxy.response_edits.is_empty() {
-            // The common case: fields copied as they came, less hop-by-hop.
-            copy_fields(backend_head, &mut self.out)
+        let has_date = if response.copied {
+            // The common case: fields copied as they came when parsed.
+            response.has_date
         } else {
-            fields(backend_head).map(|mut headers| {
-                strip_hop_by_hop(&mut headers);
-                proxy.response_edits.apply(&mut headers);
-                for (name, value) in &headers {
-                    write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
-                }
-                headers.contains_key(DATE)
-            })
-        }
-        .map_err(|_| Failure::Before(StatusCode::BAD_GATEWAY))?;
+            self.out.clear();
+            write_status_line(&mut self.out, response.status);
+            let mut headers = fields(&read[..response.len])
+                .map_err(|_| Failure::Before(StatusCode::BAD_GATEWAY))?;
+            strip_hop_by_hop(&mut headers);
+            proxy.response_edits.apply(&mut headers);
+            for (name, value) in &headers {
+                write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            headers.contains_key(DATE)
+        };
         read.drain(..response.len);
         if !has_date {
             write_field(&mut self.out, b"date", &response::date());
@@ -380,7 +386,7 @@ impl Conn<'_> {
         request: &[u8],
         head: &Head,
         proxy: &Proxy,
-    ) -> Result<(Connection, ResponseHead, Vec<u8>), Attempt> {
+    ) -> Result<(Connection, ResponseHead, Pooled), Attempt> {
         let metrics = &self.shared.metrics;
         let addr = picked.addr;
         let mut pooled = px::take_idle(addr, metrics);
@@ -436,11 +442,11 @@ impl Conn<'_> {
     }
 
     /// The request head sent upstream.
-    fn upstream_request(&mut self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Vec<u8> {
+    fn upstream_request(&mut self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Pooled {
         self.peer();
         let req = &head.request;
         let client_host = req.headers().get(HOST);
-        let mut out = Vec::with_capacity(1024);
+        let mut out = Pooled::new();
         out.extend_from_slice(req.method().as_str().as_bytes());
         out.push(b' ');
         px::upstream_path(
@@ -462,7 +468,7 @@ impl Conn<'_> {
             "http",
             self.shared.upstream.via.as_ref(),
             proxy,
-            &mut out,
+            &mut *out,
         );
         // An upgrade is the one hop-by-hop request a proxy passes on.
         if let Some(protocol) = upgrade_of(req.headers()) {
@@ -488,7 +494,7 @@ impl Conn<'_> {
         request: &[u8],
         head: &Head,
         proxy: &Proxy,
-    ) -> io::Result<(ResponseHead, Vec<u8>)> {
+    ) -> io::Result<(ResponseHead, Pooled)> {
         timed(proxy.idle_timeout, upstream.write_all(request)).await?;
         match head.framing {
             Framing::None => {}
@@ -508,7 +514,7 @@ impl Conn<'_> {
             }
         }
         let deadline = Instant::now() + proxy.response_header_timeout;
-        let mut buf = Vec::with_capacity(4096);
+        let mut buf = Pooled::new();
         loop {
             if buf.len() >= self.limits.max_header_size {
                 return Err(io::Error::new(
@@ -517,7 +523,7 @@ impl Conn<'_> {
                 ));
             }
             buf.reserve(4096);
-            let n = tokio::time::timeout_at(deadline, upstream.read_buf(&mut buf))
+            let n = tokio::time::timeout_at(deadline, upstream.read_buf(&mut *buf))
                 .await
                 .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
             if n == 0 {
@@ -526,7 +532,13 @@ impl Conn<'_> {
                     "backend closed before a response head",
                 ));
             }
-            while let Some(response) = parse_response(&buf, head.request.method())? {
+            let copy = proxy.response_edits.is_empty();
+            loop {
+                self.out.clear();
+                let copy_to = copy.then_some(&mut self.out);
+                let Some(response) = parse_response(&buf, head.request.method(), copy_to)? else {
+                    break;
+                };
                 if response.status.is_informational()
                     && response.status != StatusCode::SWITCHING_PROTOCOLS
                 {
@@ -595,7 +607,7 @@ impl Conn<'_> {
         &mut self,
         upstream: &mut Connection,
         framing: Upstream,
-        leftover: Vec<u8>,
+        leftover: Pooled,
         rechunk: bool,
         proxy: &Proxy,
     ) -> io::Result<bool> {
@@ -653,7 +665,7 @@ impl Conn<'_> {
                     }
                     data.clear();
                     data.reserve(BUFFER);
-                    if timed(idle, upstream.read_buf(&mut data)).await? == 0 {
+                    if timed(idle, upstream.read_buf(&mut *data)).await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "backend closed mid-body",
@@ -687,7 +699,7 @@ impl Conn<'_> {
         &mut self,
         mut upstream: Connection,
         mut headers: HeaderMap,
-        leftover: Vec<u8>,
+        leftover: Pooled,
         protocol: &HeaderValue,
         proxy: &Proxy,
     ) -> io::Result<()> {
@@ -741,11 +753,19 @@ impl Conn<'_> {
 /// Parses a response head at the start of `buf`, or `None` when
 /// incomplete. Fields are checked (httparse refuses bad names and control
 /// bytes in values) but left where they are.
-fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<ResponseHead>> {
+///
+/// With `copy_to`, the status line and the fields the client gets (all but
+/// hop-by-hop ones, those `Connection` names, and framing, which the proxy
+/// writes itself) are written there in the same pass.
+fn parse_response(
+    buf: &[u8],
+    method: &Method,
+    copy_to: Option<&mut Vec<u8>>,
+) -> io::Result<Option<ResponseHead>> {
     let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match parse_head(&mut res, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(invalid(&format!("malformed response head: {e}"))),
@@ -793,6 +813,14 @@ fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<ResponseHead
             handoff = true;
         }
     }
+    let copied = copy_to.is_some();
+    let has_date = match copy_to {
+        Some(out) => {
+            write_status_line(out, status);
+            copy_fields(res.headers, out)
+        }
+        None => false,
+    };
     let framing = if *method == Method::HEAD || !response::has_body(false, status) {
         Upstream::None
     } else if chunked {
@@ -809,15 +837,28 @@ fn parse_response(buf: &[u8], method: &Method) -> io::Result<Option<ResponseHead
         framing,
         length,
         handoff,
+        copied,
+        has_date,
     }))
+}
+
+/// Parses a response head into slots left uninitialised: httparse writes
+/// only the fields it finds (an initialised array of 100 would cost more
+/// than the parse).
+fn parse_head<'h, 'b>(
+    res: &mut httparse::Response<'h, 'b>,
+    buf: &'b [u8],
+    slots: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> httparse::Result<usize> {
+    httparse::ParserConfig::default().parse_response_with_uninit_headers(res, buf, slots)
 }
 
 /// The fields of a response head (already parsed once) as a map.
 fn fields(head: &[u8]) -> io::Result<HeaderMap> {
     let invalid = || io::Error::new(io::ErrorKind::InvalidData, "malformed response head");
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    res.parse(head).map_err(|_| invalid())?;
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    parse_head(&mut res, head, &mut slots).map_err(|_| invalid())?;
     let mut headers = HeaderMap::with_capacity(res.headers.len());
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid())?;
@@ -827,10 +868,10 @@ fn fields(head: &[u8]) -> io::Result<HeaderMap> {
     Ok(headers)
 }
 
-/// Copies a response head's fields to `out`, less hop-by-hop ones (and
-/// those `Connection` names) and framing, which the proxy writes itself.
+/// Copies response fields to `out`, less hop-by-hop ones (and those
+/// `Connection` names) and framing, which the proxy writes itself.
 /// Returns whether a `Date` was among them.
-fn copy_fields(head: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
+fn copy_fields(fields: &[httparse::Header<'_>], out: &mut Vec<u8>) -> bool {
     const SKIPPED: [&[u8]; 9] = [
         b"connection",
         b"keep-alive",
@@ -842,19 +883,15 @@ fn copy_fields(head: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
         b"content-length",
         b"expect",
     ];
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    res.parse(head)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed response head"))?;
     // Names `Connection` lists (collected only when there is one).
     let mut named: Vec<&[u8]> = Vec::new();
-    for h in res.headers.iter() {
+    for h in fields {
         if h.name.eq_ignore_ascii_case("connection") {
             named.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
         }
     }
     let mut has_date = false;
-    for h in res.headers.iter() {
+    for h in fields {
         let name = h.name.as_bytes();
         let skip = |list: &[&[u8]]| list.iter().any(|s| s.eq_ignore_ascii_case(name));
         if skip(&SKIPPED) || skip(&named) {
@@ -863,7 +900,7 @@ fn copy_fields(head: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
         has_date |= name.eq_ignore_ascii_case(b"date");
         write_field(out, name, h.value);
     }
-    Ok(has_date)
+    has_date
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
