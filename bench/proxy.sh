@@ -5,7 +5,9 @@
 # generator share core 1, so on two cores they may saturate before a good
 # proxy does: besides requests/s the script reports the proxy's CPU seconds
 # per 100,000 requests (utime + stime from /proc/PID/stat), which does not
-# depend on who saturates first.
+# depend on who saturates first. Every proxy sets the same forwarding
+# headers (X-Forwarded-For, -Proto, -Host, Forwarded), as a deployment
+# would, and the three take turns run by run so drift hits them alike.
 #
 #   bash bench/proxy.sh            # RUNS=3 DURATION=10
 #   QUICK=1 bash bench/proxy.sh    # one short run, a smoke check
@@ -71,6 +73,11 @@ http {
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header Forwarded "for=\$remote_addr;host=\$host;proto=\$scheme";
     }
   }
 }
@@ -88,6 +95,10 @@ defaults
   http-reuse always
 frontend in
   bind 127.0.0.1:$PORT
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request add-header Forwarded "for=%[src];host=%[req.hdr(host)];proto=http"
   default_backend out
 backend out
   server b1 127.0.0.1:$BACKEND_PORT
@@ -119,32 +130,36 @@ start_proxy() { # name -> sets PROXY_PID (the process whose CPU counts)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-measure() { # -> "rps p99_us cpu_s_per_100k" medians
-  local rps=() p99=() cpu=()
-  local hz
+measure() { # one run -> "rps p99_us cpu_s_per_100k"
+  local hz before after out requests
   hz=$(getconf CLK_TCK)
   taskset -c "$OTHER_CPU" wrk -t1 -c64 -d2s "http://127.0.0.1:$PORT/1k.bin" >/dev/null
-  for _ in $(seq "$RUNS"); do
-    local before after out requests
-    before=$(cpu_ticks "$PROXY_PID")
-    out=$(taskset -c "$OTHER_CPU" wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/1k.bin")
-    after=$(cpu_ticks "$PROXY_PID")
-    if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers: $out" >&2; fi
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
-    rps+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
-    p99+=("$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")")
-    cpu+=("$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 100000 }')")
-  done
-  echo "$(printf '%s\n' "${rps[@]}" | median) $(printf '%s\n' "${p99[@]}" | median) $(printf '%s\n' "${cpu[@]}" | median)"
+  before=$(cpu_ticks "$PROXY_PID")
+  out=$(taskset -c "$OTHER_CPU" wrk -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/1k.bin")
+  after=$(cpu_ticks "$PROXY_PID")
+  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers: $out" >&2; fi
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+    "$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")" \
+    "$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 100000 }')"
 }
 
 declare -A RPS P99 CPU
+for run in $(seq "$RUNS"); do
+  for proxy in pier nginx haproxy; do
+    start_proxy "$proxy"
+    read -r rps p99 cpu < <(measure)
+    stop_last
+    echo "   run $run $proxy: $rps req/s, p99 $p99 us, $cpu CPU s per 100k requests" >&2
+    RPS[$proxy]+="$rps "
+    P99[$proxy]+="$p99 "
+    CPU[$proxy]+="$cpu "
+  done
+done
 for proxy in pier nginx haproxy; do
-  echo "== $proxy" >&2
-  start_proxy "$proxy"
-  read -r RPS[$proxy] P99[$proxy] CPU[$proxy] < <(measure)
-  stop_last
-  echo "   ${RPS[$proxy]} req/s, p99 ${P99[$proxy]} us, ${CPU[$proxy]} CPU s per 100k requests" >&2
+  RPS[$proxy]=$(tr ' ' '\n' <<<"${RPS[$proxy]}" | grep . | median)
+  P99[$proxy]=$(tr ' ' '\n' <<<"${P99[$proxy]}" | grep . | median)
+  CPU[$proxy]=$(tr ' ' '\n' <<<"${CPU[$proxy]}" | grep . | median)
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

@@ -688,10 +688,15 @@ pub(crate) fn upstream_fields(
         &http::header::FORWARDED,
         &http::header::VIA,
     ];
+    // Which of ours the client sent too (looked up only then).
+    let mut sent = [false; 5];
     for (name, value) in client {
+        if let Some(i) = ours.iter().position(|o| *o == name) {
+            sent[i] = true;
+            continue;
+        }
         let dropped = *name == http::header::HOST
             || HOP_BY_HOP.contains(name)
-            || ours.contains(&name)
             || named.contains(name)
             || edits.drops(name);
         if !dropped {
@@ -705,8 +710,14 @@ pub(crate) fn upstream_fields(
             return;
         }
         let mut parts: Vec<&[u8]> = Vec::new();
-        for previous in client.get_all(name) {
-            parts.extend_from_slice(&[previous.as_bytes(), b", "]);
+        let was_sent = ours
+            .iter()
+            .position(|o| *o == name)
+            .is_some_and(|i| sent[i]);
+        if was_sent {
+            for previous in client.get_all(name) {
+                parts.extend_from_slice(&[previous.as_bytes(), b", "]);
+            }
         }
         if parts.is_empty() {
             out.field(name, own);

@@ -14,10 +14,38 @@
 //! hosts.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use http::{HeaderMap, HeaderName, Method};
 use pier_snapshot::{Matches, PathRule, Snapshot};
 use regex::bytes::Regex;
+
+/// The tables' hash: FNV-1a, several times cheaper than the default
+/// SipHash on short keys. Flooding is no concern here: keys come from the
+/// snapshot, never from requests, which only look up.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// A route chosen for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,9 +71,9 @@ pub(crate) struct Request<'a> {
 /// Host and path lookup for one snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
-    exact: HashMap<Box<str>, Paths>,
+    exact: FnvMap<Box<str>, Paths>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, Paths>,
+    wildcard: FnvMap<Box<str>, Paths>,
     any: Paths,
     /// Per route: its conditions besides host and path, if any.
     conditions: Box<[Option<Box<Conditions>>]>,
@@ -56,10 +84,10 @@ type Slot = Vec<usize>;
 
 #[derive(Debug, Default)]
 struct Paths {
-    exact: HashMap<Box<[u8]>, Slot>,
+    exact: FnvMap<Box<[u8]>, Slot>,
     /// One entry per distinct expression (as written), in snapshot order.
     regex: Vec<(Box<str>, Regex, Slot)>,
-    prefix: HashMap<Box<[u8]>, Slot>,
+    prefix: FnvMap<Box<[u8]>, Slot>,
 }
 
 /// Methods and exact header values a request must have.

@@ -495,7 +495,16 @@ impl Conn<'_> {
         head: &Head,
         proxy: &Proxy,
     ) -> io::Result<(ResponseHead, Pooled)> {
-        timed(proxy.idle_timeout, upstream.write_all(request)).await?;
+        // A head fits the socket buffer: the timer is armed only when the
+        // backend does not take it at once.
+        let sent = match upstream.try_write(request) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent < request.len() {
+            timed(proxy.idle_timeout, upstream.write_all(&request[sent..])).await?;
+        }
         match head.framing {
             Framing::None => {}
             Framing::Length(n) => {
