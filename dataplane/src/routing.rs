@@ -180,7 +180,9 @@ impl Router {
     /// Finds the route for a request.
     pub(crate) fn lookup(&self, req: &Request<'_>) -> Option<Match> {
         let mut buf = [0u8; 256];
-        let host = normalize_host(req.host, &mut buf);
+        // Without host-specific routes the host is not even looked at.
+        let named = !self.exact.is_empty() || !self.wildcard.is_empty();
+        let host = named.then(|| normalize_host(req.host, &mut buf)).flatten();
         if let Some(host) = host {
             if let Some(found) = self.exact.get(host).and_then(|p| self.in_paths(p, req)) {
                 return Some(found);
@@ -215,7 +217,11 @@ impl Router {
             route,
             prefix_len: 0,
         };
-        if let Some(route) = paths.exact.get(path).and_then(|s| self.in_slot(s, req)) {
+        // Empty tables are skipped: a lookup hashes its key even then.
+        let exact = (!paths.exact.is_empty())
+            .then(|| paths.exact.get(path))
+            .flatten();
+        if let Some(route) = exact.and_then(|s| self.in_slot(s, req)) {
             return Some(whole(route));
         }
         for (_, regex, slot) in &paths.regex {
