@@ -107,7 +107,7 @@ CONF
 start_proxy() { # name -> sets PROXY_PID (the process whose CPU counts)
   case $1 in
     pier)
-      taskset -c "$PROXY_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" \
+      taskset -c "$PROXY_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
         --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --log warn &
       PROXY_PID=$! ;;
     nginx)

@@ -71,7 +71,7 @@ CONF
 start_server() { # name -> sets SERVER_PID (the process whose RSS counts)
   case $1 in
     pier)
-      taskset -c "$SERVER_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" \
+      taskset -c "$SERVER_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
         --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --log warn &
       SERVER_PID=$! ;;
     nginx)

@@ -41,6 +41,9 @@ use crate::reconcile::{Reconciler, StatusWriter};
 pub struct Config {
     /// Namespaces to watch; empty: all.
     pub namespaces: Vec<String>,
+    /// Namespaces whose `kubernetes.io/tls` Secrets are watched; empty:
+    /// none.
+    pub secret_namespaces: Vec<String>,
     /// Quiet time that coalesces a burst of changes into one build.
     pub coalesce: Duration,
     /// Where dataplanes connect for snapshots.
@@ -123,6 +126,7 @@ impl Controller {
         let reconciler = Reconciler {
             client: client.clone(),
             namespaces: config.namespaces,
+            secret_namespaces: config.secret_namespaces,
             coalesce: config.coalesce,
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),

@@ -17,6 +17,17 @@ struct Args {
     #[arg(long = "namespace", env = "PIER_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
 
+    /// Namespace whose `kubernetes.io/tls` Secrets routes may name in
+    /// `tls` (repeat for several). Only these are watched, so the
+    /// controller needs read access to Secrets there and nowhere else;
+    /// a route naming a Secret elsewhere is reported `InvalidCertificateRef`.
+    #[arg(
+        long = "secret-namespace",
+        env = "PIER_SECRET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    secret_namespaces: Vec<String>,
+
     /// Address of the snapshot service dataplanes connect to.
     #[arg(long, env = "PIER_SNAPSHOT_LISTEN", default_value = "0.0.0.0:9443")]
     snapshot_listen: SocketAddr,
@@ -119,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         pier_controller::Config {
             namespaces: args.namespaces,
+            secret_namespaces: args.secret_namespaces,
             coalesce: args.coalesce,
             snapshot_listen: args.snapshot_listen,
             tls,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
@@ -45,6 +45,7 @@ const MANAGER: &str = "pier-controller";
 pub(crate) struct Reconciler {
     pub(crate) client: Client,
     pub(crate) namespaces: Vec<String>,
+    pub(crate) secret_namespaces: Vec<String>,
     pub(crate) coalesce: Duration,
     pub(crate) fleet: Arc<Fleet>,
     pub(crate) metrics: Arc<Metrics>,
@@ -86,6 +87,13 @@ impl Reconciler {
             stores
                 .slices
                 .push(self.watch(self.api(scope), all(), changed));
+        }
+        for namespace in &self.secret_namespaces {
+            // Only TLS Secrets, and only where the chart grants reading them.
+            let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
+            stores
+                .secrets
+                .push(self.watch(self.api(Some(namespace)), tls, changed));
         }
         let reports = self.lease.as_ref().map(|lease| {
             let api: Api<Lease> = Api::namespaced(self.client.clone(), &lease.namespace);
@@ -207,6 +215,11 @@ impl Reconciler {
             proxy_routes: proxies.iter().map(|r| ProxyRoute::clone(r)).collect(),
             services: cloned(&stores.services),
             endpoint_slices: cloned(&stores.slices),
+            secrets: cloned(&stores.secrets),
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_secs()).ok()),
         });
         let routes: Vec<RouteObject> = statics
             .into_iter()
@@ -504,6 +517,7 @@ struct Stores {
     proxies: Vec<Store<ProxyRoute>>,
     services: Vec<Store<Service>>,
     slices: Vec<Store<EndpointSlice>>,
+    secrets: Vec<Store<Secret>>,
 }
 
 /// Waits until each store listed its resources once; false when one closed.
@@ -536,6 +550,7 @@ impl Stores {
             && all_ready(&self.proxies).await
             && all_ready(&self.services).await
             && all_ready(&self.slices).await
+            && all_ready(&self.secrets).await
     }
 }
 

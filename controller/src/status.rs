@@ -6,7 +6,7 @@
 //! | condition | `True` | `False` reasons |
 //! |---|---|---|
 //! | `Accepted` | the route is in the snapshot | `InvalidPath`, `InvalidHost`, `Conflict`, … (from `compile`) |
-//! | `ResolvedRefs` | every reference resolved (a `StaticRoute` has none) | `BackendNotFound`, `NoReadyEndpoints` |
+//! | `ResolvedRefs` | every reference resolved (Services, the `tls` Secret) | `BackendNotFound`, `NoReadyEndpoints`, `InvalidCertificateRef` |
 //! | `Programmed` | every connected dataplane serves a snapshot with this generation | `Pending`, `NoDataplanes`, `Invalid` |
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

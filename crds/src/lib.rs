@@ -25,7 +25,7 @@ pub use proxy::{
     ProxyRoute, ProxyRouteSpec, Retries, RetryOn, Rewrite, Sendfile, Timeouts,
 };
 pub use route::{
-    Condition, PathMatch, PathMatchType, RouteStatus, StaticRoute, StaticRouteSpec, Time,
+    Condition, PathMatch, PathMatchType, RouteStatus, RouteTls, StaticRoute, StaticRouteSpec, Time,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

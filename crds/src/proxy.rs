@@ -12,7 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::route::{HOST_PATTERN, PathMatch, RouteStatus};
+use crate::route::{HOST_PATTERN, PathMatch, RouteStatus, RouteTls};
 
 /// Passes matching requests to backends.
 ///
@@ -101,6 +101,10 @@ pub struct ProxyRouteSpec {
     /// of the backend's body. Absent: the headers pass through untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sendfile: Option<Sendfile>,
+
+    /// HTTPS for the route's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
 }
 
 /// Files a backend may hand back to the dataplane to serve.

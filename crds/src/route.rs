@@ -76,6 +76,30 @@ pub struct StaticRouteSpec {
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("fallback must start with '/'"))]
     #[schemars(length(max = 4096))]
     pub fallback: Option<String>,
+
+    /// HTTPS for the route's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
+}
+
+/// HTTPS for a route's hosts: the certificate, and what plain HTTP gets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTls {
+    /// A `kubernetes.io/tls` Secret in the route's namespace whose
+    /// certificate covers the route's hosts.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Answer plain-HTTP requests with `308 Permanent Redirect` to the
+    /// same URL over HTTPS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect: bool,
+    /// `Strict-Transport-Security` value sent on HTTPS responses, such as
+    /// `max-age=31536000; includeSubDomains`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.matches('[\\r\\n\\x00]')").message("hsts must not contain CR, LF or NUL"))]
+    #[schemars(length(max = 256))]
+    pub hsts: Option<String>,
 }
 
 /// Host names: DNS labels, optionally behind one leading `*.` wildcard

@@ -58,9 +58,12 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 Handler::Proxy(proxy) => Some(proxy.upstreams(&e.label)),
                 Handler::Static(_) => None,
             });
-            let text = shared
-                .metrics
-                .render(routes, upstreams.flatten(), table.routes.len());
+            let text = shared.metrics.render(
+                routes,
+                upstreams.flatten(),
+                &table.snapshot.certificates,
+                table.routes.len(),
+            );
             with_type(text, "text/plain; version=0.0.4; charset=utf-8")
         }
         "/healthz" => with_type("ok\n".to_owned(), "text/plain"),
@@ -73,7 +76,9 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 res
             }
         }
-        "/snapshot" => match serde_json::to_string_pretty(&shared.table.load().snapshot) {
+        // Keys are never shown.
+        "/snapshot" => match serde_json::to_string_pretty(&shared.table.load().snapshot.redacted())
+        {
             Ok(json) => with_type(json, "application/json"),
             Err(_) => crate::files::status(StatusCode::INTERNAL_SERVER_ERROR),
         },

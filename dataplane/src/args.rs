@@ -47,6 +47,27 @@ pub struct Args {
     #[arg(long, env = "PIER_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Address for HTTPS client traffic (TLS 1.2 and 1.3, HTTP/2 or
+    /// HTTP/1.1 by ALPN), with certificates chosen by SNI from the routes'
+    /// `tls` Secrets.
+    #[arg(long, env = "PIER_LISTEN_TLS", default_value = "0.0.0.0:8443")]
+    pub listen_tls: SocketAddr,
+
+    /// PEM certificate chain served to TLS clients whose SNI names no
+    /// route's certificate (or who send none); without it their handshake
+    /// fails.
+    #[arg(long, env = "PIER_TLS_DEFAULT_CERT", requires = "tls_default_key")]
+    pub tls_default_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-default-cert`.
+    #[arg(long, env = "PIER_TLS_DEFAULT_KEY", requires = "tls_default_cert")]
+    pub tls_default_key: Option<PathBuf>,
+
+    /// TLS sessions remembered per process for resumption by session ID
+    /// (resumption by ticket needs none; ticket keys rotate every 6 hours).
+    #[arg(long, env = "PIER_TLS_SESSION_CACHE", default_value = "4096")]
+    pub tls_session_cache: usize,
+
     /// Address for /metrics, /healthz, /readyz and /snapshot.
     #[arg(long, env = "PIER_ADMIN", default_value = "0.0.0.0:9901")]
     pub admin: SocketAddr,

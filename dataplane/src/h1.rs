@@ -223,7 +223,7 @@ impl Conn<'_> {
             };
             served += 1;
 
-            let res = match self.shared.dispatch(&head.request, None) {
+            let res = match self.shared.dispatch(&head.request, None, false) {
                 Dispatch::Respond(res) => res,
                 Dispatch::Proxy(target) => {
                     let keep = head.keep_alive && !self.shared.draining.load(Relaxed);

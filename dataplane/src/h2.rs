@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -37,7 +38,7 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             opened: Instant::now(),
             inflight: AtomicU32::new(0),
@@ -99,23 +100,87 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     builder: &http2::Builder<TokioExecutor>,
     timeouts: Timeouts,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity::new());
-    let service = Service {
-        shared: Arc::clone(&shared),
-        activity: Arc::clone(&activity),
-        peer: stream
-            .peer_addr()
-            .ok()
-            .map(|a| Arc::new(crate::proxy::Peer::new(a))),
-    };
+    let peer = stream.peer_addr().ok();
     let io = Prefixed { read, io: stream };
+    serve_h2(io, peer, false, shared, builder, timeouts, shutdown).await;
+}
+
+/// Serves HTTP/2 on any connection (h2c after the preface, or TLS by ALPN).
+pub(crate) async fn serve_h2<I>(
+    io: I,
+    peer: Option<std::net::SocketAddr>,
+    secure: bool,
+    shared: Arc<Shared>,
+    builder: &http2::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (service, activity) = Service::new(&shared, peer, secure);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    supervise(
+        conn,
+        |c| c.graceful_shutdown(),
+        &activity,
+        &shared,
+        timeouts,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 with hyper on a connection Pier's own engine does not
+/// take (TLS, whose bytes cannot go out with `sendfile`), with the same
+/// service, limits and timeouts.
+pub(crate) async fn serve_h1<I>(
+    io: I,
+    peer: Option<std::net::SocketAddr>,
+    shared: Arc<Shared>,
+    max_header_size: usize,
+    timeouts: Timeouts,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (service, activity) = Service::new(&shared, peer, true);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header)
+        .max_buf_size(max_header_size.max(8192));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    supervise(
+        conn,
+        |c| c.graceful_shutdown(),
+        &activity,
+        &shared,
+        timeouts,
+        shutdown,
+    )
+    .await;
+}
+
+/// Drives a hyper connection to its end, closing it when it stays idle
+/// too long and asking it to finish gracefully when shutdown begins.
+async fn supervise<C, E>(
+    mut conn: Pin<&mut C>,
+    graceful: fn(Pin<&mut C>),
+    activity: &Activity,
+    shared: &Shared,
+    timeouts: Timeouts,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut draining = *shutdown.borrow();
     if draining {
-        conn.as_mut().graceful_shutdown();
+        graceful(conn.as_mut());
     }
     loop {
         // Look again at least once per shortest timeout: the deadline moves
@@ -139,7 +204,7 @@ pub(crate) async fn serve(
             }
             _ = shutdown.changed(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
         }
     }

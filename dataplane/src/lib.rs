@@ -29,6 +29,7 @@ mod server;
 mod service;
 pub mod standalone;
 mod table;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -45,6 +46,7 @@ use crate::files::{CacheConfig, FileLimits};
 use crate::server::ConnLimits;
 use crate::service::{Shared, UpstreamSettings};
 pub use crate::standalone::LoadError;
+pub use crate::tls::TlsError;
 
 /// Why the dataplane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,9 @@ pub enum StartError {
     /// A thread or runtime could not be started.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] io::Error),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Where snapshots come from.
@@ -87,8 +92,11 @@ enum Source {
 pub struct Dataplane {
     shared: Arc<Shared>,
     listeners: Vec<std::net::TcpListener>,
+    tls_listeners: Vec<std::net::TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
     admin: std::net::TcpListener,
     listen_addr: SocketAddr,
+    tls_addr: SocketAddr,
     source: Source,
     watch_interval: Duration,
     limits: ConnLimits,
@@ -109,6 +117,10 @@ impl Dataplane {
             snapshot_store,
             name,
             listen,
+            listen_tls,
+            tls_default_cert,
+            tls_default_key,
+            tls_session_cache,
             admin,
             workers,
             max_connections,
@@ -195,6 +207,17 @@ impl Dataplane {
             .first()
             .and_then(|l| l.local_addr().ok())
             .unwrap_or(listen);
+        let tls_listeners =
+            server::bind(listen_tls, workers, backlog).map_err(|source| StartError::Bind {
+                addr: listen_tls,
+                source,
+            })?;
+        let tls_addr = tls_listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(listen_tls);
+        let default_cert = tls_default_cert.as_deref().zip(tls_default_key.as_deref());
+        let tls = tls::config(Arc::clone(&shared), default_cert, tls_session_cache)?;
         let admin = server::bind(admin, 1, 128)
             .map_err(|source| StartError::Bind {
                 addr: admin,
@@ -205,8 +228,11 @@ impl Dataplane {
         Ok(Self {
             shared,
             listeners,
+            tls_listeners,
+            tls,
             admin,
             listen_addr,
+            tls_addr,
             source,
             watch_interval,
             limits: ConnLimits {
@@ -227,6 +253,11 @@ impl Dataplane {
         self.listen_addr
     }
 
+    /// Address of the TLS listener.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+    }
+
     /// Address of the admin listener.
     pub fn admin_addr(&self) -> io::Result<SocketAddr> {
         self.admin.local_addr()
@@ -237,10 +268,13 @@ impl Dataplane {
     pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let (stop, stopped) = watch::channel(false);
         let mut workers = Vec::with_capacity(self.listeners.len());
-        for (i, listener) in self.listeners.into_iter().enumerate() {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.tls));
+        let pairs = self.listeners.into_iter().zip(self.tls_listeners);
+        for (i, (listener, tls_listener)) in pairs.enumerate() {
             let worker = server::spawn_worker(
                 i,
                 listener,
+                (tls_listener, acceptor.clone()),
                 Arc::clone(&self.shared),
                 self.limits,
                 stopped.clone(),

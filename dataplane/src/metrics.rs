@@ -148,6 +148,12 @@ pub(crate) struct Metrics {
     pub(crate) upstream_ejections: AtomicU64,
     /// Open upstream connections by endpoint address.
     pub(crate) upstream_connections: ConnectionGauges,
+    /// TLS handshakes completed in full, resumed, and failed.
+    pub(crate) tls_handshakes_full: AtomicU64,
+    pub(crate) tls_handshakes_resumed: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
+    /// TLS clients whose SNI named no certificate, with no default either.
+    pub(crate) tls_no_certificate: AtomicU64,
     /// Files served for an X-Sendfile / X-Accel-Redirect answer.
     pub(crate) sendfile_served: AtomicU64,
     /// X-Sendfile answers refused (502): a path outside the roots.
@@ -180,6 +186,10 @@ impl Default for Metrics {
             upstream_tunnels: AtomicU64::new(0),
             upstream_ejections: AtomicU64::new(0),
             upstream_connections: ConnectionGauges::default(),
+            tls_handshakes_full: AtomicU64::new(0),
+            tls_handshakes_resumed: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            tls_no_certificate: AtomicU64::new(0),
             sendfile_served: AtomicU64::new(0),
             sendfile_refused: AtomicU64::new(0),
             controller_connected: std::sync::atomic::AtomicBool::new(false),
@@ -248,9 +258,23 @@ impl Metrics {
         &self,
         routes: impl Iterator<Item = (&'a str, &'a RouteMetrics)>,
         upstreams: impl Iterator<Item = Upstream<'a>>,
+        certificates: &[pier_snapshot::Certificate],
         route_count: usize,
     ) -> String {
         let mut out = Rendered::default();
+        out.family(
+            "tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When each served certificate expires (Unix time), by Secret and host: alert before it comes.",
+        );
+        for certificate in certificates {
+            for host in &certificate.hosts {
+                out.line(format_args!(
+                    "pier_dataplane_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\",host=\"{host}\"}} {}",
+                    certificate.name, certificate.not_after
+                ));
+            }
+        }
         let mut all: Vec<(String, &RouteMetrics)> =
             vec![("route=\"\"".to_owned(), &*self.unrouted)];
         for (route, metrics) in routes {
@@ -460,6 +484,27 @@ impl Metrics {
         for (name, kind, help, value) in upstream {
             out.plain(name, kind, help, value);
         }
+        out.family(
+            "tls_handshakes_total",
+            "counter",
+            "TLS handshakes by result: full, resumed (session ticket or ID), failed (including timeouts and clients no certificate was found for).",
+        );
+        for (result, n) in [
+            ("full", &self.tls_handshakes_full),
+            ("resumed", &self.tls_handshakes_resumed),
+            ("failed", &self.tls_handshake_failures),
+        ] {
+            out.line(format_args!(
+                "pier_dataplane_tls_handshakes_total{{result=\"{result}\"}} {}",
+                n.load(Relaxed)
+            ));
+        }
+        out.plain(
+            "tls_no_certificate_total",
+            "counter",
+            "TLS clients whose SNI name matched no route's certificate while no --tls-default-cert was set.",
+            self.tls_no_certificate.load(Relaxed).into(),
+        );
         out.plain(
             "controller_connected",
             "gauge",

@@ -322,6 +322,7 @@ mod tests {
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             path,
             matches,
+            tls: None,
             action: Action::Static(StaticAction {
                 root: "/srv".into(),
                 index: "index.html".into(),

@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 use crate::h1;
 use crate::h2::{self, Timeouts};
 use crate::service::Shared;
+use crate::tls;
 
 /// Connection limits from the flags.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +58,7 @@ pub(crate) fn bind(
 pub(crate) fn spawn_worker(
     index: usize,
     listener: std::net::TcpListener,
+    tls: (std::net::TcpListener, tokio_rustls::TlsAcceptor),
     shared: Arc<Shared>,
     protocol: ConnLimits,
     shutdown: watch::Receiver<bool>,
@@ -74,19 +76,23 @@ pub(crate) fn spawn_worker(
                     return;
                 }
             };
-            runtime.block_on(accept_loop(listener, shared, protocol, shutdown));
+            runtime.block_on(accept_loop(listener, tls, shared, protocol, shutdown));
         })
 }
 
 async fn accept_loop(
     listener: std::net::TcpListener,
+    (tls_listener, acceptor): (std::net::TcpListener, tokio_rustls::TlsAcceptor),
     shared: Arc<Shared>,
     protocol: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(e) => {
+    let (listener, tls_listener) = match (
+        TcpListener::from_std(listener),
+        TcpListener::from_std(tls_listener),
+    ) {
+        (Ok(listener), Ok(tls_listener)) => (listener, tls_listener),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "listener cannot be registered");
             return;
         }
@@ -99,8 +105,9 @@ async fn accept_loop(
     let open = Arc::new(OpenConnections::default());
     let metrics = &shared.metrics;
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (accepted, secure) = tokio::select! {
+            accepted = listener.accept() => (accepted, false),
+            accepted = tls_listener.accept() => (accepted, true),
             _ = shutdown.changed() => break,
         };
         let stream = match accepted {
@@ -131,16 +138,29 @@ async fn accept_loop(
         let h2 = Arc::clone(&h2);
         let shutdown = shutdown.clone();
         let conn_idle = Arc::clone(&idle);
+        let acceptor = acceptor.clone();
         let task = tokio::spawn(async move {
             let _guard = guard;
             let mut stream = stream;
-            if let h1::Outcome::H2(read) =
+            let timeouts = Timeouts {
+                header: limits.header_timeout,
+                idle: limits.idle_timeout,
+            };
+            if secure {
+                // Boxed, as below: TLS state is larger still.
+                let serve = tls::serve(
+                    stream,
+                    acceptor,
+                    Arc::clone(&shared),
+                    &h2,
+                    limits.max_header_size,
+                    timeouts,
+                    shutdown,
+                );
+                Box::pin(serve).await;
+            } else if let h1::Outcome::H2(read) =
                 h1::serve(&mut stream, &shared, &limits, &conn_idle).await
             {
-                let timeouts = Timeouts {
-                    header: limits.header_timeout,
-                    idle: limits.idle_timeout,
-                };
                 let serve = h2::serve(stream, read, Arc::clone(&shared), &h2, timeouts, shutdown);
                 // Boxed so the HTTP/1.1 task, which most connections stay
                 // in, is not as large as hyper's connection state.

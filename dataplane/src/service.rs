@@ -115,10 +115,12 @@ impl Shared {
     }
 
     /// Answers one request, or says which proxy route takes it.
+    /// `secure`: the request came over TLS.
     pub(crate) fn dispatch<B>(
         &self,
         req: &Request<B>,
         activity: Option<&Arc<Activity>>,
+        secure: bool,
     ) -> Dispatch {
         // Phase 1: accept.
         let started = Instant::now();
@@ -168,9 +170,13 @@ impl Shared {
             return Dispatch::Respond(done(unrouted(), files::status(StatusCode::NOT_FOUND)));
         };
         let entry = &table.routes[found.route];
+        if entry.redirect && !secure {
+            let res = crate::tls::redirect(host, uri);
+            return Dispatch::Respond(done(Arc::clone(&entry.metrics), res));
+        }
 
         // Phase 4: handle.
-        let res = match &entry.handler {
+        let mut res = match &entry.handler {
             Handler::Proxy(_) => {
                 let route = found.route;
                 let prefix_len = found.prefix_len;
@@ -180,6 +186,7 @@ impl Shared {
                     prefix_len,
                     path: path.into_owned(),
                     started,
+                    secure,
                 }));
             }
             Handler::Static(static_files) => static_files.serve(
@@ -195,6 +202,11 @@ impl Shared {
                 &self.metrics.file_cache,
             ),
         };
+
+        if let Some(hsts) = entry.hsts.as_ref().filter(|_| secure) {
+            res.headers_mut()
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
 
         // Phase 5: account (when the body ends).
         Dispatch::Respond(done(Arc::clone(&entry.metrics), res))
@@ -223,6 +235,8 @@ pub(crate) struct ProxyTarget {
     /// The normalised request path.
     pub(crate) path: Vec<u8>,
     pub(crate) started: Instant,
+    /// The request came over TLS.
+    pub(crate) secure: bool,
 }
 
 impl ProxyTarget {
@@ -231,7 +245,7 @@ impl ProxyTarget {
     }
 }
 
-/// The hyper service of one HTTP/2 connection.
+/// The hyper service of one connection (HTTP/2, or HTTP/1.1 over TLS).
 #[derive(Clone, Debug)]
 pub(crate) struct Service {
     pub(crate) shared: Arc<Shared>,
@@ -239,6 +253,27 @@ pub(crate) struct Service {
     /// The client's address, for proxy routes (formatted once per
     /// connection).
     pub(crate) peer: Option<Arc<crate::proxy::Peer>>,
+    /// The connection is TLS.
+    pub(crate) secure: bool,
+}
+
+impl Service {
+    /// A service for a new connection, with the activity its supervisor
+    /// watches.
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        peer: Option<std::net::SocketAddr>,
+        secure: bool,
+    ) -> (Self, Arc<Activity>) {
+        let activity = Arc::new(Activity::new());
+        let service = Self {
+            shared: Arc::clone(shared),
+            activity: Arc::clone(&activity),
+            peer: peer.map(|a| Arc::new(crate::proxy::Peer::new(a))),
+            secure,
+        };
+        (service, activity)
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -247,7 +282,10 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        match self.shared.dispatch(&req, Some(&self.activity)) {
+        match self
+            .shared
+            .dispatch(&req, Some(&self.activity), self.secure)
+        {
             Dispatch::Respond(res) => Answer::Ready(Some(res)),
             Dispatch::Proxy(target) => Answer::Proxy(Box::pin(crate::h2::proxy::forward(
                 Arc::clone(&self.shared),

@@ -1,6 +1,6 @@
-//! Standalone mode: route manifests from a directory (the same YAML a user
-//! would `kubectl apply`), compiled by the same pure function the controller
-//! uses, and watched for changes.
+//! Standalone mode: route manifests and `kubernetes.io/tls` Secrets from a
+//! directory (the same YAML a user would `kubectl apply`), compiled by the
+//! same pure function the controller uses, and watched for changes.
 //!
 //! ```text
 //!  DIR/*.yaml ──parse──► StaticRoute / ProxyRoute ──pier_snapshot::compile──► Shared::apply
@@ -72,7 +72,14 @@ struct TypeMeta {
 /// Reads and compiles every manifest in `dir` (`*.yaml`, `*.yml`, `*.json`,
 /// in name order, several documents per file allowed).
 pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
-    let mut resources = Resources::default();
+    let mut resources = Resources {
+        // Certificates are checked against the time of loading.
+        now: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok()),
+        ..Resources::default()
+    };
     for file in manifests(dir)? {
         let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
             file: file.clone(),
@@ -108,6 +115,15 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
                         .namespace
                         .get_or_insert_with(|| "default".to_owned());
                     resources.proxy_routes.push(route);
+                }
+                ("v1", "Secret") => {
+                    let mut secret = k8s_openapi::api::core::v1::Secret::deserialize(value)
+                        .map_err(parse_error)?;
+                    secret
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".to_owned());
+                    resources.secrets.push(secret);
                 }
                 (api_version, kind) => tracing::warn!(
                     file = %file.display(),

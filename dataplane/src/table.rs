@@ -18,6 +18,8 @@ pub(crate) struct Table {
     pub(crate) snapshot: Snapshot,
     pub(crate) router: Router,
     pub(crate) routes: Vec<Entry>,
+    /// Certificates by SNI name.
+    pub(crate) certificates: crate::tls::Certificates,
 }
 
 /// A route with its handler and counters.
@@ -27,6 +29,10 @@ pub(crate) struct Entry {
     pub(crate) label: Box<str>,
     pub(crate) handler: Handler,
     pub(crate) metrics: Arc<RouteMetrics>,
+    /// Plain-HTTP requests get a 308 to HTTPS.
+    pub(crate) redirect: bool,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    pub(crate) hsts: Option<http::HeaderValue>,
 }
 
 /// What a route does with a request.
@@ -73,11 +79,19 @@ impl Table {
                         }
                     },
                     metrics: old.map(|e| Arc::clone(&e.metrics)).unwrap_or_default(),
+                    redirect: route.tls.as_ref().is_some_and(|t| t.redirect),
+                    // The compiler checked the value.
+                    hsts: route
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.hsts.as_deref())
+                        .and_then(|v| http::HeaderValue::from_str(v).ok()),
                 }
             })
             .collect();
         Self {
             router: Router::new(&snapshot),
+            certificates: crate::tls::Certificates::new(&snapshot.certificates),
             snapshot,
             routes,
         }

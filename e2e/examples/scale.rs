@@ -301,6 +301,8 @@ async fn run(settings: &Settings) -> PathBuf {
             arg(DATAPLANE),
             arg("--listen"),
             listen.to_string(),
+            arg("--listen-tls"),
+            arg("127.0.0.1:0"),
             arg("--admin"),
             dataplane_admin.to_string(),
             arg("--workers"),

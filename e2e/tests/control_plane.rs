@@ -72,6 +72,7 @@ async fn static_route_crd_is_served_and_its_schema_enforced() {
             cache_control: Some("public, max-age=60".to_owned()),
             precompressed: true,
             fallback: None,
+            tls: None,
         },
     );
     routes

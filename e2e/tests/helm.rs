@@ -339,6 +339,7 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
         client.clone(),
         pier_controller::Config {
             namespaces: Vec::new(),
+            secret_namespaces: Vec::new(),
             coalesce: Duration::from_millis(50),
             snapshot_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: pier_controller::tls_config(
@@ -378,6 +379,8 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
         "--name",
         "pier-dataplane-0",
         "--listen",
+        "127.0.0.1:0",
+        "--listen-tls",
         "127.0.0.1:0",
         "--admin",
         "127.0.0.1:0",

@@ -565,3 +565,92 @@ async fn a_dataplane_is_ready_on_a_cluster_without_routes() {
     })
     .await;
 }
+
+/// A `kubernetes.io/tls` Secret for `host`, self-signed, valid for decades.
+fn tls_secret(name: &str, host: &str) -> k8s_openapi::api::core::v1::Secret {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert.pem(), "tls.key": key.serialize_pem()},
+    }))
+    .expect("a Secret")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_secrets_are_watched_checked_and_carried_to_dataplanes() {
+    let cluster = Cluster::start().await;
+    let root = cluster.docroot("tls", &[("index.html", "secure")]);
+    let api: Api<StaticRoute> = Api::namespaced(cluster.cp.client(), "default");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.cp.client(), "default");
+    secrets
+        .create(
+            &PostParams::default(),
+            &tls_secret("site-tls", "secure.example"),
+        )
+        .await
+        .expect("Secret created");
+    let secure = route(
+        "secure",
+        json!({"root": root, "hosts": ["secure.example"], "tls": {"secretName": "site-tls"}}),
+    );
+    api.create(&PostParams::default(), &secure)
+        .await
+        .expect("created");
+    // A route naming a Secret that does not exist yet.
+    let later = route(
+        "later",
+        json!({"root": root, "hosts": ["later.example"], "tls": {"secretName": "later-tls"}}),
+    );
+    api.create(&PostParams::default(), &later)
+        .await
+        .expect("created");
+
+    eventually(
+        "the certificate reaches the dataplane, its key never shown",
+        || async {
+            let resolved = api
+                .get("secure")
+                .await
+                .ok()
+                .and_then(|r| condition(&r, "ResolvedRefs"))
+                .is_some_and(|(s, _, _)| s == "True");
+            let shown = cluster.snapshot().is_some_and(|s| {
+                s["certificates"][0]["name"] == "default/site-tls"
+                    && s["certificates"][0]["keyPem"] == "<redacted>"
+                    && s["certificates"][0]["hosts"][0] == "secure.example"
+            });
+            resolved && shown
+        },
+    )
+    .await;
+    eventually("the missing Secret is reported", || async {
+        api.get("later")
+            .await
+            .ok()
+            .and_then(|r| condition(&r, "ResolvedRefs"))
+            .is_some_and(|(s, r, _)| s == "False" && r == "InvalidCertificateRef")
+    })
+    .await;
+    // The Secret arrives: the watch picks it up.
+    secrets
+        .create(
+            &PostParams::default(),
+            &tls_secret("later-tls", "later.example"),
+        )
+        .await
+        .expect("Secret created");
+    eventually("the new Secret resolves the route", || async {
+        api.get("later")
+            .await
+            .ok()
+            .and_then(|r| condition(&r, "ResolvedRefs"))
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+}

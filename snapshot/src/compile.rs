@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
@@ -29,6 +29,11 @@ pub struct Resources {
     pub services: Vec<Service>,
     /// Their EndpointSlices (`discovery.k8s.io/v1`).
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// `kubernetes.io/tls` Secrets that routes may name in `tls`.
+    pub secrets: Vec<Secret>,
+    /// The time certificates are checked against (Unix seconds); `None`
+    /// checks no validity period. Passed in: the compiler reads no clock.
+    pub now: Option<i64>,
 }
 
 /// The result of [`compile`]: a snapshot of every valid route, and one error
@@ -51,7 +56,7 @@ pub struct Unresolved {
     /// The route.
     pub key: RouteKey,
     /// The `reason` of its `ResolvedRefs=False` condition:
-    /// `BackendNotFound` or `NoReadyEndpoints`.
+    /// `BackendNotFound`, `NoReadyEndpoints` or `InvalidCertificateRef`.
     pub reason: &'static str,
     /// What did not resolve.
     pub message: String,
@@ -199,7 +204,10 @@ pub fn compile(resources: &Resources) -> Compiled {
     let mut errors = Vec::new();
 
     let mut unresolved = Vec::new();
-    let mut add = |kind: RouteKind, metadata: &ObjectMeta, build: &dyn Fn(&RouteKey) -> Built| {
+    let mut add = |kind: RouteKind,
+                   metadata: &ObjectMeta,
+                   tls_spec: Option<pier_crds::RouteTls>,
+                   build: &dyn Fn(&RouteKey) -> Built| {
         let key = RouteKey {
             kind,
             namespace: metadata
@@ -214,6 +222,7 @@ pub fn compile(resources: &Resources) -> Compiled {
                 unresolved: problem,
                 created: metadata.creation_timestamp.clone(),
                 generation,
+                tls: tls_spec,
                 route,
             }),
             Err(invalid) => errors.push(RouteError {
@@ -224,15 +233,21 @@ pub fn compile(resources: &Resources) -> Compiled {
         }
     };
     for resource in &resources.static_routes {
-        add(RouteKind::StaticRoute, &resource.metadata, &|key| {
-            static_route(key, resource).map(|route| (route, None))
-        });
+        add(
+            RouteKind::StaticRoute,
+            &resource.metadata,
+            resource.spec.tls.clone(),
+            &|key| static_route(key, resource).map(|route| (route, None)),
+        );
     }
     let backends = proxy::Backends::index(&resources.services, &resources.endpoint_slices);
     for resource in &resources.proxy_routes {
-        add(RouteKind::ProxyRoute, &resource.metadata, &|key| {
-            proxy::proxy_route(key, resource, &backends)
-        });
+        add(
+            RouteKind::ProxyRoute,
+            &resource.metadata,
+            resource.spec.tls.clone(),
+            &|key| proxy::proxy_route(key, resource, &backends),
+        );
     }
 
     // Older routes claim their host/path pairs first.
@@ -269,19 +284,37 @@ pub fn compile(resources: &Resources) -> Compiled {
         accepted.push(i);
     }
 
-    let routes = accepted
-        .iter()
-        .map(|&i| candidates[i].route.clone())
-        .collect();
-    unresolved.extend(
-        accepted
-            .iter()
-            .filter_map(|&i| candidates[i].unresolved.clone()),
-    );
+    let mut routes: Vec<Route> = Vec::with_capacity(accepted.len());
+    let mut certificates = tls::Certificates::new(&resources.secrets, resources.now);
+    for &i in &accepted {
+        let candidate = &candidates[i];
+        let mut route = candidate.route.clone();
+        let mut problem = candidate.unresolved.clone();
+        if let Some(spec) = &candidate.tls {
+            match certificates.resolve(&route, spec) {
+                Ok(tls) => route.tls = Some(tls),
+                Err(message) => {
+                    problem = Some(match problem {
+                        Some(mut earlier) => {
+                            earlier.message = format!("{}; {message}", earlier.message);
+                            earlier
+                        }
+                        None => Unresolved {
+                            key: route.key.clone(),
+                            reason: "InvalidCertificateRef",
+                            message,
+                        },
+                    });
+                }
+            }
+        }
+        unresolved.extend(problem);
+        routes.push(route);
+    }
     unresolved.sort_by(|a, b| a.key.cmp(&b.key));
     errors.sort_by(|a, b| a.key.cmp(&b.key));
     Compiled {
-        snapshot: Snapshot::new(routes),
+        snapshot: Snapshot::with_certificates(routes, certificates.into_used()),
         errors,
         unresolved,
     }
@@ -294,6 +327,8 @@ struct Candidate {
     unresolved: Option<Unresolved>,
     created: Option<Time>,
     generation: Option<i64>,
+    /// The route's `tls`, resolved once conflicts are settled.
+    tls: Option<pier_crds::RouteTls>,
     route: Route,
 }
 
@@ -312,6 +347,7 @@ fn static_route(key: &RouteKey, resource: &StaticRoute) -> Result<Route, Invalid
             why,
         })?,
     };
+    tls::check_spec(spec.tls.as_ref())?;
     let cache_control = match &spec.cache_control {
         None => None,
         Some(value) => Some(header_value(value).map_err(|why| Invalid::HeaderValue {
@@ -337,6 +373,7 @@ fn static_route(key: &RouteKey, resource: &StaticRoute) -> Result<Route, Invalid
         hosts,
         path,
         matches: Matches::default(),
+        tls: None,
         action: Action::Static(StaticAction {
             root,
             index,
@@ -492,7 +529,7 @@ fn file_name(value: &str) -> Result<String, &'static str> {
 }
 
 /// A header value: visible ASCII and spaces, no CR, LF or NUL.
-fn header_value(value: &str) -> Result<String, &'static str> {
+pub(crate) fn header_value(value: &str) -> Result<String, &'static str> {
     if value
         .bytes()
         .any(|b| b == b'\r' || b == b'\n' || b == 0 || (b.is_ascii_control() && b != b'\t'))
@@ -503,6 +540,7 @@ fn header_value(value: &str) -> Result<String, &'static str> {
 }
 
 mod proxy;
+mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,7 @@ pub mod wire;
 
 pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile, path_regex};
 pub use model::{
-    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches, PathRule,
-    ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, RouteKind, Snapshot, StaticAction,
+    Action, Balance, Certificate, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches,
+    PathRule, ProxyAction, ProxyTimeouts, REDACTED, RetryPolicy, Route, RouteKey, RouteKind,
+    RouteTls, Snapshot, StaticAction,
 };

@@ -5,22 +5,38 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Every compiled route, immutable once built, with a version that is a hash
-/// of its content: two snapshots with the same routes have the same version.
+/// Every compiled route and the certificates they serve, immutable once
+/// built, with a version that is a hash of its content: two snapshots with
+/// the same routes and certificates have the same version.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Hex digest of `routes` (first 64 bits of SHA-256 over their JSON form).
+    /// Hex digest of `routes` and `certificates` (first 64 bits of SHA-256
+    /// over their JSON form).
     pub version: String,
     /// Routes ordered by [`RouteKey`].
     pub routes: Vec<Route>,
+    /// Certificates the routes' `tls` name, ordered by name. They hold
+    /// private keys: see [`Snapshot::redacted`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from routes, sorting them and computing the version.
-    pub fn new(mut routes: Vec<Route>) -> Self {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self::with_certificates(routes, Vec::new())
+    }
+
+    /// Builds a snapshot from routes and the certificates they name.
+    pub fn with_certificates(mut routes: Vec<Route>, mut certificates: Vec<Certificate>) -> Self {
         routes.sort_by(|a, b| a.key.cmp(&b.key));
-        let version = content_version(&routes);
-        Self { version, routes }
+        certificates.sort_by(|a, b| a.name.cmp(&b.name));
+        let version = content_version(&routes, &certificates);
+        Self {
+            version,
+            routes,
+            certificates,
+        }
     }
 
     /// A snapshot that routes nothing.
@@ -28,21 +44,83 @@ impl Snapshot {
         Self::new(Vec::new())
     }
 
-    /// True when `version` is the hash of `routes`; a decoded snapshot whose
-    /// version does not match was altered or truncated on the way.
+    /// True when `version` is the hash of the content; a decoded snapshot
+    /// whose version does not match was altered or truncated on the way.
     pub fn is_consistent(&self) -> bool {
-        content_version(&self.routes) == self.version
+        content_version(&self.routes, &self.certificates) == self.version
+    }
+
+    /// The snapshot with every private key replaced by `"<redacted>"`, for
+    /// showing (the dataplane's `/snapshot`): keys never leave in the clear
+    /// except over the authenticated snapshot channel and into the
+    /// dataplane's own store.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for certificate in &mut shown.certificates {
+            certificate.key_pem = REDACTED.to_owned();
+        }
+        shown
     }
 }
 
-fn content_version(routes: &[Route]) -> String {
+/// What stands in for a private key wherever one is shown.
+pub const REDACTED: &str = "<redacted>";
+
+fn content_version(routes: &[Route], certificates: &[Certificate]) -> String {
     let mut hasher = Sha256::new();
     // Serialising plain structs, strings and enums cannot fail; an error here
     // would only drop bytes from the hash input, never panic.
-    let json = serde_json::to_vec(routes).unwrap_or_default();
-    hasher.update(&json);
+    hasher.update(serde_json::to_vec(routes).unwrap_or_default());
+    if !certificates.is_empty() {
+        hasher.update(serde_json::to_vec(certificates).unwrap_or_default());
+    }
     let digest = hasher.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A certificate chain and its private key, from a `kubernetes.io/tls`
+/// Secret, checked by the compiler: PEM that parses, a key that matches the
+/// certificate, inside its validity period when compiled.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Certificate {
+    /// `namespace/name` of the Secret.
+    pub name: String,
+    /// Host names (lower case, `*.` wildcards) it is served for: those of
+    /// the routes naming it.
+    pub hosts: Vec<String>,
+    /// The chain, leaf first, PEM.
+    pub chain_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+    /// End of the leaf's validity, Unix seconds.
+    pub not_after: i64,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key, whoever prints this.
+        f.debug_struct("Certificate")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// HTTPS settings of a route whose certificate resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTls {
+    /// [`Certificate::name`] of its certificate.
+    pub certificate: String,
+    /// Plain-HTTP requests get a 308 to HTTPS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect: bool,
+    /// `Strict-Transport-Security` for HTTPS responses, checked as a header
+    /// value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<String>,
 }
 
 /// Which resource kind a route was compiled from.
@@ -94,6 +172,9 @@ pub struct Route {
     /// Further conditions on the request (ProxyRoute methods and headers).
     #[serde(default, skip_serializing_if = "Matches::is_empty")]
     pub matches: Matches,
+    /// HTTPS, when the route names a certificate that resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
     /// What the dataplane does with a matching request.
     pub action: Action,
 }

@@ -108,7 +108,7 @@ async fn exchange(
         &parts.headers,
         client_host.as_ref(),
         peer,
-        "http",
+        if target.secure { "https" } else { "http" },
         shared.upstream.via.as_ref(),
         proxy,
         &mut headers,
@@ -172,7 +172,7 @@ async fn exchange(
                     try_.retried(metrics);
                     continue;
                 }
-                return respond(
+                let mut res = respond(
                     shared,
                     &parts.method,
                     &parts.headers,
@@ -180,7 +180,12 @@ async fn exchange(
                     sender,
                     try_,
                     proxy,
-                );
+                )?;
+                if let Some(hsts) = target.entry().hsts.as_ref().filter(|_| target.secure) {
+                    res.headers_mut()
+                        .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+                }
+                return Ok(res);
             }
             Err((status, connect)) => {
                 proxy.record(try_.index, false, metrics);

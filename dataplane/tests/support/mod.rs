@@ -15,6 +15,8 @@ use pier_dataplane::{Args, Dataplane};
 /// A running dataplane; stopped when dropped.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The TLS listener.
+    pub tls: SocketAddr,
     pub admin: SocketAddr,
     pub routes: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -39,6 +41,8 @@ impl Running {
             &routes_arg,
             "--listen",
             "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
             "--workers",
@@ -50,6 +54,7 @@ impl Running {
         let args = Args::try_parse_from(argv).expect("flags parse");
         let dataplane = Dataplane::bind(args).expect("dataplane starts");
         let addr = dataplane.listen_addr();
+        let tls = dataplane.tls_addr();
         let admin = dataplane.admin_addr().expect("admin addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -61,6 +66,7 @@ impl Running {
         });
         Self {
             addr,
+            tls,
             admin,
             routes,
             stop: Some(stop),

@@ -122,6 +122,9 @@ impl Cluster {
                 "--namespace",
                 CHART_NAMESPACE,
                 "--create-namespace",
+                // TLS Secrets of routes in `default` may be read.
+                "--set",
+                "rbac.secretNamespaces={default}",
             ])
         })
         .expect("the chart installs");
@@ -170,6 +173,7 @@ impl Cluster {
             self.controller_client.clone(),
             pier_controller::Config {
                 namespaces: Vec::new(),
+                secret_namespaces: vec!["default".to_owned()],
                 coalesce: Duration::from_millis(50),
                 snapshot_listen,
                 tls,
@@ -208,6 +212,8 @@ impl Cluster {
             "--name",
             "dataplane-0",
             "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",

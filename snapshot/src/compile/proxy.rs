@@ -152,6 +152,7 @@ pub(super) fn proxy_route(
     let spec = &resource.spec;
     let hosts = hosts(&spec.hosts)?;
     let path = path_rule(spec.path.as_ref())?;
+    super::tls::check_spec(spec.tls.as_ref())?;
     if spec.backends.iter().all(|b| b.weight == Some(0)) {
         return Err(Invalid::Backend {
             value: String::new(),
@@ -245,6 +246,7 @@ pub(super) fn proxy_route(
         hosts,
         path,
         matches: matches(spec)?,
+        tls: None,
         action: Action::Proxy(Box::new(ProxyAction {
             endpoints,
             balancer: balance(spec.balancer.as_ref())?,

@@ -489,3 +489,116 @@ fn unresolved_service_backends_keep_the_route_and_say_why() {
         problem.message
     );
 }
+
+/// A `kubernetes.io/tls` Secret (`kind` overrides the type).
+fn tls_secret(name: &str, kind: &str, cert: &str, key: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "type": kind,
+        "stringData": {"tls.crt": cert, "tls.key": key},
+    }))
+    .expect("secret")
+}
+
+/// A self-signed certificate for `host` valid over `years`, and its key.
+fn self_signed(host: &str, years: (i32, i32)) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+    params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// 2026-12-01T00:00:00Z.
+const NOW: i64 = 1_796_083_200;
+
+#[test]
+fn tls_secrets_resolve_to_certificates_for_the_routes_hosts() {
+    let (cert, key) = self_signed("a.example", (2020, 2090));
+    let route = named(
+        "a",
+        "{root: /srv, hosts: [a.example, b.example], tls: {secretName: site, redirect: true, hsts: max-age=60}}",
+    );
+    let out = compile(&Resources {
+        static_routes: vec![route],
+        secrets: vec![tls_secret("site", "kubernetes.io/tls", &cert, &key)],
+        now: Some(NOW),
+        ..Resources::default()
+    });
+    assert!(
+        out.errors.is_empty() && out.unresolved.is_empty(),
+        "{out:?}"
+    );
+    let tls = out.snapshot.routes[0].tls.as_ref().expect("tls resolved");
+    assert_eq!(tls.certificate, "default/site");
+    assert!(tls.redirect);
+    assert_eq!(tls.hsts.as_deref(), Some("max-age=60"));
+    let certificate = &out.snapshot.certificates[0];
+    assert_eq!(certificate.hosts, ["a.example", "b.example"]);
+    assert_eq!(certificate.not_after, 3_786_912_000);
+    assert!(
+        !format!("{certificate:?}").contains("PRIVATE KEY"),
+        "Debug shows no key"
+    );
+    assert!(out.snapshot.redacted().certificates[0].key_pem == crate::REDACTED);
+    assert!(out.snapshot.is_consistent());
+}
+
+#[test]
+fn broken_tls_secrets_leave_the_route_serving_and_say_why() {
+    let (cert, key) = self_signed("a.example", (2020, 2090));
+    let (_, other_key) = self_signed("b.example", (2020, 2090));
+    let (old_cert, old_key) = self_signed("a.example", (2000, 2001));
+    let cases = [
+        (None, "not found"),
+        (
+            Some(tls_secret("site", "Opaque", &cert, &key)),
+            "not kubernetes.io/tls",
+        ),
+        (
+            Some(tls_secret("site", "kubernetes.io/tls", &cert, &other_key)),
+            "does not match",
+        ),
+        (
+            Some(tls_secret("site", "kubernetes.io/tls", &old_cert, &old_key)),
+            "expired at 2001-01-01T00:00:00Z",
+        ),
+        (
+            Some(tls_secret(
+                "site",
+                "kubernetes.io/tls",
+                "not a certificate",
+                &key,
+            )),
+            "holds no certificate",
+        ),
+        (
+            Some(tls_secret("site", "kubernetes.io/tls", &cert, "no key")),
+            "no PEM private key",
+        ),
+    ];
+    for (secret, why) in cases {
+        let out = compile(&Resources {
+            static_routes: vec![named(
+                "a",
+                "{root: /srv, hosts: [a.example], tls: {secretName: site}}",
+            )],
+            secrets: secret.into_iter().collect(),
+            now: Some(NOW),
+            ..Resources::default()
+        });
+        assert_eq!(out.snapshot.routes.len(), 1, "the route is still served");
+        assert!(out.snapshot.routes[0].tls.is_none());
+        assert!(out.snapshot.certificates.is_empty());
+        let problem = &out.unresolved[0];
+        assert_eq!(problem.reason, "InvalidCertificateRef");
+        assert!(problem.message.contains(why), "{why}: {}", problem.message);
+        assert!(!problem.message.contains("PRIVATE"), "{}", problem.message);
+    }
+    let bad_hsts = compile_all(vec![named(
+        "a",
+        "{root: /srv, tls: {secretName: site, hsts: \"a\\r\\nb\"}}",
+    )]);
+    assert_eq!(bad_hsts.errors[0].invalid.reason(), "InvalidHeaderValue");
+}
