@@ -21,8 +21,8 @@ mod proxy;
 mod route;
 
 pub use proxy::{
-    Backend, Balancer, BalancerType, Ejection, Empty, HashOn, Header, HeaderOps, HttpMethod,
-    ProxyRoute, ProxyRouteSpec, Retries, RetryOn, Rewrite, Sendfile, Timeouts,
+    Backend, BackendTls, Balancer, BalancerType, Ejection, Empty, HashOn, Header, HeaderOps,
+    HttpMethod, ProxyRoute, ProxyRouteSpec, Retries, RetryOn, Rewrite, Sendfile, Timeouts,
 };
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, RouteTls, StaticRoute, StaticRouteSpec, Time,

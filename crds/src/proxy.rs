@@ -105,6 +105,27 @@ pub struct ProxyRouteSpec {
     /// HTTPS for the route's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
+
+    /// TLS towards the backends. Absent: plain HTTP.
+    #[serde(
+        default,
+        rename = "backendTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// TLS towards a route's backends, verified against a CA.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// A Secret in the route's namespace whose `ca.crt` holds the PEM CA
+    /// certificates the backends' certificates must chain to.
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_secret_name: String,
+    /// The name sent as SNI and required in the backends' certificates.
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub server_name: String,
 }
 
 /// Files a backend may hand back to the dataplane to serve.

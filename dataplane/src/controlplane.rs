@@ -169,13 +169,22 @@ impl Upstream {
 
     /// Keeps the applied snapshot for the next start: written beside the
     /// target and renamed over it, so a crash leaves the old or the new one.
+    /// It holds private keys, so only this process's user may read it.
     fn store(&self, snapshot: &Snapshot) {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let Some(path) = &self.store else { return };
         let result = serde_json::to_vec(snapshot)
             .map_err(io::Error::other)
             .and_then(|json| {
                 let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, json)?;
+                let _ = std::fs::remove_file(&tmp);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?
+                    .write_all(&json)?;
                 std::fs::rename(&tmp, path)
             });
         if let Err(e) = result {

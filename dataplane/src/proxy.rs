@@ -19,7 +19,6 @@ use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -65,6 +64,8 @@ pub(crate) struct Proxy {
     pub(crate) idle_timeout: Duration,
     /// X-Sendfile roots (none: the headers pass through).
     pub(crate) sendfile: sendfile::Roots,
+    /// TLS towards the backends.
+    upstream_tls: Option<UpstreamTls>,
 }
 
 /// The compiled balancer.
@@ -311,6 +312,7 @@ impl Proxy {
             response_header_timeout: ms(action.timeouts.response_header_ms),
             idle_timeout: ms(action.timeouts.idle_ms),
             sendfile: sendfile::Roots::new(&action.sendfile_roots),
+            upstream_tls: action.upstream_tls.as_ref().and_then(UpstreamTls::new),
         }
     }
 
@@ -407,21 +409,21 @@ impl Proxy {
                 stats,
             })
     }
-
-    /// A connection to endpoint `i`, counted while open.
-    pub(crate) fn connection(&self, i: usize, stream: TcpStream) -> Connection {
-        let open = self.connections.get(i).map(Arc::clone).unwrap_or_default();
-        open.fetch_add(1, Relaxed);
-        Connection { stream, open }
-    }
 }
 
-/// An upstream connection, counted in
+/// An upstream connection, plain or TLS, counted in
 /// `pier_dataplane_upstream_connections{endpoint}` while it is open.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     open: Arc<AtomicI64>,
+}
+
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    /// Boxed: rustls' state is large.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Drop for Connection {
@@ -430,17 +432,55 @@ impl Drop for Connection {
     }
 }
 
-impl Deref for Connection {
-    type Target = TcpStream;
-    fn deref(&self) -> &TcpStream {
-        &self.stream
+impl Connection {
+    /// Writes what the socket takes now without waiting: plain connections
+    /// only (TLS answers `WouldBlock`, and the caller writes the usual way).
+    pub(crate) fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.stream {
+            Stream::Plain(tcp) => tcp.try_write(buf),
+            Stream::Tls(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// Whether an idle connection is still usable: it has nothing to read
+    /// (a byte or an end of stream means the backend closed it or broke
+    /// the protocol). A plain one the reactor did not see become readable
+    /// costs no system call; a TLS one is polled once, which also takes in
+    /// what TLS itself sends (session tickets) without counting it.
+    fn still_idle(&mut self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match &mut self.stream {
+            Stream::Plain(tcp) => {
+                if tcp.poll_read_ready(&mut cx).is_pending() {
+                    return true;
+                }
+                let mut probe = [0u8; 1];
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            Stream::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut probe);
+                tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut **tls), &mut cx, &mut buf)
+                    .is_pending()
+            }
+        }
     }
 }
 
-impl DerefMut for Connection {
-    fn deref_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
-    }
+macro_rules! on_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.stream {
+            Stream::Plain($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = std::pin::Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
 }
 
 impl tokio::io::AsyncRead for Connection {
@@ -449,7 +489,7 @@ impl tokio::io::AsyncRead for Connection {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -459,7 +499,7 @@ impl tokio::io::AsyncWrite for Connection {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        on_stream!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -467,26 +507,123 @@ impl tokio::io::AsyncWrite for Connection {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        on_stream!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+        on_stream!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_stream!(self, s => s.poll_shutdown(cx))
     }
+}
+
+/// TLS towards a route's backends.
+pub(crate) struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    /// Tells this route's TLS connections apart in the pools from plain
+    /// ones, and from those of routes verifying other names or CAs.
+    id: u64,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    fn new(tls: &pier_snapshot::UpstreamTls) -> Option<Self> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in
+            rustls::pki_types::CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()).flatten()
+        {
+            // A CA rustls cannot use is left out: fewer anchors trust less.
+            let _ = roots.add(cert);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone()).ok()?;
+        let mut key = tls.server_name.as_bytes().to_vec();
+        key.extend_from_slice(tls.ca_pem.as_bytes());
+        Some(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+            id: ring::hash(&key) | 1,
+        })
+    }
+}
+
+/// Where idle connections are pooled: the endpoint, and which TLS (0:
+/// plain).
+pub(crate) type PoolKey = (SocketAddr, u64);
+
+impl Proxy {
+    /// The pool key of this route's connections to `addr`.
+    pub(crate) fn pool_key(&self, addr: SocketAddr) -> PoolKey {
+        (addr, self.upstream_tls.as_ref().map_or(0, |t| t.id))
+    }
+}
+
+/// Opens a connection to endpoint `index` of `proxy`: TCP within the
+/// route's connect timeout, then TLS when the route asks for it (the
+/// backend's certificate verified against the route's CA for its server
+/// name). 502 when refused or not trusted, 504 on timeout, both counted.
+pub(crate) async fn open(
+    addr: SocketAddr,
+    index: usize,
+    proxy: &Proxy,
+    metrics: &Metrics,
+) -> Result<Connection, http::StatusCode> {
+    let tcp = connect(addr, proxy, metrics).await?;
+    let open = proxy
+        .connections
+        .get(index)
+        .map(Arc::clone)
+        .unwrap_or_default();
+    let stream = match &proxy.upstream_tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.name.clone(), tcp);
+            match tokio::time::timeout(proxy.connect_timeout, handshake).await {
+                Ok(Ok(stream)) => Stream::Tls(Box::new(stream)),
+                Ok(Err(e)) => {
+                    metrics.upstream_connect_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(%addr, error = %e, "upstream TLS handshake failed");
+                    return Err(http::StatusCode::BAD_GATEWAY);
+                }
+                Err(_) => {
+                    metrics.upstream_connect_errors.fetch_add(1, Relaxed);
+                    return Err(http::StatusCode::GATEWAY_TIMEOUT);
+                }
+            }
+        }
+    };
+    open.fetch_add(1, Relaxed);
+    Ok(Connection { stream, open })
 }
 
 /// Opens a connection to an endpoint within the route's connect timeout:
@@ -853,25 +990,16 @@ fn encode(path: &[u8]) -> Vec<u8> {
 
 thread_local! {
     /// Idle upstream connections of this worker, by endpoint.
-    static POOL: RefCell<HashMap<SocketAddr, Vec<Connection>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<PoolKey, Vec<Connection>>> = RefCell::new(HashMap::new());
 }
 
-/// Takes an idle connection to `addr` that is still open.
-pub(crate) fn take_idle(addr: SocketAddr, metrics: &Metrics) -> Option<Connection> {
+/// Takes an idle connection that is still open.
+pub(crate) fn take_idle(key: PoolKey, metrics: &Metrics) -> Option<Connection> {
     POOL.with_borrow_mut(|pool| {
-        let idle = pool.get_mut(&addr)?;
-        while let Some(stream) = idle.pop() {
+        let idle = pool.get_mut(&key)?;
+        while let Some(mut stream) = idle.pop() {
             metrics.upstream_idle.fetch_sub(1, Relaxed);
-            // An idle connection has nothing to read: a byte or an end of
-            // stream means the backend closed it or broke the protocol.
-            // Only a connection the reactor saw become readable is probed,
-            // so a healthy one costs no system call here.
-            if !readable(&stream) {
-                return Some(stream);
-            }
-            let mut probe = [0u8; 1];
-            if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            {
+            if stream.still_idle() {
                 return Some(stream);
             }
         }
@@ -879,17 +1007,10 @@ pub(crate) fn take_idle(addr: SocketAddr, metrics: &Metrics) -> Option<Connectio
     })
 }
 
-/// Whether the reactor reported `stream` readable (without a system call).
-fn readable(stream: &TcpStream) -> bool {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    stream.poll_read_ready(&mut cx).is_ready()
-}
-
 /// Keeps a connection whose exchange completed, if there is room.
-pub(crate) fn put_idle(addr: SocketAddr, stream: Connection, max_idle: usize, metrics: &Metrics) {
+pub(crate) fn put_idle(key: PoolKey, stream: Connection, max_idle: usize, metrics: &Metrics) {
     POOL.with_borrow_mut(|pool| {
-        let idle = pool.entry(addr).or_default();
+        let idle = pool.entry(key).or_default();
         if idle.len() < max_idle {
             idle.push(stream);
             metrics.upstream_idle.fetch_add(1, Relaxed);

@@ -60,6 +60,8 @@ fn start(dir: &std::path::Path, store: &std::path::Path) -> Started {
         &store,
         "--listen",
         "127.0.0.1:0",
+        "--listen-tls",
+        "127.0.0.1:0",
         "--admin",
         "127.0.0.1:0",
         "--workers",

@@ -299,3 +299,127 @@ fn broken_secrets_are_reported_and_keys_never_shown() {
     }
     assert!(pier.admin("/snapshot").text().contains("<redacted>"));
 }
+
+/// An HTTPS backend with a certificate for `name` from `ca`, answering
+/// every request with "over tls"; counts its TLS connections.
+fn tls_backend(ca: &Ca, name: &str) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let (cert, key) = ca.leaf(&[name], (2020, 2090));
+    let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"over tls")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+    });
+    (addr, connections)
+}
+
+fn ca_secret(name: &str, ca: &Ca) -> String {
+    let indent: String = ca
+        .issuer
+        .pem()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\nstringData:\n  ca.crt: |\n{indent}"
+    )
+}
+
+#[test]
+fn backends_are_reached_over_tls_verified_against_the_routes_ca() {
+    let ca = Ca::new();
+    let stranger = Ca::new();
+    let (addr, connections) = tls_backend(&ca, "backend.example");
+    let route = |name: &str, path: &str, tls: &str| {
+        format!(
+            "apiVersion: pier.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {{name: {name}, namespace: default}}\nspec: {{path: {{value: {path}}}, backends: [{{address: \"{addr}\"}}], backendTLS: {tls}}}\n"
+        )
+    };
+    let pier = Running::start(
+        &[
+            (
+                "good.yaml",
+                &route(
+                    "good",
+                    "/good",
+                    "{caSecretName: ca, serverName: backend.example}",
+                ),
+            ),
+            (
+                "name.yaml",
+                &route(
+                    "name",
+                    "/name",
+                    "{caSecretName: ca, serverName: other.example}",
+                ),
+            ),
+            (
+                "stranger.yaml",
+                &route(
+                    "stranger",
+                    "/stranger",
+                    "{caSecretName: stranger, serverName: backend.example}",
+                ),
+            ),
+            (
+                "missing.yaml",
+                &route(
+                    "missing",
+                    "/missing",
+                    "{caSecretName: nowhere, serverName: backend.example}",
+                ),
+            ),
+            ("ca.yaml", &ca_secret("ca", &ca)),
+            ("stranger-ca.yaml", &ca_secret("stranger", &stranger)),
+        ],
+        &[],
+    );
+    let mut stream = pier.connect();
+    for _ in 0..5 {
+        let res = support::send(&mut stream, &support::request("GET", "/good", &[]));
+        assert_eq!((res.status, res.text()), (200, "over tls".to_owned()));
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one TLS connection, kept alive and reused"
+    );
+    // A certificate for another name, or from another CA, or no CA at all:
+    // never trusted, never plain text.
+    for path in ["/name", "/stranger", "/missing"] {
+        assert_eq!(pier.get(path, &[]).status, 502, "{path}");
+    }
+}

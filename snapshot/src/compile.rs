@@ -241,12 +241,13 @@ pub fn compile(resources: &Resources) -> Compiled {
         );
     }
     let backends = proxy::Backends::index(&resources.services, &resources.endpoint_slices);
+    let secrets = tls::Secrets::index(&resources.secrets);
     for resource in &resources.proxy_routes {
         add(
             RouteKind::ProxyRoute,
             &resource.metadata,
             resource.spec.tls.clone(),
-            &|key| proxy::proxy_route(key, resource, &backends),
+            &|key| proxy::proxy_route(key, resource, &backends, &secrets),
         );
     }
 
@@ -285,7 +286,7 @@ pub fn compile(resources: &Resources) -> Compiled {
     }
 
     let mut routes: Vec<Route> = Vec::with_capacity(accepted.len());
-    let mut certificates = tls::Certificates::new(&resources.secrets, resources.now);
+    let mut certificates = tls::Certificates::new(&secrets, resources.now);
     for &i in &accepted {
         let candidate = &candidates[i];
         let mut route = candidate.route.clone();

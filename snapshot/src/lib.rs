@@ -24,5 +24,5 @@ pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile,
 pub use model::{
     Action, Balance, Certificate, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches,
     PathRule, ProxyAction, ProxyTimeouts, REDACTED, RetryPolicy, Route, RouteKey, RouteKind,
-    RouteTls, Snapshot, StaticAction,
+    RouteTls, Snapshot, StaticAction, UpstreamTls,
 };

@@ -265,6 +265,21 @@ pub struct ProxyAction {
     /// empty: the feature is off and the headers pass through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sendfile_roots: Vec<String>,
+    /// TLS towards the backends; `None`: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// TLS towards a route's backends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// PEM CA certificates the backends' certificates must chain to; empty
+    /// when the CA Secret did not resolve, so no backend is trusted (the
+    /// route answers 502 rather than falling back to plain text).
+    pub ca_pem: String,
+    /// SNI and the name verified in the backends' certificates.
+    pub server_name: String,
 }
 
 /// When a failed request is sent again.

@@ -242,7 +242,12 @@ impl Conn<'_> {
                 Upstream::Chunked | Upstream::Close => false,
             };
             if read && response.keep_alive {
-                px::put_idle(addr, upstream, self.shared.upstream.idle, metrics);
+                px::put_idle(
+                    proxy.pool_key(addr),
+                    upstream,
+                    self.shared.upstream.idle,
+                    metrics,
+                );
             }
             try_.status = final_status;
             drop(try_);
@@ -328,7 +333,12 @@ impl Conn<'_> {
             })?;
         try_.status = final_status;
         if clean && response.keep_alive && framing != Upstream::Close {
-            px::put_idle(addr, upstream, self.shared.upstream.idle, metrics);
+            px::put_idle(
+                proxy.pool_key(addr),
+                upstream,
+                self.shared.upstream.idle,
+                metrics,
+            );
         }
         Ok((response.status, keep_client))
     }
@@ -389,17 +399,14 @@ impl Conn<'_> {
     ) -> Result<(Connection, ResponseHead, Pooled), Attempt> {
         let metrics = &self.shared.metrics;
         let addr = picked.addr;
-        let mut pooled = px::take_idle(addr, metrics);
+        let mut pooled = px::take_idle(proxy.pool_key(addr), metrics);
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
                 Some(stream) => stream,
-                None => {
-                    let stream = px::connect(addr, proxy, metrics)
-                        .await
-                        .map_err(Attempt::Connect)?;
-                    proxy.connection(picked.index, stream)
-                }
+                None => px::open(addr, picked.index, proxy, metrics)
+                    .await
+                    .map_err(Attempt::Connect)?,
             };
             match self
                 .send_and_receive(&mut upstream, request, head, proxy)
@@ -729,7 +736,7 @@ impl Conn<'_> {
             self.buf.clear();
         }
         self.shared.metrics.upstream_tunnels.fetch_add(1, Relaxed);
-        tokio::io::copy_bidirectional(&mut *self.stream, &mut *upstream).await?;
+        tokio::io::copy_bidirectional(&mut *self.stream, &mut upstream).await?;
         Ok(())
     }
 

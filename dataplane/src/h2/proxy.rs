@@ -23,7 +23,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -48,7 +47,7 @@ type Sender = SendRequest<Outbound>;
 
 thread_local! {
     /// Idle client connections of this worker, by endpoint.
-    static SENDERS: RefCell<HashMap<SocketAddr, Vec<Sender>>> = RefCell::new(HashMap::new());
+    static SENDERS: RefCell<HashMap<px::PoolKey, Vec<Sender>>> = RefCell::new(HashMap::new());
 }
 
 /// Answers one request for a proxy route; the response's body accounts for
@@ -137,7 +136,7 @@ async fn exchange(
         tried.push(picked.index);
         let mut try_ = Try::new(picked, target);
         let retry_left = tried.len() <= policy.attempts as usize;
-        let mut pooled = take_sender(try_.addr, shared);
+        let mut pooled = take_sender(proxy.pool_key(try_.addr), shared);
         let sent = loop {
             let reused = pooled.is_some();
             let sender = match pooled.take() {
@@ -203,8 +202,7 @@ async fn exchange(
 
 /// Opens a connection to the try's endpoint and starts hyper's client on it.
 async fn open(try_: &Try, proxy: &Proxy, shared: &Shared) -> Result<Sender, StatusCode> {
-    let stream = px::connect(try_.addr, proxy, &shared.metrics).await?;
-    let conn = proxy.connection(try_.index, stream);
+    let conn = px::open(try_.addr, try_.index, proxy, &shared.metrics).await?;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(shared.upstream.max_header_size.max(8192))
         .handshake(TokioIo::new(conn))
@@ -265,7 +263,7 @@ fn respond(
         // The backend's body is not wanted: its connection is kept only
         // when that body is already over.
         if ended {
-            put_sender(try_.addr, sender, shared);
+            put_sender(proxy.pool_key(try_.addr), sender, shared);
         }
         drop(try_);
         return sendfile::respond(handoff, method, client, head.headers, shared, proxy);
@@ -279,6 +277,7 @@ fn respond(
     head.version = Version::HTTP_2;
     let status = std::mem::replace(&mut try_.status, 502);
     let mut exchange = Exchange {
+        key: proxy.pool_key(try_.addr),
         try_,
         status,
         sender: Some(sender),
@@ -303,6 +302,8 @@ fn respond(
 /// body went through.
 #[derive(Debug)]
 struct Exchange {
+    /// Where the connection is pooled again.
+    key: px::PoolKey,
     try_: Try,
     /// The backend's status, recorded when the body completes (502 if cut).
     status: u16,
@@ -314,15 +315,15 @@ impl Finish for Exchange {
     fn finished(&mut self) {
         self.try_.status = self.status;
         if let Some(sender) = self.sender.take() {
-            put_sender(self.try_.addr, sender, &self.shared);
+            put_sender(self.key, sender, &self.shared);
         }
     }
 }
 
 /// An idle connection to `addr` the backend has not closed.
-fn take_sender(addr: SocketAddr, shared: &Shared) -> Option<Sender> {
+fn take_sender(key: px::PoolKey, shared: &Shared) -> Option<Sender> {
     SENDERS.with_borrow_mut(|pool| {
-        let idle = pool.get_mut(&addr)?;
+        let idle = pool.get_mut(&key)?;
         while let Some(sender) = idle.pop() {
             shared.metrics.upstream_idle.fetch_sub(1, Relaxed);
             if !sender.is_closed() {
@@ -334,12 +335,12 @@ fn take_sender(addr: SocketAddr, shared: &Shared) -> Option<Sender> {
 }
 
 /// Keeps a connection whose exchange completed, if there is room.
-fn put_sender(addr: SocketAddr, sender: Sender, shared: &Shared) {
+fn put_sender(key: px::PoolKey, sender: Sender, shared: &Shared) {
     if sender.is_closed() {
         return;
     }
     SENDERS.with_borrow_mut(|pool| {
-        let idle = pool.entry(addr).or_default();
+        let idle = pool.entry(key).or_default();
         if idle.len() < shared.upstream.idle {
             idle.push(sender);
             shared.metrics.upstream_idle.fetch_add(1, Relaxed);

@@ -10,7 +10,7 @@ use pier_crds::{BalancerType, Ejection, HeaderOps, ProxyRoute, Retries, RetryOn,
 use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule, root};
 use crate::model::{
     Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches, PathRule,
-    ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey,
+    ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, UpstreamTls,
 };
 
 /// Default time limits, in milliseconds (nginx's and Envoy's order of magnitude).
@@ -145,6 +145,7 @@ pub(super) fn proxy_route(
     key: &RouteKey,
     resource: &ProxyRoute,
     backends: &Backends<'_>,
+    secrets: &super::tls::Secrets<'_>,
 ) -> Result<(Route, Option<Unresolved>), Invalid> {
     if key.name.is_empty() {
         return Err(Invalid::Unnamed);
@@ -241,6 +242,28 @@ pub(super) fn proxy_route(
             why,
         })?),
     };
+    let upstream_tls = match &spec.backend_tls {
+        None => None,
+        Some(tls) => {
+            let server_name = host(&tls.server_name).map_err(|why| Invalid::Host {
+                value: tls.server_name.clone(),
+                why,
+            })?;
+            // An unusable CA trusts nothing: the route answers 502, never
+            // plain text.
+            let ca_pem = match secrets.ca(&key.namespace, &tls.ca_secret_name) {
+                Ok(pem) => pem,
+                Err(why) => {
+                    problems.push(("InvalidCertificateRef", format!("backendTLS: {why}")));
+                    String::new()
+                }
+            };
+            Some(UpstreamTls {
+                ca_pem,
+                server_name,
+            })
+        }
+    };
     let route = Route {
         key: key.clone(),
         hosts,
@@ -258,6 +281,7 @@ pub(super) fn proxy_route(
             retries: retries(spec.retries.as_ref()),
             ejection: ejection(spec.ejection.as_ref())?,
             sendfile_roots: sendfile_roots(spec.sendfile.as_ref())?,
+            upstream_tls,
         })),
     };
     let unresolved = (!problems.is_empty()).then(|| Unresolved {
@@ -267,7 +291,7 @@ pub(super) fn proxy_route(
             .iter()
             .map(|(reason, _)| *reason)
             .find(|r| *r == "BackendNotFound")
-            .unwrap_or("NoReadyEndpoints"),
+            .unwrap_or_else(|| problems.first().map_or("NoReadyEndpoints", |p| p.0)),
         message: problems
             .iter()
             .map(|(_, message)| message.as_str())

@@ -602,3 +602,42 @@ fn broken_tls_secrets_leave_the_route_serving_and_say_why() {
     )]);
     assert_eq!(bad_hsts.errors[0].invalid.reason(), "InvalidHeaderValue");
 }
+
+#[test]
+fn backend_tls_takes_the_ca_or_trusts_nothing_and_says_why() {
+    let (ca, _) = self_signed("ca.example", (2020, 2090));
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ca", "namespace": "default"},
+        "stringData": {"ca.crt": ca},
+    }))
+    .expect("secret");
+    let route = |secret: &str| {
+        proxy(
+            "p",
+            &format!(
+                r#"{{backends: [{{address: "127.0.0.1:80"}}], backendTLS: {{caSecretName: {secret}, serverName: API.internal}}}}"#
+            ),
+        )
+    };
+    let tls_of = |out: &Compiled| match &out.snapshot.routes[0].action {
+        Action::Proxy(action) => action.upstream_tls.clone().expect("upstream TLS"),
+        Action::Static(_) => panic!("a proxy route"),
+    };
+    let out = compile(&Resources {
+        proxy_routes: vec![route("ca")],
+        secrets: vec![secret],
+        ..Resources::default()
+    });
+    assert!(out.unresolved.is_empty(), "{:?}", out.unresolved);
+    let tls = tls_of(&out);
+    assert_eq!(tls.server_name, "api.internal");
+    assert!(tls.ca_pem.contains("BEGIN CERTIFICATE"));
+    let out = compile_proxies(vec![route("missing")]);
+    assert_eq!(tls_of(&out).ca_pem, "", "no CA: nothing is trusted");
+    assert_eq!(out.unresolved[0].reason, "InvalidCertificateRef");
+    assert!(
+        out.unresolved[0]
+            .message
+            .contains("Secret default/missing not found")
+    );
+}

@@ -29,23 +29,66 @@ pub(super) fn check_spec(spec: Option<&pier_crds::RouteTls>) -> Result<(), Inval
     Ok(())
 }
 
+/// Secrets by namespace and name.
+pub(super) struct Secrets<'a>(HashMap<(&'a str, &'a str), &'a Secret>);
+
+impl<'a> Secrets<'a> {
+    pub(super) fn index(secrets: &'a [Secret]) -> Self {
+        Self(
+            secrets
+                .iter()
+                .filter_map(|s| {
+                    let namespace = s.metadata.namespace.as_deref().unwrap_or("default");
+                    Some(((namespace, s.metadata.name.as_deref()?), s))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<&'a Secret> {
+        self.0.get(&(namespace, name)).copied()
+    }
+
+    /// The PEM CA certificates in `ca.crt` of Secret `namespace/name`, or
+    /// why they cannot be used.
+    pub(super) fn ca(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let full = format!("{namespace}/{name}");
+        let secret = self
+            .get(namespace, name)
+            .ok_or_else(|| format!("Secret {full} not found"))?;
+        let pem = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get("ca.crt"))
+                    .map(|s| s.as_bytes().to_vec())
+            })
+            .ok_or_else(|| format!("Secret {full} has no ca.crt"))?;
+        let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("Secret {full}: ca.crt is not valid PEM"))?;
+        if certs.is_empty() {
+            return Err(format!("Secret {full}: ca.crt holds no certificate"));
+        }
+        String::from_utf8(pem).map_err(|_| format!("Secret {full}: ca.crt is not text"))
+    }
+}
+
 /// The Secrets routes may name, each checked once, and the certificates
 /// accepted routes use, with the hosts they are served for.
 pub(super) struct Certificates<'a> {
-    secrets: HashMap<(&'a str, &'a str), &'a Secret>,
+    secrets: &'a Secrets<'a>,
     now: Option<i64>,
     checked: HashMap<String, Result<Certificate, String>>,
 }
 
 impl<'a> Certificates<'a> {
-    pub(super) fn new(secrets: &'a [Secret], now: Option<i64>) -> Self {
-        let secrets = secrets
-            .iter()
-            .filter_map(|s| {
-                let namespace = s.metadata.namespace.as_deref().unwrap_or("default");
-                Some(((namespace, s.metadata.name.as_deref()?), s))
-            })
-            .collect();
+    pub(super) fn new(secrets: &'a Secrets<'a>, now: Option<i64>) -> Self {
         Self {
             secrets,
             now,
@@ -62,10 +105,7 @@ impl<'a> Certificates<'a> {
     ) -> Result<RouteTls, String> {
         let namespace = route.key.namespace.as_str();
         let name = format!("{namespace}/{}", spec.secret_name);
-        let secret = self
-            .secrets
-            .get(&(namespace, spec.secret_name.as_str()))
-            .copied();
+        let secret = self.secrets.get(namespace, &spec.secret_name);
         let now = self.now;
         let checked = self.checked.entry(name.clone()).or_insert_with(|| {
             check(&name, secret, now).map(|c| Certificate {
