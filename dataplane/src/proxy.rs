@@ -124,12 +124,33 @@ impl Tried {
         &self.endpoints[..self.len]
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Starts the next try of a request on an endpoint it has not tried:
+    /// 503 when the route has no endpoint to offer, 502 when every one
+    /// was tried.
+    pub(crate) fn next(
+        &mut self,
+        proxy: &Proxy,
+        choice: &Choice<'_>,
+        target: &ProxyTarget,
+    ) -> Result<Try, http::StatusCode> {
+        let Some(picked) = proxy.pick(choice, self.as_slice()) else {
+            return Err(if self.is_empty() {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                http::StatusCode::BAD_GATEWAY
+            });
+        };
+        self.push(picked.index);
+        Ok(Try::new(picked, target))
+    }
+
+    /// Whether another try may follow a failed one.
+    pub(crate) fn retry_left(&self, policy: &RetryPolicy) -> bool {
+        self.len <= policy.attempts as usize
     }
 }
 
@@ -169,6 +190,27 @@ impl Try {
             Handler::Proxy(proxy) => Some(proxy),
             Handler::Static(_) => None,
         }
+    }
+
+    /// Records the backend's answer (passive health, the try's status).
+    /// Returns whether to try another endpoint: a 502/503/504 the route
+    /// retries, when `may_retry` (a retry is left and nothing streamed
+    /// from the client); such a retry is counted.
+    pub(crate) fn answered(
+        &mut self,
+        code: u16,
+        proxy: &Proxy,
+        may_retry: bool,
+        metrics: &Metrics,
+    ) -> bool {
+        let failed = matches!(code, 502..=504);
+        proxy.record(self.index, !failed, metrics);
+        self.status = code;
+        let again = failed && may_retry && proxy.retries.statuses.contains(&code);
+        if again {
+            self.retried(metrics);
+        }
+        again
     }
 
     /// Counts a failed try that goes to another endpoint.

@@ -159,27 +159,14 @@ impl Conn<'_> {
         let repeatable = head.framing == Framing::None && px::is_idempotent(head.request.method());
         let mut tried = px::Tried::default();
         let (mut try_, mut upstream, response, mut read) = loop {
-            let Some(picked) = proxy.pick(&choice, tried.as_slice()) else {
-                return Err(Failure::Before(if tried.is_empty() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_GATEWAY
-                }));
-            };
-            tried.push(picked.index);
-            let mut try_ = Try::new(picked, target);
-            let retry_left = tried.len() <= policy.attempts as usize;
+            let mut try_ = tried
+                .next(proxy, &choice, target)
+                .map_err(Failure::Before)?;
+            let retry_left = tried.retry_left(policy);
             match self.attempt(&try_, &request, head, proxy).await {
                 Ok((upstream, response, read)) => {
-                    let failed = matches!(response.status.as_u16(), 502..=504);
-                    self.eject_if(proxy, try_.index, !failed);
-                    try_.status = response.status.as_u16();
-                    if failed
-                        && retry_left
-                        && repeatable
-                        && policy.statuses.contains(&response.status.as_u16())
-                    {
-                        try_.retried(metrics);
+                    let code = response.status.as_u16();
+                    if try_.answered(code, proxy, retry_left && repeatable, metrics) {
                         continue;
                     }
                     break (try_, upstream, response, read);

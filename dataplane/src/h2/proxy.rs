@@ -126,16 +126,8 @@ async fn exchange(
     let policy = &proxy.retries;
     let mut tried = px::Tried::default();
     loop {
-        let Some(picked) = proxy.pick(&choice, tried.as_slice()) else {
-            return Err(if tried.is_empty() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_GATEWAY
-            });
-        };
-        tried.push(picked.index);
-        let mut try_ = Try::new(picked, target);
-        let retry_left = tried.len() <= policy.attempts as usize;
+        let mut try_ = tried.next(proxy, &choice, target)?;
+        let retry_left = tried.retry_left(policy);
         let mut pooled = take_sender(proxy.pool_key(try_.addr), shared);
         let sent = loop {
             let reused = pooled.is_some();
@@ -164,11 +156,7 @@ async fn exchange(
         match sent {
             Ok((response, sender)) => {
                 let code = response.status().as_u16();
-                let failed = matches!(code, 502..=504);
-                proxy.record(try_.index, !failed, metrics);
-                try_.status = code;
-                if failed && retry_left && repeatable && policy.statuses.contains(&code) {
-                    try_.retried(metrics);
+                if try_.answered(code, proxy, retry_left && repeatable, metrics) {
                     continue;
                 }
                 let mut res = respond(
