@@ -91,6 +91,14 @@ impl Shared {
                 "route left out of the snapshot"
             );
         }
+        for unresolved in &compiled.unresolved {
+            tracing::warn!(
+                route = %unresolved.key,
+                reason = unresolved.reason,
+                message = %unresolved.message,
+                "route reference unresolved"
+            );
+        }
         let version = compiled.snapshot.version.clone();
         let routes = compiled.snapshot.routes.len();
         let previous = self.table.load();

@@ -227,8 +227,43 @@ fn sni_picks_the_certificate_alpn_the_protocol_and_rotation_takes_effect() {
     );
 }
 
+/// Collects what the process logs (every test of this binary).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 #[test]
 fn broken_secrets_are_reported_and_keys_never_shown() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("the only subscriber of this test binary");
     let ca = Ca::new();
     let dir = tempfile::tempdir().expect("temp dir");
     support::write(dir.path(), "index.html", b"site");
@@ -298,6 +333,17 @@ fn broken_secrets_are_reported_and_keys_never_shown() {
         assert!(!text.contains(key_line), "{page} shows a private key");
     }
     assert!(pier.admin("/snapshot").text().contains("<redacted>"));
+    // Logs say what is wrong, and carry no key either.
+    let logged = logs.text();
+    assert!(
+        logged.contains("the private key does not match the certificate"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("expired at 2001-01-01T00:00:00Z"),
+        "{logged}"
+    );
+    assert!(!logged.contains(key_line), "a private key was logged");
 }
 
 /// An HTTPS backend with a certificate for `name` from `ca`, answering
