@@ -469,3 +469,57 @@ fn backends_are_reached_over_tls_verified_against_the_routes_ca() {
         assert_eq!(pier.get(path, &[]).status, 502, "{path}");
     }
 }
+
+#[test]
+fn sessions_resume_by_ticket() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    support::write(dir.path(), "index.html", b"site");
+    let root = dir.path().display().to_string();
+    let (cert, key) = ca.leaf(&["a.example"], (2020, 2090));
+    let pier = Running::start(
+        &[
+            (
+                "a.yaml",
+                &static_route(
+                    "a",
+                    &format!(
+                        "{{root: \"{root}\", hosts: [a.example], tls: {{secretName: a-tls}}}}"
+                    ),
+                ),
+            ),
+            ("a-tls.yaml", &secret("a-tls", &cert, &key)),
+        ],
+        &[],
+    );
+    // The same client config twice: the second handshake resumes.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.issuer.pem().as_bytes()).expect("CA"))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = TlsConnector::from(Arc::new(config));
+    runtime().block_on(async {
+        for _ in 0..2 {
+            let (_, _, text) = fetch(&pier, &connector, "a.example", "/")
+                .await
+                .expect("fetch");
+            assert!(text.ends_with("site"), "{text}");
+        }
+    });
+    let metrics = pier.admin("/metrics").text();
+    assert!(
+        metrics.contains("pier_dataplane_tls_handshakes_total{result=\"full\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pier_dataplane_tls_handshakes_total{result=\"resumed\"} 1"),
+        "{metrics}"
+    );
+}
