@@ -33,7 +33,27 @@ pub(crate) struct Fleet {
 struct State {
     next_id: u64,
     dataplanes: HashMap<u64, Dataplane>,
-    versions: VecDeque<(String, Arc<Contents>, Instant)>,
+    versions: VecDeque<Published>,
+}
+
+/// A published version, what it holds, and when.
+#[derive(Debug)]
+struct Published {
+    version: String,
+    contents: Arc<Contents>,
+    /// When it was published.
+    at: Instant,
+    /// When the change it carries woke the build (a watch event).
+    changed: Instant,
+}
+
+/// How long an acknowledged version took to arrive.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Latency {
+    /// From its publication.
+    pub(crate) since_publish: Duration,
+    /// From the watch event that led to it.
+    pub(crate) since_change: Duration,
 }
 
 #[derive(Debug)]
@@ -73,15 +93,19 @@ impl Fleet {
         self.changed.subscribe()
     }
 
-    /// Remembers what a newly published version holds.
-    pub(crate) fn published(&self, version: &str, contents: Arc<Contents>) {
+    /// Remembers what a newly published version holds, and `changed`,
+    /// when the change it carries woke the build.
+    pub(crate) fn published(&self, version: &str, contents: Arc<Contents>, changed: Instant) {
         let mut state = self.lock();
-        if state.versions.iter().any(|(v, _, _)| v == version) {
+        if state.versions.iter().any(|p| p.version == version) {
             return;
         }
-        state
-            .versions
-            .push_back((version.to_owned(), contents, Instant::now()));
+        state.versions.push_back(Published {
+            version: version.to_owned(),
+            contents,
+            at: Instant::now(),
+            changed,
+        });
         while state.versions.len() > VERSIONS_KEPT {
             state.versions.pop_front();
         }
@@ -110,15 +134,18 @@ impl Fleet {
         self.bump();
     }
 
-    /// Records an acknowledgement. Returns how long ago the version was
-    /// published, for the push-to-ack histogram.
-    pub(crate) fn ack(&self, id: u64, version: &str, rejected: Option<String>) -> Option<Duration> {
+    /// Records an acknowledgement. Returns how long the version took to
+    /// arrive, for the latency histograms.
+    pub(crate) fn ack(&self, id: u64, version: &str, rejected: Option<String>) -> Option<Latency> {
         let mut state = self.lock();
         let published = state
             .versions
             .iter()
-            .find(|(v, _, _)| v == version)
-            .map(|(_, _, at)| at.elapsed());
+            .find(|p| p.version == version)
+            .map(|p| Latency {
+                since_publish: p.at.elapsed(),
+                since_change: p.changed.elapsed(),
+            });
         if let Some(dataplane) = state.dataplanes.get_mut(&id) {
             match rejected {
                 None => dataplane.acked = Some(version.to_owned()),
@@ -145,8 +172,8 @@ impl Fleet {
                 state
                     .versions
                     .iter()
-                    .find(|(v, _, _)| v == acked)
-                    .is_some_and(|(_, contents, _)| contents.get(route) == Some(&generation))
+                    .find(|p| p.version == acked)
+                    .is_some_and(|p| p.contents.get(route) == Some(&generation))
             })
         };
         let local = state
@@ -209,8 +236,8 @@ mod tests {
             fleet.programming(&key("a"), 1, &none),
             Programming::NoDataplanes
         );
-        fleet.published("v1", Arc::new([(key("a"), 1)].into()));
-        fleet.published("v2", Arc::new([(key("a"), 2)].into()));
+        fleet.published("v1", Arc::new([(key("a"), 1)].into()), Instant::now());
+        fleet.published("v2", Arc::new([(key("a"), 2)].into()), Instant::now());
         let one = fleet.connect("dp-1");
         let two = fleet.connect("dp-2");
         fleet.ack(one, "v2", None);
@@ -248,8 +275,8 @@ mod tests {
     #[test]
     fn dataplanes_of_other_replicas_count_too() {
         let fleet = Fleet::default();
-        fleet.published("v1", Arc::new([(key("a"), 1)].into()));
-        fleet.published("v2", Arc::new([(key("a"), 2)].into()));
+        fleet.published("v1", Arc::new([(key("a"), 1)].into()), Instant::now());
+        fleet.published("v2", Arc::new([(key("a"), 2)].into()), Instant::now());
         let local = fleet.connect("dp-1");
         fleet.ack(local, "v2", None);
         let mut remote = BTreeMap::from([("dp-2".to_owned(), "v1".to_owned())]);
@@ -279,7 +306,7 @@ mod tests {
         let none = BTreeMap::new();
         let fleet = Fleet::default();
         for i in 0..=VERSIONS_KEPT {
-            fleet.published(&format!("v{i}"), Arc::new([(key("a"), 1)].into()));
+            fleet.published(&format!("v{i}"), Arc::new([(key("a"), 1)].into()), Instant::now());
         }
         let id = fleet.connect("dp");
         fleet.ack(id, "v0", None);

@@ -61,6 +61,7 @@ pub(crate) struct Metrics {
     pushes: AtomicU64,
     build: Histogram,
     push_to_ack: Histogram,
+    change_to_ack: Histogram,
 }
 
 impl Metrics {
@@ -88,8 +89,9 @@ impl Metrics {
         self.pushes.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn acked(&self, since_publish: Duration) {
-        self.push_to_ack.observe(since_publish);
+    pub(crate) fn acked(&self, latency: crate::fleet::Latency) {
+        self.push_to_ack.observe(latency.since_publish);
+        self.change_to_ack.observe(latency.since_change);
     }
 
     /// The Prometheus text of every metric.
@@ -164,6 +166,11 @@ impl Metrics {
         self.push_to_ack.render(
             "pier_controller_push_to_ack_seconds",
             "Time from publishing a snapshot to each dataplane's acknowledgement.",
+            &mut out,
+        );
+        self.change_to_ack.render(
+            "pier_controller_change_to_ack_seconds",
+            "Time from the watch event that woke a build (coalescing and build included) to each dataplane's acknowledgement of the snapshot it produced.",
             &mut out,
         );
         let dataplanes = fleet.dataplanes();

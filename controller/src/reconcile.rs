@@ -111,10 +111,12 @@ impl Reconciler {
         let mut leader = self.leader.clone();
         // Without an election the leader flag never changes.
         let mut electing = self.lease.is_some();
+        // When the change the next build carries arrived.
+        let mut woke = Instant::now();
         loop {
-            self.reconcile(&stores, reports.as_ref()).await;
+            self.reconcile(&stores, reports.as_ref(), woke).await;
             tokio::select! {
-                () = changed.notified() => {}
+                () = changed.notified() => woke = Instant::now(),
                 result = acks.changed() => if result.is_err() { return },
                 result = leader.changed(), if electing => electing = result.is_ok(),
             }
@@ -206,7 +208,8 @@ impl Reconciler {
         reader
     }
 
-    async fn reconcile(&self, stores: &Stores, reports: Option<&Store<Lease>>) {
+    /// `woke`: when the watch event that led to this build arrived.
+    async fn reconcile(&self, stores: &Stores, reports: Option<&Store<Lease>>, woke: Instant) {
         let started = Instant::now();
         let statics: Vec<Arc<StaticRoute>> = stores.statics.iter().flat_map(Store::state).collect();
         let proxies: Vec<Arc<ProxyRoute>> = stores.proxies.iter().flat_map(Store::state).collect();
@@ -227,7 +230,7 @@ impl Reconciler {
             .chain(proxies.into_iter().map(RouteObject::Proxy))
             .collect();
         self.metrics.reconciled(started.elapsed());
-        self.publish(&compiled, &routes);
+        self.publish(&compiled, &routes, woke);
         if !*self.leader.borrow() {
             return;
         }
@@ -251,7 +254,7 @@ impl Reconciler {
             .collect()
     }
 
-    fn publish(&self, compiled: &Compiled, routes: &[RouteObject]) {
+    fn publish(&self, compiled: &Compiled, routes: &[RouteObject], woke: Instant) {
         let snapshot = &compiled.snapshot;
         if self.publish.borrow().version == snapshot.version {
             return;
@@ -270,7 +273,7 @@ impl Reconciler {
             .iter()
             .filter_map(|r| Some((r.key.clone(), *generations.get(&r.key)?)))
             .collect();
-        self.fleet.published(&snapshot.version, Arc::new(contents));
+        self.fleet.published(&snapshot.version, Arc::new(contents), woke);
         self.metrics
             .published(frame.len(), snapshot.routes.len(), compiled.errors.len());
         tracing::info!(
