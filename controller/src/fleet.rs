@@ -306,7 +306,11 @@ mod tests {
         let none = BTreeMap::new();
         let fleet = Fleet::default();
         for i in 0..=VERSIONS_KEPT {
-            fleet.published(&format!("v{i}"), Arc::new([(key("a"), 1)].into()), Instant::now());
+            fleet.published(
+                &format!("v{i}"),
+                Arc::new([(key("a"), 1)].into()),
+                Instant::now(),
+            );
         }
         let id = fleet.connect("dp");
         fleet.ack(id, "v0", None);

@@ -273,7 +273,8 @@ impl Reconciler {
             .iter()
             .filter_map(|r| Some((r.key.clone(), *generations.get(&r.key)?)))
             .collect();
-        self.fleet.published(&snapshot.version, Arc::new(contents), woke);
+        self.fleet
+            .published(&snapshot.version, Arc::new(contents), woke);
         self.metrics
             .published(frame.len(), snapshot.routes.len(), compiled.errors.len());
         tracing::info!(

@@ -523,6 +523,14 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
         missing.is_empty(),
         "the dashboard queries metrics no binary exports: {missing:?}"
     );
+    // Propagation is measured from the change, not guessed.
+    let (_, text) = http_get(controller.admin_addr(), "localhost", "/metrics").expect("metrics");
+    let acked: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pier_controller_change_to_ack_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(acked >= 1, "no change-to-ack sample: {text}");
 
     drop(dataplane);
     controller.stop().await;
