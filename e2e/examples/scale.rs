@@ -27,10 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
-use pier_crds::StaticRoute;
+use pier_crds::{ProxyRoute, StaticRoute};
 use pier_e2e::ControlPlane;
 use pier_snapshot::{Resources, RouteKey, RouteKind, Snapshot, wire};
 use serde_json::json;
@@ -64,6 +65,10 @@ struct Settings {
     /// Namespaces the routes are spread over (route i in namespace i mod this).
     #[arg(long, env = "NAMESPACES", default_value_t = 100)]
     namespaces: usize,
+    /// Services (each with an EndpointSlice of 3 ready endpoints), and as
+    /// many ProxyRoutes, one per Service, beside the StaticRoutes.
+    #[arg(long, env = "SERVICES", default_value_t = 1_000)]
+    services: usize,
     /// Creates in flight at once while the routes are put in place.
     #[arg(long, env = "CONCURRENCY", default_value_t = 32)]
     concurrency: usize,
@@ -134,6 +139,8 @@ fn say(what: &str, since: Instant) {
 #[derive(Debug, Default)]
 struct Figures {
     routes: usize,
+    /// Services, each with one ProxyRoute.
+    services: usize,
     namespaces: usize,
     concurrency: usize,
     create_all: Duration,
@@ -208,6 +215,7 @@ async fn run(settings: &Settings) -> PathBuf {
     }
     let mut figures = Figures {
         routes: settings.routes,
+        services: settings.services,
         namespaces: settings.namespaces.max(1),
         concurrency: settings.concurrency.max(1),
         ..Figures::default()
@@ -350,6 +358,26 @@ async fn run(settings: &Settings) -> PathBuf {
         t0,
     );
     let mut tasks = tokio::task::JoinSet::new();
+    // Services with their slices, and one ProxyRoute each.
+    for i in 0..figures.services {
+        while tasks.len() >= figures.concurrency {
+            figures.create_retries += tasks
+                .join_next()
+                .await
+                .expect("a create in flight")
+                .expect("create task");
+        }
+        let ns = namespace(i % figures.namespaces);
+        let (service, slice, proxy) = backend(i, figures.namespaces);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+        let proxies: Api<ProxyRoute> = Api::namespaced(client.clone(), &ns);
+        tasks.spawn(async move {
+            create(&services, &service).await
+                + create(&slices, &slice).await
+                + create(&proxies, &proxy).await
+        });
+    }
     for i in 0..figures.routes {
         while tasks.len() >= figures.concurrency {
             figures.create_retries += tasks
@@ -385,7 +413,10 @@ async fn run(settings: &Settings) -> PathBuf {
         let metrics = blocking(move || scrape(controller_admin))
             .await
             .unwrap_or_default();
-        if served.routes(&metrics).is_some_and(|n| n >= figures.routes) {
+        if served
+            .routes(&metrics)
+            .is_some_and(|n| n >= figures.routes + figures.services)
+        {
             figures.served_all = Some(t0.elapsed());
             break;
         }
@@ -531,6 +562,11 @@ async fn run(settings: &Settings) -> PathBuf {
     // The controller's input, as the API server holds it (status and
     // managed fields included), for the in-process compile below.
     let listed = list_routes(&client).await;
+    let backends = Backends {
+        services: list_all(&client).await,
+        slices: list_all(&client).await,
+        proxies: list_all(&client).await,
+    };
     let log = std::fs::read_to_string(file("controller.log")).unwrap_or_default();
     let level = |level: &str| {
         let field = format!("\"level\":\"{level}\"");
@@ -568,24 +604,32 @@ async fn run(settings: &Settings) -> PathBuf {
             r
         })
         .collect();
-    let resources = static_resources(synthetic);
+    let mut resources = static_resources(synthetic);
+    let synthetic_backends: Vec<_> = (0..figures.services)
+        .map(|i| backend(i, figures.namespaces))
+        .collect();
+    for (service, slice, proxy) in synthetic_backends {
+        resources.services.push(service);
+        resources.endpoint_slices.push(slice);
+        resources.proxy_routes.push(proxy);
+    }
     figures.compile_synthetic = median(|| {
         std::hint::black_box(pier_snapshot::compile(&resources));
     });
     // As the controller does it: clone the stored objects, then compile.
     figures.clone_compile_listed = median(|| {
-        std::hint::black_box(pier_snapshot::compile(&static_resources(listed.clone())));
+        std::hint::black_box(pier_snapshot::compile(&backends.with(listed.clone())));
     });
     figures.clone_listed = median(|| {
-        std::hint::black_box(listed.clone());
+        std::hint::black_box(backends.with(listed.clone()));
     });
-    let listed_resources = static_resources(listed.clone());
+    let listed_resources = backends.with(listed.clone());
     figures.compile_listed = median(|| {
         std::hint::black_box(pier_snapshot::compile(&listed_resources));
     });
     drop(listed_resources);
     figures.objects = objects(&listed, &file("objects.json"));
-    let compiled = pier_snapshot::compile(&static_resources(listed));
+    let compiled = pier_snapshot::compile(&backends.with(listed));
     figures.snapshot_routes = compiled.snapshot.routes.len();
     let frame = wire::encode(&compiled.snapshot).expect("snapshot encodes");
     figures.frame_bytes = frame.len();
@@ -628,6 +672,92 @@ fn route(i: usize, namespaces: usize, root: &str) -> StaticRoute {
         "spec": {"hosts": [host(i)], "root": root},
     }))
     .expect("a StaticRoute")
+}
+
+/// Service `i` (port 80) in namespace `i mod namespaces`, its EndpointSlice
+/// of 3 ready endpoints (TEST-NET-1 addresses, never contacted: the API
+/// server refuses loopback ones, and only the compile is measured), and a
+/// ProxyRoute of its own host sending to it.
+fn backend(i: usize, namespaces: usize) -> (Service, EndpointSlice, ProxyRoute) {
+    let ns = namespace(i % namespaces);
+    let name = format!("svc{i}");
+    let service = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        // Headless: 1,000 cluster IPs would fill the harness's service range.
+        "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }))
+    .expect("a Service");
+    let endpoints: Vec<_> = (0..3)
+        .map(|k| {
+            json!({
+                "addresses": [format!("192.0.2.{}", (3 * i + k) % 250 + 1)],
+                "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "name": format!("{name}-{k}"), "namespace": ns},
+            })
+        })
+        .collect();
+    let slice = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{name}-1"),
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .expect("an EndpointSlice");
+    let proxy = serde_json::from_value(json!({
+        "apiVersion": "pier.dev/v1alpha1",
+        "kind": "ProxyRoute",
+        "metadata": {"name": format!("p{i}"), "namespace": ns},
+        "spec": {"hosts": [format!("p{i}.bench.example")], "backends": [{"service": name, "port": 80}]},
+    }))
+    .expect("a ProxyRoute");
+    (service, slice, proxy)
+}
+
+/// What the API server holds besides the StaticRoutes.
+struct Backends {
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    proxies: Vec<ProxyRoute>,
+}
+
+impl Backends {
+    /// The compiler's input with `static_routes`, cloned as the controller
+    /// clones its stores.
+    fn with(&self, static_routes: Vec<StaticRoute>) -> Resources {
+        Resources {
+            static_routes,
+            proxy_routes: self.proxies.clone(),
+            services: self.services.clone(),
+            endpoint_slices: self.slices.clone(),
+            ..Resources::default()
+        }
+    }
+}
+
+/// Every object of a kind, in all namespaces, 500 at a time.
+async fn list_all<K>(client: &kube::Client) -> Vec<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default().limit(500);
+        if let Some(token) = &token {
+            params = params.continue_token(token);
+        }
+        let page = api.list(&params).await.expect("objects listed");
+        all.extend(page.items);
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return all;
+        }
+    }
 }
 
 // `Resources` grows a field per route kind; only static routes here.
@@ -728,8 +858,11 @@ fn measure_heap(file: &Path) -> String {
 }
 
 /// Creates `route`, retrying transient failures; returns the retries.
-async fn create(api: &Api<StaticRoute>, route: &StaticRoute) -> u32 {
-    let name = route.metadata.name.as_deref().unwrap_or_default();
+async fn create<K>(api: &Api<K>, route: &K) -> u32
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = route.meta().name.as_deref().unwrap_or_default();
     let mut retries = 0;
     loop {
         match api.create(&PostParams::default(), route).await {
@@ -1471,9 +1604,10 @@ fn machine() -> String {
 fn render(f: &Figures) -> String {
     let mut out = String::new();
     let n = f.routes;
+    let s = f.services;
     let _ = writeln!(
         out,
-        "# Control plane at scale: {n} StaticRoutes over {} namespaces ({})\n",
+        "# Control plane at scale: {n} StaticRoutes and {s} ProxyRoutes to {s} Services (3 endpoints each) over {} namespaces ({})\n",
         f.namespaces,
         k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC")
     );
