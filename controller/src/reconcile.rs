@@ -213,12 +213,13 @@ impl Reconciler {
         let started = Instant::now();
         let statics: Vec<Arc<StaticRoute>> = stores.statics.iter().flat_map(Store::state).collect();
         let proxies: Vec<Arc<ProxyRoute>> = stores.proxies.iter().flat_map(Store::state).collect();
+        // The stores' objects themselves: no clone of them per build.
         let compiled = pier_snapshot::compile(&Resources {
-            static_routes: statics.iter().map(|r| StaticRoute::clone(r)).collect(),
-            proxy_routes: proxies.iter().map(|r| ProxyRoute::clone(r)).collect(),
-            services: cloned(&stores.services),
-            endpoint_slices: cloned(&stores.slices),
-            secrets: cloned(&stores.secrets),
+            static_routes: statics.clone(),
+            proxy_routes: proxies.clone(),
+            services: shared(&stores.services),
+            endpoint_slices: shared(&stores.slices),
+            secrets: shared(&stores.secrets),
             now: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .ok()
@@ -534,16 +535,12 @@ async fn all_ready<K: Watched>(stores: &[Store<K>]) -> bool {
     true
 }
 
-/// Every object of these stores, cloned for the compiler.
-fn cloned<K: kube::Resource + Clone>(stores: &[Store<K>]) -> Vec<K>
+/// Every object of these stores, shared with them.
+fn shared<K: kube::Resource + Clone>(stores: &[Store<K>]) -> Vec<Arc<K>>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    stores
-        .iter()
-        .flat_map(Store::state)
-        .map(|k| K::clone(&k))
-        .collect()
+    stores.iter().flat_map(Store::state).collect()
 }
 
 impl Stores {

@@ -106,7 +106,7 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
                     if !route.spec.root.starts_with('/') {
                         route.spec.root = relative_to(&file, &route.spec.root);
                     }
-                    resources.static_routes.push(route);
+                    resources.static_routes.push(Arc::new(route));
                 }
                 ("pier.dev/v1alpha1", "ProxyRoute") => {
                     let mut route = ProxyRoute::deserialize(value).map_err(parse_error)?;
@@ -114,7 +114,7 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
                         .metadata
                         .namespace
                         .get_or_insert_with(|| "default".to_owned());
-                    resources.proxy_routes.push(route);
+                    resources.proxy_routes.push(Arc::new(route));
                 }
                 ("v1", "Secret") => {
                     let mut secret = k8s_openapi::api::core::v1::Secret::deserialize(value)
@@ -123,7 +123,7 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
                         .metadata
                         .namespace
                         .get_or_insert_with(|| "default".to_owned());
-                    resources.secrets.push(secret);
+                    resources.secrets.push(Arc::new(secret));
                 }
                 (api_version, kind) => tracing::warn!(
                     file = %file.display(),

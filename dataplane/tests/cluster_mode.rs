@@ -29,7 +29,7 @@ fn snapshot_for(root: &std::path::Path) -> Snapshot {
     let manifest = static_route("site", &format!("{{root: {}}}", root.display()));
     let route: StaticRoute = serde_yaml::from_str(&manifest).expect("manifest");
     pier_snapshot::compile(&Resources {
-        static_routes: vec![route],
+        static_routes: vec![std::sync::Arc::new(route)],
         ..Resources::default()
     })
     .snapshot

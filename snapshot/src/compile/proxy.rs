@@ -43,7 +43,10 @@ pub(super) struct Backends<'a> {
 }
 
 impl<'a> Backends<'a> {
-    pub(super) fn index(services: &'a [Service], slices: &'a [EndpointSlice]) -> Self {
+    pub(super) fn index(
+        services: &'a [std::sync::Arc<Service>],
+        slices: &'a [std::sync::Arc<EndpointSlice>],
+    ) -> Self {
         let ns = |m: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
             m.namespace.as_deref().unwrap_or("default")
         };

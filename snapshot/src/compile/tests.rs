@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use pier_crds::{ProxyRoute, StaticRoute};
 
 use super::*;
@@ -14,7 +16,7 @@ fn named(name: &str, spec: &str) -> StaticRoute {
 
 fn compile_all(routes: Vec<StaticRoute>) -> Compiled {
     compile(&Resources {
-        static_routes: routes,
+        static_routes: routes.into_iter().map(Arc::new).collect(),
         ..Resources::default()
     })
 }
@@ -172,7 +174,7 @@ fn proxy(name: &str, spec: &str) -> ProxyRoute {
 
 fn compile_proxies(routes: Vec<ProxyRoute>) -> Compiled {
     compile(&Resources {
-        proxy_routes: routes,
+        proxy_routes: routes.into_iter().map(Arc::new).collect(),
         ..Resources::default()
     })
 }
@@ -299,8 +301,8 @@ fn static_and_proxy_routes_share_one_precedence_for_conflicts() {
     );
     younger.metadata.creation_timestamp = Some(Time("2026-06-01T00:00:00Z".parse().expect("time")));
     let out = compile(&Resources {
-        static_routes: vec![older],
-        proxy_routes: vec![younger],
+        static_routes: vec![older].into_iter().map(Arc::new).collect(),
+        proxy_routes: vec![younger].into_iter().map(Arc::new).collect(),
         ..Resources::default()
     });
     assert_eq!(out.snapshot.routes.len(), 1);
@@ -366,23 +368,25 @@ fn regular_expression_paths_are_kept_as_written() {
     );
 }
 
-fn service(name: &str, ports: &[(&str, i32)]) -> k8s_openapi::api::core::v1::Service {
+fn service(name: &str, ports: &[(&str, i32)]) -> Arc<k8s_openapi::api::core::v1::Service> {
     let ports: Vec<serde_json::Value> = ports
         .iter()
         .map(|(n, p)| serde_json::json!({"name": n, "port": p}))
         .collect();
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"ports": ports},
-    }))
-    .expect("a Service")
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ports": ports},
+        }))
+        .expect("a Service"),
+    )
 }
 
 fn slice(
     service: &str,
     port: (&str, i32),
     endpoints: &[(&str, &str, Option<bool>)],
-) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+) -> Arc<k8s_openapi::api::discovery::v1::EndpointSlice> {
     let endpoints: Vec<serde_json::Value> = endpoints
         .iter()
         .map(|(ip, pod, ready)| {
@@ -393,17 +397,19 @@ fn slice(
             })
         })
         .collect();
-    serde_json::from_value(serde_json::json!({
-        "metadata": {
-            "name": format!("{service}-abc"),
-            "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": port.0, "port": port.1}],
-        "endpoints": endpoints,
-    }))
-    .expect("an EndpointSlice")
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": format!("{service}-abc"),
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": service},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": port.0, "port": port.1}],
+            "endpoints": endpoints,
+        }))
+        .expect("an EndpointSlice"),
+    )
 }
 
 #[test]
@@ -413,7 +419,7 @@ fn service_backends_resolve_to_ready_endpoints_with_pod_identities() {
         r#"{backends: [{service: api, port: 80, weight: 3}, {service: web, port: 80}]}"#,
     );
     let out = compile(&Resources {
-        proxy_routes: vec![route],
+        proxy_routes: vec![route].into_iter().map(Arc::new).collect(),
         services: vec![
             service("api", &[("http", 80), ("admin", 9000)]),
             service("web", &[("", 80)]),
@@ -462,7 +468,7 @@ fn unresolved_service_backends_keep_the_route_and_say_why() {
         r#"{backends: [{service: missing, port: 80}, {service: idle, port: 80}, {address: "127.0.0.1:9"}]}"#,
     );
     let out = compile(&Resources {
-        proxy_routes: vec![route],
+        proxy_routes: vec![route].into_iter().map(Arc::new).collect(),
         services: vec![service("idle", &[("", 80)])],
         endpoint_slices: vec![slice(
             "idle",
@@ -521,8 +527,11 @@ fn tls_secrets_resolve_to_certificates_for_the_routes_hosts() {
         "{root: /srv, hosts: [a.example, b.example], tls: {secretName: site, redirect: true, hsts: max-age=60}}",
     );
     let out = compile(&Resources {
-        static_routes: vec![route],
-        secrets: vec![tls_secret("site", "kubernetes.io/tls", &cert, &key)],
+        static_routes: vec![route].into_iter().map(Arc::new).collect(),
+        secrets: vec![tls_secret("site", "kubernetes.io/tls", &cert, &key)]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         now: Some(NOW),
         ..Resources::default()
     });
@@ -580,11 +589,11 @@ fn broken_tls_secrets_leave_the_route_serving_and_say_why() {
     ];
     for (secret, why) in cases {
         let out = compile(&Resources {
-            static_routes: vec![named(
+            static_routes: vec![Arc::new(named(
                 "a",
                 "{root: /srv, hosts: [a.example], tls: {secretName: site}}",
-            )],
-            secrets: secret.into_iter().collect(),
+            ))],
+            secrets: secret.into_iter().map(Arc::new).collect(),
             now: Some(NOW),
             ..Resources::default()
         });
@@ -624,8 +633,8 @@ fn backend_tls_takes_the_ca_or_trusts_nothing_and_says_why() {
         Action::Static(_) => panic!("a proxy route"),
     };
     let out = compile(&Resources {
-        proxy_routes: vec![route("ca")],
-        secrets: vec![secret],
+        proxy_routes: vec![route("ca")].into_iter().map(Arc::new).collect(),
+        secrets: vec![secret].into_iter().map(Arc::new).collect(),
         ..Resources::default()
     });
     assert!(out.unresolved.is_empty(), "{:?}", out.unresolved);

@@ -33,13 +33,13 @@ pub(super) fn check_spec(spec: Option<&pier_crds::RouteTls>) -> Result<(), Inval
 pub(super) struct Secrets<'a>(HashMap<(&'a str, &'a str), &'a Secret>);
 
 impl<'a> Secrets<'a> {
-    pub(super) fn index(secrets: &'a [Secret]) -> Self {
+    pub(super) fn index(secrets: &'a [std::sync::Arc<Secret>]) -> Self {
         Self(
             secrets
                 .iter()
                 .filter_map(|s| {
                     let namespace = s.metadata.namespace.as_deref().unwrap_or("default");
-                    Some(((namespace, s.metadata.name.as_deref()?), s))
+                    Some(((namespace, s.metadata.name.as_deref()?), &**s))
                 })
                 .collect(),
         )
