@@ -309,7 +309,7 @@ impl Dataplane {
                     ));
                 }
             }
-            tracing::info!(listen = %self.listen_addr, workers = workers.len(), "serving");
+            tracing::info!(listen = %self.listen_addr, tls = %self.tls_addr, workers = workers.len(), "serving");
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             shared.draining.store(true, Relaxed);
