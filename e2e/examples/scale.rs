@@ -561,7 +561,11 @@ async fn run(settings: &Settings) -> PathBuf {
 
     // The controller's input, as the API server holds it (status and
     // managed fields included), for the in-process compile below.
-    let listed = list_routes(&client).await;
+    let listed: Vec<StaticRoute> = list_all(&client)
+        .await
+        .into_iter()
+        .map(Arc::unwrap_or_clone)
+        .collect();
     let backends = Backends {
         services: list_all(&client).await,
         slices: list_all(&client).await,
@@ -882,25 +886,6 @@ where
     }
 }
 
-/// Every route, listed 500 at a time.
-async fn list_routes(client: &kube::Client) -> Vec<StaticRoute> {
-    let api: Api<StaticRoute> = Api::all(client.clone());
-    let mut all = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut params = ListParams::default().limit(500);
-        if let Some(token) = &token {
-            params = params.continue_token(token);
-        }
-        let page = api.list(&params).await.expect("routes listed");
-        all.extend(page.items);
-        token = page.metadata.continue_.filter(|t| !t.is_empty());
-        if token.is_none() {
-            return all;
-        }
-    }
-}
-
 /// Events in every namespace (the controller records condition
 /// transitions as `events.k8s.io/v1` Events).
 async fn count_events(client: &kube::Client) -> usize {
@@ -948,7 +933,7 @@ impl Conditions {
 
 async fn conditions(client: &kube::Client) -> Conditions {
     let mut counts = Conditions::default();
-    for route in list_routes(client).await {
+    for route in list_all::<StaticRoute>(client).await {
         let find = |kind: &str| {
             route
                 .status
