@@ -522,4 +522,32 @@ fn sessions_resume_by_ticket() {
         metrics.contains("pier_dataplane_tls_handshakes_total{result=\"resumed\"} 1"),
         "{metrics}"
     );
+
+    // TLS 1.2 clients are served too.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.issuer.pem().as_bytes()).expect("CA"))
+        .expect("root");
+    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("TLS 1.2")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = TlsConnector::from(Arc::new(tls12));
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(pier.tls)
+            .await
+            .expect("connect");
+        let name = ServerName::try_from("a.example").expect("name");
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .expect("a TLS 1.2 handshake");
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+    });
 }
