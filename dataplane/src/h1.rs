@@ -38,7 +38,7 @@ use std::time::Duration;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, Version};
+use http::{HeaderMap, Method};
 use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
@@ -246,11 +246,7 @@ impl Conn<'_> {
                 Framing::Length(n) if n <= DISCARD_MAX && !head.expect_continue => discard = n,
                 Framing::Length(_) | Framing::Chunked => keep = false,
             }
-            let persist = match (keep, head.request.version()) {
-                (false, _) => Persist::Close,
-                (true, Version::HTTP_10) => Persist::KeepAlive10,
-                (true, _) => Persist::KeepAlive,
-            };
+            let persist = Persist::new(keep, head.request.version());
             let is_head = head.request.method() == Method::HEAD;
 
             let (parts, mut body) = res.into_parts();

@@ -351,11 +351,7 @@ impl Conn<'_> {
         )
         .map_err(Failure::Before)?;
         let (parts, mut body) = res.into_parts();
-        let persist = match (keep, req.version()) {
-            (false, _) => Persist::Close,
-            (true, Version::HTTP_10) => Persist::KeepAlive10,
-            (true, _) => Persist::KeepAlive,
-        };
+        let persist = Persist::new(keep, req.version());
         self.out.clear();
         response::encode(
             &mut self.out,

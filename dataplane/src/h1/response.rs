@@ -18,6 +18,18 @@ pub(crate) enum Persist {
     Close,
 }
 
+impl Persist {
+    /// What to say for a request of `version` whose connection is kept or
+    /// not.
+    pub(crate) fn new(keep: bool, version: http::Version) -> Self {
+        match (keep, version) {
+            (false, _) => Self::Close,
+            (true, http::Version::HTTP_10) => Self::KeepAlive10,
+            (true, _) => Self::KeepAlive,
+        }
+    }
+}
+
 /// Whether a response to this request with this status carries a body.
 pub(crate) fn has_body(is_head: bool, status: StatusCode) -> bool {
     !is_head
