@@ -40,20 +40,29 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 
-    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+    /// A client trusting this CA, offering `versions`.
+    fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         let ca = CertificateDer::from_pem_slice(self.issuer.pem().as_bytes()).expect("CA PEM");
         roots.add(ca).expect("root");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth()
+    }
+
+    /// A client offering `alpn` whose every handshake is a full one: a
+    /// resumed session shows the certificate of the session it resumes,
+    /// not the one served now.
+    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut config = self.client(rustls::DEFAULT_VERSIONS);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        // Every handshake in full: a resumed session shows the certificate
-        // of the session it resumes, not the one served now.
         config.resumption = rustls::client::Resumption::disabled();
         TlsConnector::from(Arc::new(config))
     }
@@ -493,18 +502,7 @@ fn sessions_resume_by_ticket() {
         &[],
     );
     // The same client config twice: the second handshake resumes.
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.issuer.pem().as_bytes()).expect("CA"))
-        .expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = TlsConnector::from(Arc::new(config));
+    let connector = TlsConnector::from(Arc::new(ca.client(rustls::DEFAULT_VERSIONS)));
     runtime().block_on(async {
         for _ in 0..2 {
             let (_, _, text) = fetch(&pier, &connector, "a.example", "/")
@@ -524,18 +522,7 @@ fn sessions_resume_by_ticket() {
     );
 
     // TLS 1.2 clients are served too.
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.issuer.pem().as_bytes()).expect("CA"))
-        .expect("root");
-    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .expect("TLS 1.2")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = TlsConnector::from(Arc::new(tls12));
+    let connector = TlsConnector::from(Arc::new(ca.client(&[&rustls::version::TLS12])));
     runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(pier.tls)
             .await
