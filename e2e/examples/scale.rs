@@ -360,13 +360,7 @@ async fn run(settings: &Settings) -> PathBuf {
     let mut tasks = tokio::task::JoinSet::new();
     // Services with their slices, and one ProxyRoute each.
     for i in 0..figures.services {
-        while tasks.len() >= figures.concurrency {
-            figures.create_retries += tasks
-                .join_next()
-                .await
-                .expect("a create in flight")
-                .expect("create task");
-        }
+        figures.create_retries += room(&mut tasks, figures.concurrency).await;
         let ns = namespace(i % figures.namespaces);
         let (service, slice, proxy) = backend(i, figures.namespaces);
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -379,13 +373,7 @@ async fn run(settings: &Settings) -> PathBuf {
         });
     }
     for i in 0..figures.routes {
-        while tasks.len() >= figures.concurrency {
-            figures.create_retries += tasks
-                .join_next()
-                .await
-                .expect("a create in flight")
-                .expect("create task");
-        }
+        figures.create_retries += room(&mut tasks, figures.concurrency).await;
         let api: Api<StaticRoute> =
             Api::namespaced(client.clone(), &namespace(i % figures.namespaces));
         let route = route(i, figures.namespaces, &docroot);
@@ -743,6 +731,19 @@ impl Backends {
             ..Resources::default()
         }
     }
+}
+
+/// Waits until fewer than `limit` creates are in flight; their retries.
+async fn room(tasks: &mut tokio::task::JoinSet<u32>, limit: usize) -> u32 {
+    let mut retries = 0;
+    while tasks.len() >= limit {
+        retries += tasks
+            .join_next()
+            .await
+            .expect("a create in flight")
+            .expect("create task");
+    }
+    retries
 }
 
 /// Every object of a kind, in all namespaces, 500 at a time.
