@@ -21,8 +21,9 @@ mod proxy;
 mod route;
 
 pub use proxy::{
-    Backend, BackendTls, Balancer, BalancerType, Ejection, Empty, HashOn, Header, HeaderOps,
-    HttpMethod, ProxyRoute, ProxyRouteSpec, Retries, RetryOn, Rewrite, Sendfile, Timeouts,
+    Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Ejection, Empty, HashOn,
+    Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, RequestBuffering, Retries, RetryOn,
+    Rewrite, Sendfile, Timeouts,
 };
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, RouteTls, StaticRoute, StaticRouteSpec, Time,

@@ -113,6 +113,77 @@ pub struct ProxyRouteSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_tls: Option<BackendTls>,
+
+    /// How response (and optionally request) bodies are held between
+    /// backend and client. Absent: `Hybrid` with 64Ki in memory and 1Gi on
+    /// disk per response, request bodies streamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffering: Option<Buffering>,
+}
+
+/// Body buffering between backend and client.
+///
+/// A slow client should neither hold a backend connection nor grow the
+/// dataplane's memory: with `Hybrid`, the backend's response is read as
+/// fast as it comes, the first `memory` bytes kept in RAM and the rest
+/// spilled to an unlinked temporary file up to `disk`; past that the
+/// backend is slowed down (backpressure), never failed. The process-wide
+/// caps are dataplane flags (`--buffer-memory`, `--buffer-disk`); when
+/// they are reached, data goes to disk earlier, then backpressure.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Buffering {
+    /// `Hybrid` (default), `Buffer` or `Stream`.
+    #[serde(default)]
+    pub mode: BufferingMode,
+    /// Bytes of each response kept in memory, such as `64Ki` (the
+    /// default) or `1Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub memory: Option<String>,
+    /// Bytes of each response spilled to disk beyond `memory`. Default `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub disk: Option<String>,
+    /// `Buffer`: a request body is read whole (memory, then disk, within
+    /// the same limits) before the backend is contacted, so a slow upload
+    /// never holds a backend connection. Default `Stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<RequestBuffering>,
+    /// Largest request body accepted, such as `10Mi`; a larger one gets
+    /// `413 Content Too Large`. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SIZE_PATTERN))]
+    pub max_body_size: Option<String>,
+}
+
+/// How a response body travels from backend to client.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BufferingMode {
+    /// Memory up to `memory`, then disk up to `disk`, sent to the client
+    /// as it arrives: the backend is released as soon as it has sent.
+    #[default]
+    Hybrid,
+    /// Store and forward: the whole response is read (memory, then disk)
+    /// before its head goes to the client, which then gets an exact
+    /// `Content-Length`, and a backend failing mid-body becomes a clean
+    /// 502 rather than a cut response. A response larger than
+    /// `memory` + `disk` is streamed from where the buffer filled.
+    Buffer,
+    /// Cut-through with one bounded buffer per exchange: the backend
+    /// sends only as fast as the client reads (for event streams and
+    /// long polls).
+    Stream,
+}
+
+/// How a request body travels from client to backend.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RequestBuffering {
+    /// Relayed as it arrives (default).
+    #[default]
+    Stream,
+    /// Read whole before the backend is contacted.
+    Buffer,
 }
 
 /// TLS towards a route's backends, verified against a CA.
@@ -380,5 +451,8 @@ pub struct Timeouts {
 
 /// An HTTP token (RFC 9110): header names.
 const TOKEN_PATTERN: &str = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$";
+/// A size: digits and an optional binary (`Ki`, `Mi`, `Gi`, `Ti`) or
+/// decimal (`k`, `M`, `G`, `T`) suffix, as in Kubernetes quantities.
+const SIZE_PATTERN: &str = r"^[0-9]{1,15}(Ki|Mi|Gi|Ti|k|M|G|T)?$";
 /// A duration: digits and one unit.
 const DURATION_PATTERN: &str = r"^[0-9]{1,9}(ms|s|m|h)$";

@@ -58,12 +58,13 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 Handler::Proxy(proxy) => Some(proxy.upstreams(&e.label)),
                 Handler::Static(_) => None,
             });
-            let text = shared.metrics.render(
+            let mut text = shared.metrics.render(
                 routes,
                 upstreams.flatten(),
                 &table.snapshot.certificates,
                 table.routes.len(),
             );
+            shared.upstream.buffers.render(&mut text);
             with_type(text, "text/plain; version=0.0.4; charset=utf-8")
         }
         "/healthz" => with_type("ok\n".to_owned(), "text/plain"),

@@ -143,6 +143,23 @@ pub struct Args {
     #[arg(long, env = "PIER_VIA", value_parser = via)]
     pub via: Option<Via>,
 
+    /// Directory of spill files for buffered bodies (an emptyDir in a
+    /// cluster). Files are created unlinked, so nothing is left behind.
+    /// Absent: `$TMPDIR`, else `/tmp`.
+    #[arg(long, env = "PIER_SPILL_DIR")]
+    pub spill_dir: Option<std::path::PathBuf>,
+
+    /// Memory for buffered bodies over the whole process; past it, bodies
+    /// spill to disk earlier. A moving body may hold one 16 KiB working
+    /// chunk beyond it.
+    #[arg(long, env = "PIER_BUFFER_MEMORY", default_value = "64MiB", value_parser = bytes_or_zero)]
+    pub buffer_memory: usize,
+
+    /// Disk for spilled bodies over the whole process; past it, backends
+    /// are slowed down (backpressure). `0` turns spilling off.
+    #[arg(long, env = "PIER_BUFFER_DISK", default_value = "4GiB", value_parser = bytes_or_zero)]
+    pub buffer_disk: usize,
+
     /// Log format: `text` for terminals, `json` for clusters.
     #[arg(long, env = "PIER_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,

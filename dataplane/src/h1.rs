@@ -32,6 +32,7 @@ mod response;
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -95,7 +96,7 @@ pub(crate) enum Outcome {
 /// the others close after their response once `Shared::draining` is set.
 pub(crate) async fn serve(
     stream: &mut TcpStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     limits: &Limits,
     idle: &AtomicBool,
 ) -> Outcome {
@@ -115,7 +116,7 @@ pub(crate) async fn serve(
 /// One connection's state while the engine serves it.
 struct Conn<'a> {
     stream: &'a mut TcpStream,
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     limits: &'a Limits,
     idle: &'a AtomicBool,
     /// Bytes read and not yet consumed: at most one head being read, plus
@@ -341,7 +342,8 @@ impl Conn<'_> {
                 Segment::File { file, pos, len } => {
                     self.write_out(&tail, true).await?;
                     body.sent(std::mem::take(&mut tail).len() as u64);
-                    self.sendfile(&file.file, pos, len, &body).await?;
+                    self.sendfile(&file.file, pos, len, |n| body.sent(n))
+                        .await?;
                 }
             }
         }
@@ -379,6 +381,38 @@ impl Conn<'_> {
         self.send(rest, more).await
     }
 
+    /// Writes what the socket takes now of `out`, then of `tail`, without
+    /// waiting. What went of `out` leaves it; returns how much of `tail`
+    /// went.
+    fn write_now(&mut self, tail: &[u8], more: bool) -> io::Result<usize> {
+        let flags = if more {
+            SendFlags::NOSIGNAL | SendFlags::MORE
+        } else {
+            SendFlags::NOSIGNAL
+        };
+        let (mut head, mut sent) = (0, 0);
+        while head < self.out.len() || sent < tail.len() {
+            let iov = [IoSlice::new(&self.out[head..]), IoSlice::new(&tail[sent..])];
+            let wrote = self.stream.try_io(Interest::WRITABLE, || {
+                let mut control = SendAncillaryBuffer::default();
+                rustix::net::sendmsg(&*self.stream, &iov, &mut control, flags)
+                    .map_err(io::Error::from)
+            });
+            match wrote {
+                Ok(n) => {
+                    let in_head = n.min(self.out.len() - head);
+                    head += in_head;
+                    sent += n - in_head;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.drain(..head);
+        Ok(sent)
+    }
+
     /// Sends all of `data`; `more` tells the kernel the response goes on,
     /// so a head and the file after it share packets.
     async fn send(&self, mut data: &[u8], more: bool) -> io::Result<()> {
@@ -407,7 +441,7 @@ impl Conn<'_> {
         file: &std::fs::File,
         mut pos: u64,
         len: u64,
-        body: &Body,
+        on_sent: impl Fn(u64),
     ) -> io::Result<()> {
         let mut left = len;
         while left > 0 {
@@ -426,7 +460,7 @@ impl Conn<'_> {
                 }
                 Ok(n) => {
                     left -= n as u64;
-                    body.sent(n as u64);
+                    on_sent(n as u64);
                     // Let the worker's other connections have a turn.
                     tokio::task::yield_now().await;
                 }

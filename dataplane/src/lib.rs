@@ -27,6 +27,7 @@ mod proxy;
 mod routing;
 mod server;
 mod service;
+mod spool;
 pub mod standalone;
 mod table;
 mod tls;
@@ -138,6 +139,9 @@ impl Dataplane {
             max_ranges,
             upstream_idle,
             via,
+            spill_dir,
+            buffer_memory,
+            buffer_disk,
             log_format: _,
             log: _,
         } = args;
@@ -159,6 +163,11 @@ impl Dataplane {
                 idle: upstream_idle,
                 via: via.map(|name| name.0),
                 max_header_size,
+                buffers: Arc::new(spool::Budget::new(
+                    buffer_memory as u64,
+                    buffer_disk as u64,
+                    (buffer_disk > 0).then(|| spill_dir.unwrap_or_else(std::env::temp_dir)),
+                )),
             },
         ));
         let source = match (routes, controller, controller_ca, controller_token_file) {

@@ -76,14 +76,14 @@ impl RouteMetrics {
 }
 
 #[derive(Debug, Default)]
-struct Histogram {
+pub(crate) struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
-    fn observe(&self, elapsed: Duration) {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
             self.buckets[i].fetch_add(1, Relaxed);
@@ -95,22 +95,28 @@ impl Histogram {
 
     /// `pier_dataplane_{name}_bucket{labels,le="…"}`, `_sum` and `_count`.
     fn render(&self, name: &str, labels: &str, out: &mut Rendered) {
+        let comma = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
             cumulative += n.load(Relaxed);
             out.line(format_args!(
-                "pier_dataplane_{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                "pier_dataplane_{name}_bucket{{{labels}{comma}le=\"{bound}\"}} {cumulative}"
             ));
         }
         let count = self.count.load(Relaxed);
         let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
         out.line(format_args!(
-            "pier_dataplane_{name}_bucket{{{labels},le=\"+Inf\"}} {count}"
+            "pier_dataplane_{name}_bucket{{{labels}{comma}le=\"+Inf\"}} {count}"
         ));
-        out.line(format_args!("pier_dataplane_{name}_sum{{{labels}}} {sum}"));
-        out.line(format_args!(
-            "pier_dataplane_{name}_count{{{labels}}} {count}"
-        ));
+        if labels.is_empty() {
+            out.line(format_args!("pier_dataplane_{name}_sum {sum}"));
+            out.line(format_args!("pier_dataplane_{name}_count {count}"));
+        } else {
+            out.line(format_args!("pier_dataplane_{name}_sum{{{labels}}} {sum}"));
+            out.line(format_args!(
+                "pier_dataplane_{name}_count{{{labels}}} {count}"
+            ));
+        }
     }
 }
 
@@ -148,6 +154,9 @@ pub(crate) struct Metrics {
     pub(crate) upstream_ejections: AtomicU64,
     /// Open upstream connections by endpoint address.
     pub(crate) upstream_connections: ConnectionGauges,
+    /// How long backends were held per exchange: from the pick to the
+    /// last body byte read.
+    pub(crate) upstream_held: Histogram,
     /// TLS handshakes completed in full, resumed, and failed.
     pub(crate) tls_handshakes_full: AtomicU64,
     pub(crate) tls_handshakes_resumed: AtomicU64,
@@ -186,6 +195,7 @@ impl Default for Metrics {
             upstream_tunnels: AtomicU64::new(0),
             upstream_ejections: AtomicU64::new(0),
             upstream_connections: ConnectionGauges::default(),
+            upstream_held: Histogram::default(),
             tls_handshakes_full: AtomicU64::new(0),
             tls_handshakes_resumed: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
@@ -569,6 +579,12 @@ impl Metrics {
             }
         }
         self.upstream_connections.render(out);
+        out.family(
+            "upstream_held_seconds",
+            "histogram",
+            "How long each exchange held its backend connection, from the pick to the last body byte read; with buffering a slow client does not lengthen it.",
+        );
+        self.upstream_held.render("upstream_held_seconds", "", out);
     }
 }
 

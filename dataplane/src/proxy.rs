@@ -5,10 +5,10 @@
 //!
 //! Limits: `--upstream-idle` idle upstream connections per endpoint and
 //! worker (`pier_dataplane_upstream_idle_connections`); response
-//! heads up to `--max-header-size`; bodies move through one
-//! [`BUFFER`]-byte buffer per exchange, so a slow client slows the backend
-//! instead of growing memory (buffering comes with the hybrid-buffering
-//! issue).
+//! heads up to `--max-header-size`; bodies are read through one
+//! [`BUFFER`]-byte buffer per exchange, and held for a slow client in the
+//! route's buffer (see `spool`) within `--buffer-memory` and
+//! `--buffer-disk`.
 
 pub(crate) mod chunked;
 mod ring;
@@ -66,6 +66,8 @@ pub(crate) struct Proxy {
     pub(crate) sendfile: sendfile::Roots,
     /// TLS towards the backends.
     upstream_tls: Option<UpstreamTls>,
+    /// Body buffering.
+    pub(crate) buffering: pier_snapshot::Buffering,
 }
 
 /// The compiled balancer.
@@ -183,6 +185,11 @@ impl Try {
             started: std::time::Instant::now(),
             status: 502,
         }
+    }
+
+    /// Time since the endpoint was picked.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     fn proxy(&self) -> Option<&Proxy> {
@@ -355,6 +362,7 @@ impl Proxy {
             idle_timeout: ms(action.timeouts.idle_ms),
             sendfile: sendfile::Roots::new(&action.sendfile_roots),
             upstream_tls: action.upstream_tls.as_ref().and_then(UpstreamTls::new),
+            buffering: action.buffering,
         }
     }
 

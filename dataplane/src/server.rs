@@ -104,6 +104,14 @@ async fn accept_loop(
     let limits = Arc::new(protocol.h1);
     let open = Arc::new(OpenConnections::default());
     let metrics = &shared.metrics;
+    // This worker's buffer pools shrink back after bursts.
+    let trimming = tokio::spawn(async {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            crate::pool::trim();
+        }
+    });
     loop {
         let (accepted, secure) = tokio::select! {
             accepted = listener.accept() => (accepted, false),
@@ -169,6 +177,7 @@ async fn accept_loop(
         });
         open.track(id, task.abort_handle(), idle);
     }
+    trimming.abort();
     // Idle HTTP/1.1 connections close now; the others after their response.
     open.close_idle();
     drop(listener);

@@ -51,7 +51,7 @@ pub(crate) struct Shared {
 }
 
 /// Proxy settings from the flags.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct UpstreamSettings {
     /// `--upstream-idle`: idle upstream connections kept per endpoint and
     /// worker.
@@ -60,6 +60,9 @@ pub(crate) struct UpstreamSettings {
     pub(crate) via: Option<http::HeaderValue>,
     /// `--max-header-size`, also the largest response head accepted.
     pub(crate) max_header_size: usize,
+    /// Body buffering limits (`--buffer-memory`, `--buffer-disk`,
+    /// `--spill-dir`) and their counters.
+    pub(crate) buffers: Arc<crate::spool::Budget>,
 }
 
 impl Shared {

@@ -165,6 +165,16 @@ pub enum Invalid {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A size is unusable.
+    #[error("buffering.{field} {value:?} {why}")]
+    Size {
+        /// The spec field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// Another route already serves one of this route's host and path pairs.
     #[error("host {host:?} and path {path:?} are already served by {winner}")]
     Conflict {
@@ -191,6 +201,7 @@ impl Invalid {
             Self::Backend { .. } => "InvalidBackend",
             Self::Timeout { .. } => "InvalidTimeout",
             Self::Balancer { .. } => "InvalidBalancer",
+            Self::Size { .. } => "InvalidBuffering",
             Self::Conflict { .. } => "Conflict",
         }
     }

@@ -22,7 +22,7 @@ pub mod wire;
 
 pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile, path_regex};
 pub use model::{
-    Action, Balance, Certificate, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches,
-    PathRule, ProxyAction, ProxyTimeouts, REDACTED, RetryPolicy, Route, RouteKey, RouteKind,
-    RouteTls, Snapshot, StaticAction, UpstreamTls,
+    Action, Balance, BufferMode, Buffering, Certificate, EjectionPolicy, Endpoint, HashKey,
+    HeaderEdits, Matches, PathRule, ProxyAction, ProxyTimeouts, REDACTED, RetryPolicy, Route,
+    RouteKey, RouteKind, RouteTls, Snapshot, StaticAction, UpstreamTls,
 };

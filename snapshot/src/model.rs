@@ -268,6 +268,57 @@ pub struct ProxyAction {
     /// TLS towards the backends; `None`: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTls>,
+    /// How bodies are held between backend and client.
+    #[serde(default)]
+    pub buffering: Buffering,
+}
+
+/// Body buffering of a proxy route, sizes in bytes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Buffering {
+    /// How response bodies travel.
+    pub mode: BufferMode,
+    /// Bytes of one body kept in memory.
+    pub memory: u64,
+    /// Bytes of one body spilled to disk beyond `memory`.
+    pub disk: u64,
+    /// Request bodies are read whole before the backend is contacted.
+    pub request_body: bool,
+    /// Largest request body accepted (413 beyond); `None`: no limit.
+    pub max_body_size: Option<u64>,
+}
+
+impl Buffering {
+    /// Memory kept per body by default: 64 KiB.
+    pub const MEMORY: u64 = 64 << 10;
+    /// Disk used per body by default: 1 GiB.
+    pub const DISK: u64 = 1 << 30;
+}
+
+impl Default for Buffering {
+    fn default() -> Self {
+        Self {
+            mode: BufferMode::Hybrid,
+            memory: Self::MEMORY,
+            disk: Self::DISK,
+            request_body: false,
+            max_body_size: None,
+        }
+    }
+}
+
+/// How a response body travels from backend to client.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum BufferMode {
+    /// Memory, then disk, sent as it arrives.
+    #[default]
+    Hybrid,
+    /// Read whole before the head is sent.
+    Buffer,
+    /// Cut-through, one bounded buffer.
+    Stream,
 }
 
 /// TLS towards a route's backends.

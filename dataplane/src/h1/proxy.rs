@@ -17,12 +17,15 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Buf;
 use http::header::{DATE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use pier_snapshot::{BufferMode, Buffering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
@@ -33,7 +36,8 @@ use crate::pool::Pooled;
 use crate::proxy::chunked::{self, Piece};
 use crate::proxy::sendfile::{self, Handoff};
 use crate::proxy::{self as px, BUFFER, Connection, Proxy, Try, strip_hop_by_hop};
-use crate::service::ProxyTarget;
+use crate::service::{ProxyTarget, Shared};
+use crate::spool;
 use crate::table::Handler;
 
 /// How a proxied exchange failed.
@@ -151,19 +155,42 @@ impl Conn<'_> {
             headers: head.request.headers(),
             client: self.peer().map(|a| a.ip()),
         };
-        let request = self.upstream_request(head, target, proxy);
+        let buffering = &proxy.buffering;
+        if let (Some(max), Framing::Length(n)) = (buffering.max_body_size, head.framing)
+            && n > max
+        {
+            return Err(Failure::Before(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        // A buffered upload is read before any backend is picked.
+        let mut upload = if buffering.request_body && head.framing != Framing::None {
+            Some(
+                self.upload(head, proxy)
+                    .await
+                    .map_err(|e| Failure::Before(client_status(&e)))?,
+            )
+        } else {
+            None
+        };
+        let framing = match &upload {
+            Some(up) if up.complete => Framing::Length(up.len),
+            _ => head.framing,
+        };
+        let request = self.upstream_request(head, framing, target, proxy);
         let metrics = &self.shared.metrics;
         let policy = &proxy.retries;
         // A status can be retried only when nothing streamed from the
         // client: no body, and a method that may be repeated.
         let repeatable = head.framing == Framing::None && px::is_idempotent(head.request.method());
         let mut tried = px::Tried::default();
-        let (mut try_, mut upstream, response, mut read) = loop {
+        let (mut try_, upstream, response, mut read) = loop {
             let mut try_ = tried
                 .next(proxy, &choice, target)
                 .map_err(Failure::Before)?;
             let retry_left = tried.retry_left(policy);
-            match self.attempt(&try_, &request, head, proxy).await {
+            match self
+                .attempt(&try_, &request, head, upload.as_mut(), proxy)
+                .await
+            {
                 Ok((upstream, response, read)) => {
                     let code = response.status.as_u16();
                     if try_.answered(code, proxy, retry_left && repeatable, metrics) {
@@ -247,11 +274,6 @@ impl Conn<'_> {
         let is_head = head.request.method() == Method::HEAD;
         let version_10 = head.request.version() == Version::HTTP_10;
         let no_body = is_head || !response::has_body(false, response.status);
-        let rechunk = !no_body
-            && !version_10
-            && matches!(response.framing, Upstream::Chunked | Upstream::Close);
-        let keep_client =
-            keep_client && (no_body || rechunk || matches!(response.framing, Upstream::Length(_)));
         let has_date = if response.copied {
             // The common case: fields copied as they came when parsed.
             response.has_date
@@ -274,60 +296,80 @@ impl Conn<'_> {
         if let Some(via) = &self.shared.upstream.via {
             write_field(&mut self.out, b"via", via.as_bytes());
         }
-        match response.framing {
-            _ if no_body => {
-                if let Some(length) = response.length {
-                    write_field(
-                        &mut self.out,
-                        b"content-length",
-                        response::digits(length).as_slice(),
-                    );
-                }
-            }
-            Upstream::Length(n) => {
-                write_field(
-                    &mut self.out,
-                    b"content-length",
-                    response::digits(n).as_slice(),
-                );
-            }
-            _ if rechunk => write_field(&mut self.out, b"transfer-encoding", b"chunked"),
-            _ => {}
-        }
-        match (keep_client, version_10) {
-            (false, _) => write_field(&mut self.out, b"connection", b"close"),
-            (true, true) => write_field(&mut self.out, b"connection", b"keep-alive"),
-            (true, false) => {}
-        }
-        self.out.extend_from_slice(b"\r\n");
-        let leftover = read;
-
-        // The body.
         let framing = if no_body {
             Upstream::None
         } else {
             response.framing
         };
-        let clean = self
-            .relay_body(&mut upstream, framing, leftover, rechunk, proxy)
-            .await
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    metrics.upstream_timeouts.fetch_add(1, Relaxed);
-                }
-                tracing::debug!(%addr, error = %e, "response body not completed");
-                Failure::After
-            })?;
-        try_.status = final_status;
-        if clean && response.keep_alive && framing != Upstream::Close {
-            px::put_idle(
-                proxy.pool_key(addr),
-                upstream,
-                self.shared.upstream.idle,
-                metrics,
+        let backend = Backend {
+            reader: BodyReader::new(framing, read),
+            upstream,
+            keep_alive: response.keep_alive,
+            status: final_status,
+            try_,
+            pool_key: proxy.pool_key(addr),
+            idle: proxy.idle_timeout,
+            shared: Arc::clone(self.shared),
+        };
+        let framed = |whole: Option<u64>| match (framing, whole) {
+            _ if no_body => Framed::NoBody(response.length),
+            (Upstream::Length(n), _) | (_, Some(n)) => Framed::Length(n),
+            _ if version_10 => Framed::Close,
+            _ => Framed::Chunked,
+        };
+        let buffering = &proxy.buffering;
+        let outcome = if framing != Upstream::None && buffering.mode == BufferMode::Buffer {
+            // Store and forward: the head waits for the whole body.
+            let (tx, mut rx) = spool::spool(
+                &self.shared.upstream.buffers,
+                buffering.memory,
+                buffering.disk,
             );
+            tokio::spawn(backend.fill(tx));
+            let whole = rx.whole().await.map_err(|e| {
+                tracing::debug!(%addr, error = %e, "response body not completed");
+                Failure::Before(StatusCode::BAD_GATEWAY)
+            })?;
+            let framed = framed(whole);
+            let keep = self.end_head(framed, keep_client, version_10);
+            self.drain(rx, framed == Framed::Chunked)
+                .await
+                .map(|()| keep)
+        } else {
+            let framed = framed(None);
+            let keep = self.end_head(framed, keep_client, version_10);
+            let hybrid = (buffering.mode == BufferMode::Hybrid).then_some(*buffering);
+            self.relay_body(backend, framed == Framed::Chunked, hybrid)
+                .await
+                .map(|()| keep)
+        };
+        let keep = outcome.map_err(|e| {
+            tracing::debug!(%addr, error = %e, "response body not completed");
+            Failure::After
+        })?;
+        Ok((response.status, keep))
+    }
+
+    /// Ends the client's response head with its framing and connection
+    /// fields. Returns whether the connection can carry another request.
+    fn end_head(&mut self, framed: Framed, keep: bool, version_10: bool) -> bool {
+        let keep = keep && framed != Framed::Close;
+        match framed {
+            Framed::NoBody(Some(n)) | Framed::Length(n) => write_field(
+                &mut self.out,
+                b"content-length",
+                response::digits(n).as_slice(),
+            ),
+            Framed::Chunked => write_field(&mut self.out, b"transfer-encoding", b"chunked"),
+            Framed::NoBody(None) | Framed::Close => {}
         }
-        Ok((response.status, keep_client))
+        match (keep, version_10) {
+            (false, _) => write_field(&mut self.out, b"connection", b"close"),
+            (true, true) => write_field(&mut self.out, b"connection", b"keep-alive"),
+            (true, false) => {}
+        }
+        self.out.extend_from_slice(b"\r\n");
+        keep
     }
 
     /// Serves the file an X-Sendfile answer named, in place of the
@@ -378,6 +420,7 @@ impl Conn<'_> {
         picked: &Try,
         request: &[u8],
         head: &Head,
+        mut upload: Option<&mut Upload>,
         proxy: &Proxy,
     ) -> Result<(Connection, ResponseHead, Pooled), Attempt> {
         let metrics = &self.shared.metrics;
@@ -392,18 +435,14 @@ impl Conn<'_> {
                     .map_err(Attempt::Connect)?,
             };
             match self
-                .send_and_receive(&mut upstream, request, head, proxy)
+                .send_and_receive(&mut upstream, request, head, upload.as_deref_mut(), proxy)
                 .await
             {
                 Ok((response, leftover)) => return Ok((upstream, response, leftover)),
                 // The client's fault: a malformed, short or stalled body.
                 Err(e) if is_client_side(&e) => {
                     tracing::debug!(%addr, error = %e, "request body refused");
-                    return Err(Attempt::Client(if e.kind() == io::ErrorKind::TimedOut {
-                        StatusCode::REQUEST_TIMEOUT
-                    } else {
-                        StatusCode::BAD_REQUEST
-                    }));
+                    return Err(Attempt::Client(client_status(&e)));
                 }
                 Err(e) if reused && head.framing == Framing::None && is_stale(&e) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -432,7 +471,13 @@ impl Conn<'_> {
     }
 
     /// The request head sent upstream.
-    fn upstream_request(&mut self, head: &Head, target: &ProxyTarget, proxy: &Proxy) -> Pooled {
+    fn upstream_request(
+        &mut self,
+        head: &Head,
+        framing: Framing,
+        target: &ProxyTarget,
+        proxy: &Proxy,
+    ) -> Pooled {
         self.peer();
         let req = &head.request;
         let client_host = req.headers().get(HOST);
@@ -465,7 +510,7 @@ impl Conn<'_> {
             write_field(&mut out, b"connection", b"upgrade");
             write_field(&mut out, b"upgrade", protocol.as_bytes());
         }
-        match head.framing {
+        match framing {
             Framing::None => {}
             Framing::Length(n) => {
                 write_field(&mut out, b"content-length", response::digits(n).as_slice())
@@ -483,6 +528,7 @@ impl Conn<'_> {
         upstream: &mut Connection,
         request: &[u8],
         head: &Head,
+        upload: Option<&mut Upload>,
         proxy: &Proxy,
     ) -> io::Result<(ResponseHead, Pooled)> {
         // A head fits the socket buffer: the timer is armed only when the
@@ -495,22 +541,10 @@ impl Conn<'_> {
         if sent < request.len() {
             timed(proxy.idle_timeout, upstream.write_all(&request[sent..])).await?;
         }
-        match head.framing {
-            Framing::None => {}
-            Framing::Length(n) => {
-                if head.expect_continue && (self.buf.len() as u64) < n {
-                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    self.write_out(&[], false).await.map_err(client_side)?;
-                }
-                self.relay_request_length(upstream, n, proxy).await?;
-            }
-            Framing::Chunked => {
-                if head.expect_continue {
-                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    self.write_out(&[], false).await.map_err(client_side)?;
-                }
-                self.relay_request_chunked(upstream, proxy).await?;
-            }
+        if let Some(upload) = upload {
+            self.send_upload(upstream, upload, proxy).await?;
+        } else {
+            self.relay_request(upstream, head, proxy).await?;
         }
         let deadline = Instant::now() + proxy.response_header_timeout;
         let mut buf = Pooled::new();
@@ -550,6 +584,162 @@ impl Conn<'_> {
         }
     }
 
+    /// Relays the client's request body as it arrives.
+    async fn relay_request(
+        &mut self,
+        upstream: &mut Connection,
+        head: &Head,
+        proxy: &Proxy,
+    ) -> io::Result<()> {
+        match head.framing {
+            Framing::None => {}
+            Framing::Length(n) => {
+                if head.expect_continue && (self.buf.len() as u64) < n {
+                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.write_out(&[], false).await.map_err(client_side)?;
+                }
+                self.relay_request_length(upstream, n, proxy).await?;
+            }
+            Framing::Chunked => {
+                if head.expect_continue {
+                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.write_out(&[], false).await.map_err(client_side)?;
+                }
+                let max = proxy.buffering.max_body_size;
+                let mut decoder = chunked::Decoder::default();
+                self.relay_request_chunked(upstream, &mut decoder, max, 0, proxy)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the request body into a buffer before any backend is
+    /// contacted, as far as the route's and the process's buffers allow;
+    /// a body that does not fit streams the rest once a backend is there.
+    async fn upload(&mut self, head: &Head, proxy: &Proxy) -> io::Result<Upload> {
+        let buffering = &proxy.buffering;
+        let budget = &self.shared.upstream.buffers;
+        let (mut tx, rx) = spool::spool(budget, buffering.memory, buffering.disk);
+        if head.expect_continue {
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.write_out(&[], false).await.map_err(client_side)?;
+        }
+        let mut upload = Upload {
+            rx,
+            len: 0,
+            complete: false,
+            left: 0,
+            decoder: None,
+            carry: Vec::new(),
+        };
+        match head.framing {
+            Framing::None => upload.complete = true,
+            Framing::Length(mut left) => {
+                while left > 0 {
+                    if self.buf.is_empty() && self.read_body(proxy).await? == 0 {
+                        return Err(client_side(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    let take =
+                        usize::try_from(left).map_or(self.buf.len(), |n| n.min(self.buf.len()));
+                    let placed = tx.try_send(&self.buf[..take])?;
+                    self.buf.advance(placed);
+                    left -= placed as u64;
+                    upload.len += placed as u64;
+                    if placed < take {
+                        break;
+                    }
+                }
+                upload.left = left;
+                upload.complete = left == 0;
+            }
+            Framing::Chunked => {
+                let mut decoder = chunked::Decoder::default();
+                let mut pieces = Vec::new();
+                let max = buffering.max_body_size.unwrap_or(u64::MAX);
+                while !decoder.is_done() {
+                    if self.buf.is_empty() && self.read_body(proxy).await? == 0 {
+                        return Err(client_side(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    pieces.clear();
+                    let used = decoder
+                        .feed(&self.buf, &mut pieces)
+                        .map_err(|e| client_side(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                    for Piece::Data(range) in pieces.drain(..) {
+                        let data = &self.buf[range];
+                        if upload.len + (upload.carry.len() + data.len()) as u64 > max {
+                            return Err(too_large());
+                        }
+                        if !upload.carry.is_empty() {
+                            upload.carry.extend_from_slice(data);
+                            continue;
+                        }
+                        let placed = tx.try_send(data)?;
+                        upload.len += placed as u64;
+                        // What did not fit waits here, sent first later.
+                        upload.carry.extend_from_slice(&data[placed..]);
+                    }
+                    self.buf.advance(used);
+                    if !upload.carry.is_empty() {
+                        break;
+                    }
+                }
+                upload.complete = decoder.is_done() && upload.carry.is_empty();
+                upload.decoder = Some(decoder);
+            }
+        }
+        tx.finish();
+        Ok(upload)
+    }
+
+    /// Sends a buffered upload, then (when it did not fit) the rest of the
+    /// body as it arrives.
+    async fn send_upload(
+        &mut self,
+        upstream: &mut Connection,
+        upload: &mut Upload,
+        proxy: &Proxy,
+    ) -> io::Result<()> {
+        let idle = proxy.idle_timeout;
+        // Re-chunked when the length is not known yet.
+        let chunked = !upload.complete && upload.decoder.is_some();
+        let mut scratch = Vec::new();
+        while let Some(piece) = upload.rx.next().await {
+            match piece? {
+                spool::Piece::Memory(chunk) => {
+                    send_chunk(upstream, &chunk, chunked, idle).await?;
+                }
+                spool::Piece::File { file, at, len } => {
+                    let len = usize::try_from(len).map_or(BUFFER, |l| l.min(BUFFER));
+                    scratch.resize(len, 0);
+                    file.read_exact_at(&mut scratch, at)?;
+                    send_chunk(upstream, &scratch, chunked, idle).await?;
+                    upload.rx.consumed(len as u64);
+                }
+            }
+        }
+        if upload.complete {
+            return Ok(());
+        }
+        match upload.decoder.take() {
+            None => {
+                self.relay_request_length(upstream, upload.left, proxy)
+                    .await
+            }
+            Some(mut decoder) => {
+                let carry = std::mem::take(&mut upload.carry);
+                send_chunk(upstream, &carry, true, idle).await?;
+                let sent = upload.len + carry.len() as u64;
+                if !decoder.is_done() {
+                    let max = proxy.buffering.max_body_size;
+                    self.relay_request_chunked(upstream, &mut decoder, max, sent, proxy)
+                        .await?;
+                }
+                timed(idle, upstream.write_all(b"0\r\n\r\n")).await
+            }
+        }
+    }
+
     /// Relays a request body of `n` bytes: what was read with the head,
     /// then the rest as it arrives.
     async fn relay_request_length(
@@ -577,22 +767,43 @@ impl Conn<'_> {
             .map_err(client_side)
     }
 
-    /// Relays a chunked request body, checked chunk by chunk.
+    /// Relays a chunked request body, checked chunk by chunk and counted
+    /// against `max`. From the start (`sent` 0) the framing passes as it
+    /// came; resuming after an upload that did not fit, the data is
+    /// re-chunked and the last chunk is left to the caller.
     async fn relay_request_chunked(
         &mut self,
         upstream: &mut Connection,
+        decoder: &mut chunked::Decoder,
+        max: Option<u64>,
+        mut sent: u64,
         proxy: &Proxy,
     ) -> io::Result<()> {
-        let mut decoder = chunked::Decoder::default();
+        let max = max.unwrap_or(u64::MAX);
+        let resumed = sent > 0;
+        let mut pieces = Vec::new();
         loop {
             if self.buf.is_empty() && self.read_body(proxy).await? == 0 {
                 return Err(client_side(io::ErrorKind::UnexpectedEof.into()));
             }
+            pieces.clear();
             let used = decoder
-                .feed(&self.buf, &mut Vec::new())
+                .feed(&self.buf, &mut pieces)
                 .map_err(|e| client_side(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-            // The framing is valid: pass it on as it came.
-            timed(proxy.idle_timeout, upstream.write_all(&self.buf[..used])).await?;
+            for Piece::Data(range) in &pieces {
+                sent += range.len() as u64;
+                if resumed {
+                    send_chunk(upstream, &self.buf[range.clone()], true, proxy.idle_timeout)
+                        .await?;
+                }
+            }
+            if sent > max {
+                return Err(too_large());
+            }
+            if !resumed {
+                // The framing is valid: pass it on as it came.
+                timed(proxy.idle_timeout, upstream.write_all(&self.buf[..used])).await?;
+            }
             self.buf.advance(used);
             if decoder.is_done() {
                 return Ok(());
@@ -600,95 +811,96 @@ impl Conn<'_> {
         }
     }
 
-    /// Relays the response body. Returns whether it ended exactly where
-    /// its framing said, so the upstream connection can be reused.
+    /// Relays the response body as it comes. With `hybrid`, once the
+    /// client's socket cannot take a piece at once (it reads slower than
+    /// the backend sends), the rest goes through the route's buffer: a
+    /// task reads the backend at the backend's pace and lets it go, while
+    /// this one finishes the piece and drains the buffer.
     async fn relay_body(
         &mut self,
-        upstream: &mut Connection,
-        framing: Upstream,
-        leftover: Pooled,
+        mut backend: Backend,
         rechunk: bool,
-        proxy: &Proxy,
-    ) -> io::Result<bool> {
-        let idle = proxy.idle_timeout;
-        match framing {
-            Upstream::None => {
+        hybrid: Option<Buffering>,
+    ) -> io::Result<()> {
+        loop {
+            if !self.out.is_empty() && !backend.reader.has_buffered() {
+                // The head goes out before waiting on the backend (pushed:
+                // nothing may follow for a while, or at all).
                 self.write_out(&[], false).await?;
-                Ok(leftover.is_empty())
             }
-            Upstream::Length(n) => {
-                let mut left = n;
-                let first = usize::try_from(n).map_or(leftover.len(), |n| n.min(leftover.len()));
-                let clean = first == leftover.len();
-                self.write_out(&leftover[..first], left > first as u64)
-                    .await?;
-                left -= first as u64;
-                // Only bodies larger than what came with the head need it.
-                let mut buf = if left > 0 {
-                    vec![0; BUFFER]
+            let read = backend
+                .reader
+                .next(&mut backend.upstream, backend.idle)
+                .await;
+            let (piece, more) = match read {
+                Ok(Some(piece)) => piece,
+                Ok(None) => break,
+                Err(e) => return Err(backend.failed(e)),
+            };
+            let Some(buffering) = hybrid.filter(|_| more) else {
+                if rechunk {
+                    self.send_piece(piece, true).await?;
                 } else {
-                    Vec::new()
-                };
-                while left > 0 {
-                    let want = usize::try_from(left).map_or(BUFFER, |l| l.min(BUFFER));
-                    let got = timed(idle, upstream.read(&mut buf[..want])).await?;
-                    if got == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "backend closed mid-body",
-                        ));
-                    }
-                    left -= got as u64;
-                    self.write_out(&buf[..got], left > 0).await?;
+                    self.write_out(piece, more).await?;
                 }
-                Ok(clean)
+                continue;
+            };
+            if rechunk {
+                self.out
+                    .extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
             }
-            Upstream::Chunked => {
-                // The head goes out now: the first chunk may take a while.
-                self.write_out(&[], true).await?;
-                let mut decoder = chunked::Decoder::default();
-                let mut pieces = Vec::new();
-                let mut data = leftover;
-                let mut clean = true;
-                loop {
-                    pieces.clear();
-                    let used = decoder
-                        .feed(&data, &mut pieces)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    clean &= used == data.len();
-                    for Piece::Data(range) in pieces.drain(..) {
-                        self.send_piece(&data[range], rechunk).await?;
-                    }
-                    if decoder.is_done() {
-                        break;
-                    }
-                    data.clear();
-                    data.reserve(BUFFER);
-                    if timed(idle, upstream.read_buf(&mut *data)).await? == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "backend closed mid-body",
-                        ));
-                    }
+            let sent = self.write_now(piece, true)?;
+            if self.out.is_empty() && sent == piece.len() {
+                if rechunk {
+                    self.out.extend_from_slice(b"\r\n");
                 }
-                self.finish(rechunk).await?;
-                Ok(clean)
+                continue;
             }
-            Upstream::Close => {
-                self.write_out(&[], true).await?;
-                self.send_piece(&leftover, rechunk).await?;
-                let mut buf = vec![0; BUFFER];
-                loop {
-                    let got = timed(idle, upstream.read(&mut buf)).await?;
-                    if got == 0 {
-                        break;
+            // The client is slower than the backend.
+            let rest = piece[sent..].to_vec();
+            let (tx, rx) = spool::spool(
+                &self.shared.upstream.buffers,
+                buffering.memory,
+                buffering.disk,
+            );
+            tokio::spawn(backend.fill(tx));
+            self.write_out(&rest, true).await?;
+            if rechunk {
+                self.out.extend_from_slice(b"\r\n");
+            }
+            return self.drain(rx, rechunk).await;
+        }
+        backend.done();
+        self.finish(rechunk).await
+    }
+
+    /// Sends what a buffer holds until the body's end. Spilled pieces are
+    /// read back through one bounded buffer rather than sent with
+    /// `sendfile`: the file's consumed ranges are punched out and its
+    /// space reused while a `sendfile` would still reference those pages
+    /// from the socket's queue.
+    async fn drain(&mut self, mut rx: spool::Receiver, rechunk: bool) -> io::Result<()> {
+        let mut scratch = Vec::new();
+        while let Some(piece) = rx.next().await {
+            match piece? {
+                // Pushed at once (no MSG_MORE): the client is slow, the
+                // socket buffer coalesces, and the last piece is not known.
+                spool::Piece::Memory(chunk) if !rechunk => self.write_out(&chunk, false).await?,
+                spool::Piece::Memory(chunk) => self.send_piece(&chunk, true).await?,
+                spool::Piece::File { file, at, len } => {
+                    let len = usize::try_from(len).map_or(SPILL_READ, |l| l.min(SPILL_READ));
+                    scratch.resize(len, 0);
+                    file.read_exact_at(&mut scratch, at)?;
+                    rx.consumed(len as u64);
+                    if rechunk {
+                        self.send_piece(&scratch, true).await?;
+                    } else {
+                        self.write_out(&scratch, false).await?;
                     }
-                    self.send_piece(&buf[..got], rechunk).await?;
                 }
-                self.finish(rechunk).await?;
-                Ok(false)
             }
         }
+        self.finish(rechunk).await
     }
 
     /// After a `101 Switching Protocols`: the answer goes to the client,
@@ -746,6 +958,255 @@ impl Conn<'_> {
             self.out.extend_from_slice(b"0\r\n\r\n");
         }
         self.write_out(&[], false).await
+    }
+}
+
+/// A request body read ahead of the backend (`requestBody: Buffer`).
+struct Upload {
+    rx: spool::Receiver,
+    /// Bytes in the buffer.
+    len: u64,
+    /// The whole body is in the buffer (sent with its `Content-Length`).
+    complete: bool,
+    /// A sized body: bytes the client has still to send.
+    left: u64,
+    /// A chunked body: where its decoding stopped.
+    decoder: Option<chunked::Decoder>,
+    /// Decoded bytes that did not fit, sent right after the buffer.
+    carry: Vec<u8>,
+}
+
+/// The answer to a client whose request body was refused.
+fn client_status(e: &io::Error) -> StatusCode {
+    match e.kind() {
+        io::ErrorKind::TimedOut => StatusCode::REQUEST_TIMEOUT,
+        io::ErrorKind::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A request body over the route's `maxBodySize`.
+fn too_large() -> io::Error {
+    client_side(io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        "request body over maxBodySize",
+    ))
+}
+
+/// Writes request body bytes upstream, as one chunk when `chunked`.
+async fn send_chunk(
+    upstream: &mut Connection,
+    data: &[u8],
+    chunked: bool,
+    idle: Duration,
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if chunked {
+        let size = format!("{:x}\r\n", data.len());
+        timed(idle, upstream.write_all(size.as_bytes())).await?;
+        timed(idle, upstream.write_all(data)).await?;
+        timed(idle, upstream.write_all(b"\r\n")).await
+    } else {
+        timed(idle, upstream.write_all(data)).await
+    }
+}
+
+/// How the client's response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framed {
+    /// No body (HEAD, 204, 304); the backend's `Content-Length`, if any.
+    NoBody(Option<u64>),
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients of unsized bodies).
+    Close,
+}
+
+/// Bytes of a spill file read back at a time: the one read buffer of a
+/// draining body.
+const SPILL_READ: usize = 64 * 1024;
+
+/// A backend connection with a response body still to read: what it
+/// takes to finish reading it, in this task or a buffer's filler task.
+struct Backend {
+    upstream: Connection,
+    reader: BodyReader,
+    keep_alive: bool,
+    /// The try's status once the body is through.
+    status: u16,
+    try_: Try,
+    pool_key: px::PoolKey,
+    idle: Duration,
+    shared: Arc<Shared>,
+}
+
+impl Backend {
+    /// Reads the rest of the body into a buffer as fast as the backend
+    /// sends it (waiting only when the buffer is full), then lets the
+    /// backend go.
+    async fn fill(mut self, mut tx: spool::Sender) {
+        loop {
+            match self.reader.next(&mut self.upstream, self.idle).await {
+                Ok(Some((piece, _))) => {
+                    if let Err(e) = tx.send(piece).await {
+                        // The client is gone: so is this exchange.
+                        tracing::debug!(error = %e, "buffered response abandoned");
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let e = self.failed(e);
+                    tx.fail(e.to_string());
+                    return;
+                }
+            }
+        }
+        tx.finish();
+        self.done();
+    }
+
+    /// Counts a failure reading the body (timeouts apart) and passes it on.
+    fn failed(&self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::TimedOut {
+            self.shared.metrics.upstream_timeouts.fetch_add(1, Relaxed);
+        }
+        e
+    }
+
+    /// The body was read whole: the try succeeded, and the connection
+    /// goes back to the pool when its framing ended cleanly.
+    fn done(mut self) {
+        let metrics = &self.shared.metrics;
+        metrics.upstream_held.observe(self.try_.elapsed());
+        self.try_.status = self.status;
+        let reusable = self.reader.clean && self.reader.framing != Upstream::Close;
+        if reusable && self.keep_alive {
+            px::put_idle(
+                self.pool_key,
+                self.upstream,
+                self.shared.upstream.idle,
+                metrics,
+            );
+        }
+    }
+}
+
+/// Reads an upstream response body piece by piece, undoing its framing.
+struct BodyReader {
+    framing: Upstream,
+    /// `Length`: bytes still to read.
+    left: u64,
+    decoder: chunked::Decoder,
+    data: Pooled,
+    /// Ranges of `data` still to hand out, from `next_piece` on.
+    pieces: Vec<Piece>,
+    next_piece: usize,
+    /// `data` holds what came with the head, not yet looked at.
+    fresh: bool,
+    /// The body's end was read.
+    done: bool,
+    /// The body ended exactly at the end of what the backend sent.
+    clean: bool,
+}
+
+impl BodyReader {
+    fn new(framing: Upstream, leftover: Pooled) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Upstream::Length(n) => n,
+                _ => 0,
+            },
+            decoder: chunked::Decoder::default(),
+            data: leftover,
+            pieces: Vec::new(),
+            next_piece: 0,
+            fresh: true,
+            done: false,
+            clean: true,
+        }
+    }
+
+    /// Whether the next piece is at hand without reading the backend.
+    fn has_buffered(&self) -> bool {
+        (self.fresh && !self.data.is_empty()) || self.next_piece < self.pieces.len()
+    }
+
+    /// The next piece of body, and whether more follows; `None` at its
+    /// end.
+    async fn next(
+        &mut self,
+        upstream: &mut Connection,
+        idle: Duration,
+    ) -> io::Result<Option<(&[u8], bool)>> {
+        loop {
+            if let Some(Piece::Data(range)) = self.pieces.get(self.next_piece).cloned() {
+                self.next_piece += 1;
+                let more = !self.done || self.next_piece < self.pieces.len();
+                return Ok(Some((&self.data[range], more)));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            self.pieces.clear();
+            self.next_piece = 0;
+            let got = if self.fresh {
+                self.fresh = false;
+                self.data.len()
+            } else {
+                self.read(upstream, idle).await?
+            };
+            match self.framing {
+                Upstream::None => {
+                    self.clean = got == 0;
+                    self.done = true;
+                }
+                Upstream::Length(_) => {
+                    let take = usize::try_from(self.left).map_or(got, |n| n.min(got));
+                    self.clean &= take == got;
+                    self.left -= take as u64;
+                    self.pieces.push(Piece::Data(0..take));
+                    self.done = self.left == 0;
+                }
+                Upstream::Chunked => {
+                    let used = self
+                        .decoder
+                        .feed(&self.data[..got], &mut self.pieces)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    self.clean &= used == got;
+                    self.done = self.decoder.is_done();
+                }
+                Upstream::Close => self.pieces.push(Piece::Data(0..got)),
+            }
+            self.pieces.retain(|Piece::Data(r)| !r.is_empty());
+        }
+    }
+
+    /// Reads more of the body into `data`; an early end is an error except
+    /// for a body delimited by the connection closing.
+    async fn read(&mut self, upstream: &mut Connection, idle: Duration) -> io::Result<usize> {
+        let want = match self.framing {
+            Upstream::Length(_) => usize::try_from(self.left).map_or(BUFFER, |l| l.min(BUFFER)),
+            _ => BUFFER,
+        };
+        if self.data.len() < want {
+            self.data.resize(BUFFER, 0);
+        }
+        let got = timed(idle, upstream.read(&mut self.data[..want])).await?;
+        if got == 0 {
+            if self.framing == Upstream::Close {
+                self.done = true;
+                return Ok(0);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backend closed mid-body",
+            ));
+        }
+        Ok(got)
     }
 }
 

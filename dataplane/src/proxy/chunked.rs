@@ -44,7 +44,7 @@ pub(crate) struct Decoder {
 }
 
 /// What [`Decoder::feed`] found in a buffer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Piece {
     /// Body data at this range of the input.
     Data(std::ops::Range<usize>),

@@ -9,8 +9,8 @@ use pier_crds::{BalancerType, Ejection, HeaderOps, ProxyRoute, Retries, RetryOn,
 
 use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule, root};
 use crate::model::{
-    Action, Balance, EjectionPolicy, Endpoint, HashKey, HeaderEdits, Matches, PathRule,
-    ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, UpstreamTls,
+    Action, Balance, BufferMode, Buffering, EjectionPolicy, Endpoint, HashKey, HeaderEdits,
+    Matches, PathRule, ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, UpstreamTls,
 };
 
 /// Default time limits, in milliseconds (nginx's and Envoy's order of magnitude).
@@ -285,6 +285,7 @@ pub(super) fn proxy_route(
             ejection: ejection(spec.ejection.as_ref())?,
             sendfile_roots: sendfile_roots(spec.sendfile.as_ref())?,
             upstream_tls,
+            buffering: buffering(spec.buffering.as_ref())?,
         })),
     };
     let unresolved = (!problems.is_empty()).then(|| Unresolved {
@@ -496,6 +497,57 @@ fn timeouts(given: Option<&Timeouts>) -> Result<ProxyTimeouts, Invalid> {
         response_header_ms: field("responseHeader", &given.response_header, RESPONSE_HEADER_MS)?,
         idle_ms: field("idle", &given.idle, IDLE_MS)?,
     })
+}
+
+fn buffering(given: Option<&pier_crds::Buffering>) -> Result<Buffering, Invalid> {
+    let Some(given) = given else {
+        return Ok(Buffering::default());
+    };
+    let field = |name: &'static str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| {
+                bytes(v).map_err(|why| Invalid::Size {
+                    field: name,
+                    value: v.to_owned(),
+                    why,
+                })
+            })
+            .transpose()
+    };
+    Ok(Buffering {
+        mode: match given.mode {
+            pier_crds::BufferingMode::Hybrid => BufferMode::Hybrid,
+            pier_crds::BufferingMode::Buffer => BufferMode::Buffer,
+            pier_crds::BufferingMode::Stream => BufferMode::Stream,
+        },
+        memory: field("memory", &given.memory)?.unwrap_or(Buffering::MEMORY),
+        disk: field("disk", &given.disk)?.unwrap_or(Buffering::DISK),
+        request_body: given.request_body == Some(pier_crds::RequestBuffering::Buffer),
+        max_body_size: field("maxBodySize", &given.max_body_size)?,
+    })
+}
+
+/// A Kubernetes-style size (`64Ki`, `1Gi`, `10M`, `4096`) in bytes.
+pub(crate) fn bytes(value: &str) -> Result<u64, &'static str> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| "must start with a number")?;
+    let scale: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return Err("has an unknown suffix; use Ki, Mi, Gi, Ti, k, M, G or T"),
+    };
+    n.checked_mul(scale).ok_or("is too large")
 }
 
 /// `500ms`, `2s`, `1m`, `1h` as milliseconds; zero is refused.

@@ -2,6 +2,8 @@ use std::sync::Arc;
 
 use pier_crds::{ProxyRoute, StaticRoute};
 
+use crate::model::{BufferMode, Buffering};
+
 use super::*;
 
 fn route(yaml: &str) -> StaticRoute {
@@ -649,4 +651,38 @@ fn backend_tls_takes_the_ca_or_trusts_nothing_and_says_why() {
             .message
             .contains("Secret default/missing not found")
     );
+}
+
+#[test]
+fn buffering_defaults_to_hybrid_and_sizes_take_kubernetes_suffixes() {
+    let action = |spec: &str| {
+        let out = compile_proxies(vec![proxy("p", spec)]);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let Action::Proxy(action) = &out.snapshot.routes[0].action else {
+            panic!("a proxy action");
+        };
+        action.buffering
+    };
+    let plain = action(r#"{backends: [{address: "127.0.0.1:1"}]}"#);
+    assert_eq!(plain, Buffering::default());
+    assert_eq!(plain.mode, BufferMode::Hybrid);
+    assert_eq!((plain.memory, plain.disk), (64 << 10, 1 << 30));
+    let given = action(
+        r#"{backends: [{address: "127.0.0.1:1"}], buffering: {mode: Buffer, memory: 1Mi, disk: 10G, requestBody: Buffer, maxBodySize: "4096"}}"#,
+    );
+    assert_eq!(given.mode, BufferMode::Buffer);
+    assert_eq!((given.memory, given.disk), (1 << 20, 10_000_000_000));
+    assert!(given.request_body);
+    assert_eq!(given.max_body_size, Some(4096));
+}
+
+#[test]
+fn an_unusable_size_rejects_the_route_with_a_reason() {
+    let out = compile_proxies(vec![proxy(
+        "p",
+        r#"{backends: [{address: "127.0.0.1:1"}], buffering: {disk: 99999999999999Ti}}"#,
+    )]);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].invalid.reason(), "InvalidBuffering");
+    assert!(out.errors[0].invalid.to_string().contains("buffering.disk"));
 }
