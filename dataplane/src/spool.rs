@@ -405,8 +405,8 @@ impl Sender {
             ));
         }
         let before = state.total;
-        let rest = state.into_memory(data, budget);
-        let placed = if rest.is_empty() || state.into_disk(rest, budget) {
+        let rest = state.place_in_memory(data, budget);
+        let placed = if rest.is_empty() || state.place_on_disk(rest, budget) {
             Placed::All
         } else {
             state.filled = true;
@@ -447,7 +447,7 @@ impl Drop for Sender {
 
 impl State {
     /// Copies what memory takes of `data`; returns the rest.
-    fn into_memory<'d>(&mut self, mut data: &'d [u8], budget: &Arc<Budget>) -> &'d [u8] {
+    fn place_in_memory<'d>(&mut self, mut data: &'d [u8], budget: &Arc<Budget>) -> &'d [u8] {
         while !data.is_empty() {
             if let Some(Segment::Memory(last)) = self.queue.back_mut()
                 && last.buf.len() < SPOOL_CHUNK
@@ -480,7 +480,7 @@ impl State {
 
     /// Appends `data` to the spill file when the limits allow; false when
     /// they do not (or spilling failed: the body streams from then on).
-    fn into_disk(&mut self, data: &[u8], budget: &Arc<Budget>) -> bool {
+    fn place_on_disk(&mut self, data: &[u8], budget: &Arc<Budget>) -> bool {
         let n = data.len() as u64;
         if self.spill_off
             || budget.dir.is_none()
