@@ -56,6 +56,8 @@ enum Kind {
     Multipart(Multipart),
     /// A backend's body, for HTTP/2 clients; boxed, being the largest.
     Upstream(Box<Upstream>),
+    /// A backend's body through the route's buffer (hybrid buffering).
+    Spooled(crate::spool::SpoolBody),
 }
 
 /// A backend's response body and what lives as long as it does.
@@ -136,6 +138,12 @@ impl Body {
         })))
     }
 
+    /// A backend's body read from the route's buffer, which a filler task
+    /// fills as fast as the backend sends.
+    pub(crate) fn spooled(rx: crate::spool::Receiver) -> Self {
+        Self::from_kind(Kind::Spooled(crate::spool::SpoolBody::new(rx)))
+    }
+
     fn from_kind(kind: Kind) -> Self {
         Self { kind, done: None }
     }
@@ -154,7 +162,7 @@ impl Body {
             Kind::File(region) => region.remaining,
             Kind::Multipart(multipart) => multipart.len,
             // HTTP/2 only, where the length comes from `size_hint`.
-            Kind::Upstream(_) => 0,
+            Kind::Upstream(_) | Kind::Spooled(_) => 0,
         }
     }
 
@@ -171,7 +179,7 @@ impl Body {
             Kind::File(region) => region.take(),
             Kind::Multipart(multipart) => multipart.next_segment(),
             // The HTTP/1.1 engine relays backend bodies itself.
-            Kind::Upstream(_) => None,
+            Kind::Upstream(_) | Kind::Spooled(_) => None,
         }
     }
 
@@ -201,6 +209,11 @@ impl http_body::Body for Body {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(next) => next,
             },
+            Kind::Spooled(spooled) => match std::task::ready!(Pin::new(spooled).poll_frame(cx)) {
+                None => None,
+                Some(Err(e)) => Some(Err(e)),
+                Some(Ok(frame)) => frame.into_data().ok().map(Ok),
+            },
         };
         match (&next, &this.done) {
             (Some(Ok(bytes)), Some(done)) => done.route.sent(bytes.len() as u64),
@@ -217,13 +230,14 @@ impl http_body::Body for Body {
             Kind::File(region) => region.remaining == 0,
             Kind::Multipart(_) => false,
             Kind::Upstream(upstream) => http_body::Body::is_end_stream(&upstream.body),
+            Kind::Spooled(spooled) => http_body::Body::is_end_stream(spooled),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             // Already partly sent; the length header was written from `len`.
-            Kind::Multipart(_) => SizeHint::default(),
+            Kind::Multipart(_) | Kind::Spooled(_) => SizeHint::default(),
             Kind::Upstream(upstream) => http_body::Body::size_hint(&upstream.body),
             _ => SizeHint::with_exact(self.len()),
         }

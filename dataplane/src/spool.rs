@@ -19,8 +19,9 @@
 //!
 //! Spill files are created in `--spill-dir` with `O_TMPFILE` (never named,
 //! so a crash leaves nothing behind; a filesystem without it gets a named
-//! file unlinked at once), read back by `sendfile` or in bounded reads,
-//! and their consumed ranges are punched out so disk use follows what is
+//! file unlinked at once), read back in bounded reads (not `sendfile`: a
+//! socket's queue would still reference pages this file then reuses), and
+//! their consumed ranges are punched out, so disk use follows what is
 //! still queued, not what went through. A spill directory that is missing,
 //! unwritable or full makes the body stream instead (logged once, counted).
 //!
@@ -33,9 +34,13 @@ use std::io;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use rustix::fs::{FallocateFlags, Mode, OFlags};
 use tokio::sync::Notify;
 
@@ -630,6 +635,75 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.inner.lock().receiver_gone = true;
         self.inner.to_sender.notify_one();
+    }
+}
+
+/// A buffer's receiving half as an `http_body::Body` (hyper's side:
+/// HTTP/2 and TLS clients, and buffered uploads). Spilled bytes are read
+/// back [`SPOOL_CHUNK`] × 4 at a time.
+pub(crate) struct SpoolBody {
+    next: Option<ReadOne>,
+}
+
+/// Reading one piece, owning the receiver until it is back.
+type ReadOne = Pin<Box<dyn Future<Output = (Receiver, Option<io::Result<Bytes>>)> + Send + Sync>>;
+
+impl std::fmt::Debug for SpoolBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolBody").finish_non_exhaustive()
+    }
+}
+
+impl SpoolBody {
+    pub(crate) fn new(rx: Receiver) -> Self {
+        Self {
+            next: Some(Box::pin(read_one(rx))),
+        }
+    }
+}
+
+/// The next piece of a buffer as bytes.
+async fn read_one(mut rx: Receiver) -> (Receiver, Option<io::Result<Bytes>>) {
+    let piece = match rx.next().await {
+        None => None,
+        Some(Err(e)) => Some(Err(e)),
+        Some(Ok(Piece::Memory(chunk))) => Some(Ok(Bytes::copy_from_slice(&chunk))),
+        Some(Ok(Piece::File { file, at, len })) => {
+            let len = usize::try_from(len).map_or(4 * SPOOL_CHUNK, |l| l.min(4 * SPOOL_CHUNK));
+            let mut buf = vec![0; len];
+            match file.read_exact_at(&mut buf, at) {
+                Ok(()) => {
+                    rx.consumed(len as u64);
+                    Some(Ok(Bytes::from(buf)))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        }
+    };
+    (rx, piece)
+}
+
+impl http_body::Body for SpoolBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<http_body::Frame<Bytes>>>> {
+        let Some(next) = self.next.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (rx, piece) = std::task::ready!(next.as_mut().poll(cx));
+        self.next = match &piece {
+            Some(Ok(_)) => Some(Box::pin(read_one(rx))),
+            _ => None,
+        };
+        Poll::Ready(piece.map(|r| r.map(http_body::Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next.is_none()
     }
 }
 

@@ -469,3 +469,112 @@ fn bodies_over_max_body_size_get_413() {
     assert_eq!(res.text(), "got 5");
     drop(seen);
 }
+
+/// Runs `f` on an HTTP/2 (prior knowledge) connection to `pier`.
+fn with_h2<F, Fut>(pier: &Running, f: F)
+where
+    F: FnOnce(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr = pier.addr;
+    runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        f(sender).await;
+    });
+}
+
+fn h2_request(
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("http://t{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body,
+        )))
+        .expect("request")
+}
+
+#[test]
+fn http2_clients_get_the_buffer_too() {
+    use http_body_util::BodyExt;
+    let spill = tempfile::tempdir().expect("spill dir");
+    let spill_arg = spill.path().to_string_lossy().into_owned();
+    let blocks = 1024; // 64 MiB
+    let (backend, served) = bulk_backend(blocks, false, None);
+    let pier = start(backend, "{mode: Hybrid}", &["--spill-dir", &spill_arg]);
+    with_h2(&pier, |mut sender| async move {
+        let res = sender
+            .send_request(h2_request("GET", "/bulk", b""))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers().get("content-length").map(|v| v.as_bytes()),
+            Some(&b"67108864"[..])
+        );
+        let mut body = res.into_body();
+        let mut got = Vec::new();
+        let mut next = 0;
+        let started = Instant::now();
+        let mut released = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("frame");
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            got.extend_from_slice(&data);
+            while got.len() >= BLOCK {
+                assert!(got[..BLOCK] == block(next), "block {next} intact");
+                got.drain(..BLOCK);
+                next += 1;
+            }
+            if released.is_none() {
+                if served.try_recv().is_ok() {
+                    released = Some((started.elapsed(), next));
+                } else if started.elapsed() < Duration::from_secs(15) {
+                    // About 1 MiB/s until the backend is done.
+                    tokio::time::sleep(Duration::from_millis(data.len() as u64 / 1024)).await;
+                }
+            }
+        }
+        assert_eq!(next, blocks);
+        let (after, read) = released.expect("the backend was released");
+        assert!(after < Duration::from_secs(10), "backend held {after:?}");
+        assert!(read < blocks / 2, "while the client had read {read} blocks");
+    });
+    assert!(metric(&pier, "pier_dataplane_buffer_spilled_bytes_total") > 16 << 20);
+}
+
+#[test]
+fn http2_uploads_are_limited_and_buffered() {
+    let (backend, seen) = upload_backend();
+    let pier = start(backend, "{requestBody: Buffer, maxBodySize: 64Ki}", &[]);
+    with_h2(&pier, |mut sender| async move {
+        let res = sender
+            .send_request(h2_request("POST", "/up", &vec![b'z'; 100_000]))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 413);
+        let res = sender
+            .send_request(h2_request("POST", "/up", &vec![b'z'; 30_000]))
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 200);
+    });
+    let (_, head, length) = seen.recv_timeout(Duration::from_secs(5)).expect("seen");
+    assert_eq!(length, 30_000, "{head}");
+}

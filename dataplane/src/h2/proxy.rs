@@ -29,20 +29,23 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty};
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use pier_snapshot::BufferMode;
 
 use super::Activity;
 use crate::body::{Body, Done, Finish};
 use crate::files;
 use crate::proxy::{self as px, Choice, Proxy, Try, sendfile, strip_hop_by_hop};
 use crate::service::{ProxyTarget, Shared};
+use crate::spool;
 use crate::table::Handler;
 
-/// The body sent upstream: the client's, or none.
-type Outbound = Either<Incoming, Empty<Bytes>>;
+/// The body sent upstream: the client's (buffered first when the route
+/// asks), or none.
+type Outbound = Either<Upload, Empty<Bytes>>;
 type Sender = SendRequest<Outbound>;
 
 thread_local! {
@@ -86,7 +89,26 @@ async fn exchange(
     };
     let metrics = &shared.metrics;
     let (parts, body) = req.into_parts();
-    let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+    let buffering = &proxy.buffering;
+    let max = buffering.max_body_size.unwrap_or(u64::MAX);
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+    let mut length = None;
+    let mut body = match body {
+        None => None,
+        Some(body) if buffering.request_body => {
+            let upload = Upload::buffer(body, shared, proxy, max).await?;
+            length = upload.length;
+            Some(upload)
+        }
+        Some(body) => Some(Upload::streamed(body, max)),
+    };
     // A status can be retried only when nothing streamed from the client.
     let repeatable = body.is_none() && px::is_idempotent(&parts.method);
     let choice = Choice {
@@ -102,6 +124,10 @@ async fn exchange(
     let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 6);
     if let Some(host) = proxy.rewrite_host.as_ref().or(client_host.as_ref()) {
         headers.insert(HOST, host.clone());
+    }
+    if let Some(n) = length {
+        // A whole buffered upload goes with its length.
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
     }
     px::upstream_fields(
         &parts.headers,
@@ -167,7 +193,8 @@ async fn exchange(
                     sender,
                     try_,
                     proxy,
-                )?;
+                )
+                .await?;
                 if let Some(hsts) = target.entry().hsts.as_ref().filter(|_| target.secure) {
                     res.headers_mut()
                         .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
@@ -224,6 +251,8 @@ async fn send(
     .await;
     match answer {
         Ok(Ok(response)) => Ok((response, sender)),
+        Ok(Err(e)) if caused_by::<TooLarge>(&e) => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Ok(Err(e)) if caused_by::<ClientBody>(&e) => Err(StatusCode::BAD_REQUEST),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream exchange failed");
             Err(StatusCode::BAD_GATEWAY)
@@ -236,7 +265,7 @@ async fn send(
 }
 
 /// The client's response: the backend's, or the file it handed back.
-fn respond(
+async fn respond(
     shared: &Arc<Shared>,
     method: &Method,
     client: &http::HeaderMap,
@@ -271,6 +300,13 @@ fn respond(
         sender: Some(sender),
         shared: Arc::clone(shared),
     };
+    let buffering = &proxy.buffering;
+    // Bodies within the route's memory fit hyper's own buffers and the
+    // HTTP/2 window: they pass straight through.
+    let small = length
+        .as_ref()
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= buffering.memory);
     let body = if ended {
         // HEAD, 204, 304 or an empty body: the backend's length still
         // describes the resource.
@@ -279,10 +315,209 @@ fn respond(
         }
         exchange.finished();
         Body::empty()
-    } else {
+    } else if buffering.mode == BufferMode::Stream || small {
+        if let Some(length) = length {
+            head.headers.insert(CONTENT_LENGTH, length);
+        }
         Body::upstream(incoming, proxy.idle_timeout, Box::new(exchange))
+    } else {
+        let (tx, mut rx) = spool::spool(&shared.upstream.buffers, buffering.memory, buffering.disk);
+        tokio::spawn(fill(incoming, tx, proxy.idle_timeout, exchange));
+        let whole = if buffering.mode == BufferMode::Buffer {
+            rx.whole().await.map_err(|e| {
+                tracing::debug!(error = %e, "response body not completed");
+                StatusCode::BAD_GATEWAY
+            })?
+        } else {
+            None
+        };
+        if let Some(n) = whole.or_else(|| {
+            length
+                .as_ref()
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        }) {
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        Body::spooled(rx)
     };
     Ok(Response::from_parts(head, body))
+}
+
+/// Reads a backend's body into the route's buffer as fast as it comes,
+/// then lets the backend go.
+async fn fill(
+    mut incoming: Incoming,
+    mut tx: spool::Sender,
+    idle: std::time::Duration,
+    mut exchange: Exchange,
+) {
+    loop {
+        match tokio::time::timeout(idle, incoming.frame()).await {
+            Err(_) => {
+                exchange
+                    .shared
+                    .metrics
+                    .upstream_timeouts
+                    .fetch_add(1, Relaxed);
+                tx.fail("backend body idle past the route's idle timeout".to_owned());
+                return;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tx.fail(format!("backend body: {e}"));
+                return;
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(&data).await.is_err()
+                {
+                    // The client is gone: so is this exchange.
+                    return;
+                }
+            }
+        }
+    }
+    tx.finish();
+    exchange.finished();
+}
+
+/// A request body over the route's `maxBodySize`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over maxBodySize")]
+struct TooLarge;
+
+/// The client's request body failed (reset, malformed).
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+struct ClientBody(hyper::Error);
+
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The body sent upstream: what a buffered upload holds, then what of the
+/// client's body it did not, counted against `maxBodySize`.
+#[derive(Debug)]
+struct Upload {
+    buffered: Option<spool::SpoolBody>,
+    /// Bytes of a frame that did not fit the buffer.
+    carry: Option<Bytes>,
+    rest: Option<Incoming>,
+    max: u64,
+    seen: u64,
+    /// The whole body is buffered: its length.
+    length: Option<u64>,
+}
+
+impl Upload {
+    fn streamed(body: Incoming, max: u64) -> Self {
+        Self {
+            buffered: None,
+            carry: None,
+            rest: Some(body),
+            max,
+            seen: 0,
+            length: None,
+        }
+    }
+
+    /// Reads the client's body into the route's buffer before a backend is
+    /// picked; when it does not fit, the rest streams later.
+    async fn buffer(
+        mut body: Incoming,
+        shared: &Shared,
+        proxy: &Proxy,
+        max: u64,
+    ) -> Result<Self, StatusCode> {
+        let buffering = &proxy.buffering;
+        let (mut tx, rx) = spool::spool(&shared.upstream.buffers, buffering.memory, buffering.disk);
+        let mut seen = 0;
+        let mut carry = None;
+        loop {
+            let frame = match tokio::time::timeout(proxy.idle_timeout, body.frame()).await {
+                Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(StatusCode::BAD_REQUEST),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len() as u64;
+            if seen > max {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            let placed = tx.try_send(&data).map_err(|_| StatusCode::BAD_GATEWAY)?;
+            if placed < data.len() {
+                carry = Some(data.split_off(placed));
+                break;
+            }
+        }
+        tx.finish();
+        let complete = carry.is_none();
+        Ok(Self {
+            buffered: Some(spool::SpoolBody::new(rx)),
+            carry,
+            rest: (!complete).then_some(body),
+            max,
+            seen,
+            length: complete.then_some(seen),
+        })
+    }
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::{Poll, ready};
+        let this = &mut *self;
+        if let Some(buffered) = &mut this.buffered {
+            match ready!(std::pin::Pin::new(buffered).poll_frame(cx)) {
+                Some(frame) => return Poll::Ready(Some(frame.map_err(Into::into))),
+                None => this.buffered = None,
+            }
+        }
+        if let Some(carry) = this.carry.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(carry))));
+        }
+        let Some(rest) = &mut this.rest else {
+            return Poll::Ready(None);
+        };
+        match ready!(std::pin::Pin::new(rest).poll_frame(cx)) {
+            None => Poll::Ready(None),
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBody(e))))),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.max {
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buffered.is_none()
+            && self.carry.is_none()
+            && self
+                .rest
+                .as_ref()
+                .is_none_or(http_body::Body::is_end_stream)
+    }
 }
 
 /// What a relayed body holds: the endpoint's try (counted in flight, its
@@ -301,6 +536,8 @@ struct Exchange {
 
 impl Finish for Exchange {
     fn finished(&mut self) {
+        let metrics = &self.shared.metrics;
+        metrics.upstream_held.observe(self.try_.elapsed());
         self.try_.status = self.status;
         if let Some(sender) = self.sender.take() {
             put_sender(self.key, sender, &self.shared);
