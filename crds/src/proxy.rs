@@ -1,8 +1,6 @@
-//! `ProxyRoute`: requests passed to backends.
-//!
-//! This slice carries Service and fixed-address backends with weights,
-//! smooth weighted round-robin, path and host rewriting, header operations
-//! and timeouts. The other balancers, retries and X-Sendfile follow.
+//! `ProxyRoute`: requests passed to backends (Services or fixed
+//! addresses), with balancers, rewriting, header operations, timeouts,
+//! retries, passive health, X-Sendfile, TLS and body buffering.
 
 // kube's `KubeSchema` derive re-declares each struct, `pub`, inside a
 // function; every type here is re-exported from the crate root anyway.

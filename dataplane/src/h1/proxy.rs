@@ -1055,6 +1055,10 @@ impl Backend {
                         tracing::debug!(error = %e, "buffered response abandoned");
                         return;
                     }
+                    // A fast backend would otherwise keep the worker for
+                    // tokio's whole budget (128 reads), starving the
+                    // clients this worker drains.
+                    tokio::task::yield_now().await;
                 }
                 Ok(None) => break,
                 Err(e) => {

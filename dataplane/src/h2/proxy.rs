@@ -5,7 +5,9 @@
 //!   ─► request (path rewritten, hop-by-hop removed, X-Forwarded-*,
 //!      Forwarded, Via, header edits), body streamed as the client sends it
 //!   ─► response head within timeouts.responseHeader ─► X-Sendfile?
-//!   ─► response to the client, body relayed frame by frame (timeouts.idle)
+//!   ─► response to the client: a body within the route's `memory` relayed
+//!      frame by frame (timeouts.idle), a larger one through the route's
+//!      buffer, filled by a task that releases the backend when done
 //!   ─► client connection back to the pool when the body went through
 //! ```
 //!
@@ -374,6 +376,8 @@ async fn fill(
                     // The client is gone: so is this exchange.
                     return;
                 }
+                // Fair to the clients this worker drains (see h1's filler).
+                tokio::task::yield_now().await;
             }
         }
     }
