@@ -94,6 +94,9 @@ type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Option<Sender> {
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    // As real HTTP/2 clients do: without it, Nagle holds each DATA frame
+    // until the HEADERS frame before it is acknowledged.
+    stream.set_nodelay(true).ok()?;
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(stream))
         .await

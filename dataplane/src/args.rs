@@ -138,6 +138,11 @@ pub struct Args {
     #[arg(long, env = "PIER_UPSTREAM_IDLE", default_value = "256")]
     pub upstream_idle: usize,
 
+    /// Idle upstream connections unused this long are closed (checked
+    /// every 10 s), so a burst's connections do not stay open for good.
+    #[arg(long, env = "PIER_UPSTREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub upstream_idle_timeout: Duration,
+
     /// Adds `Via: 1.1 NAME` (RFC 9110 §7.6.3) to proxied requests and
     /// responses; NAME is a pseudonym such as `pier`. Absent: no `Via`.
     #[arg(long, env = "PIER_VIA", value_parser = via)]

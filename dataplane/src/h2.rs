@@ -80,6 +80,9 @@ pub(crate) struct Timeouts {
 }
 
 /// The HTTP/2 settings from the flags.
+/// Bytes of unsent response data hyper buffers per HTTP/2 stream.
+const SEND_BUFFER: usize = 64 * 1024;
+
 pub(crate) fn builder(
     max_concurrent_streams: u32,
     max_header_size: usize,
@@ -88,6 +91,10 @@ pub(crate) fn builder(
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(max_concurrent_streams)
+        // Unsent response bytes hyper keeps per stream beyond the piece
+        // being written (its default is 400 KB: with 128 streams a slow
+        // client could make a connection hold 50 MB outside every budget).
+        .max_send_buf_size(SEND_BUFFER)
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX));
     builder
 }

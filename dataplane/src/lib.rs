@@ -138,6 +138,7 @@ impl Dataplane {
             file_cache_content,
             max_ranges,
             upstream_idle,
+            upstream_idle_timeout,
             via,
             spill_dir,
             buffer_memory,
@@ -161,6 +162,7 @@ impl Dataplane {
             max_connections.get(),
             UpstreamSettings {
                 idle: upstream_idle,
+                idle_timeout: upstream_idle_timeout,
                 via: via.map(|name| name.0),
                 max_header_size,
                 buffers: Arc::new(spool::Budget::new(
@@ -353,10 +355,31 @@ pub async fn termination() {
     }
 }
 
+/// How long jemalloc keeps freed pages before its background threads give
+/// them back to the system (its default is 10 s): short, so RSS follows a
+/// burst back down within seconds rather than holding its peak.
+const DECAY_MS: isize = 1_000;
+
 /// Turns on jemalloc's background purging, so freed memory goes back to
-/// the system even when the process is idle.
+/// the system even when the process is idle, within [`DECAY_MS`].
 pub fn tune_allocator() {
+    use tikv_jemalloc_ctl::{Access, AsName};
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(error = %e, "jemalloc background purging not enabled");
+    }
+    let arenas = tikv_jemalloc_ctl::arenas::narenas::read().unwrap_or(0);
+    for decay in ["dirty_decay_ms", "muzzy_decay_ms"] {
+        // The default of arenas made later, then each one made already
+        // (those not made yet refuse it, and take the default).
+        let default = format!("arenas.{decay}\0");
+        if let Err(e) = default.as_str().name().write(DECAY_MS) {
+            tracing::warn!(key = decay, error = %e, "jemalloc decay not set");
+        }
+        for i in 0..arenas {
+            let _ = format!("arena.{i}.{decay}\0")
+                .as_str()
+                .name()
+                .write(DECAY_MS);
+        }
     }
 }

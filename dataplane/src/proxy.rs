@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pier_snapshot::{Balance, EjectionPolicy, HashKey, HeaderEdits, ProxyAction, RetryPolicy};
@@ -1040,14 +1040,14 @@ fn encode(path: &[u8]) -> Vec<u8> {
 
 thread_local! {
     /// Idle upstream connections of this worker, by endpoint.
-    static POOL: RefCell<HashMap<PoolKey, Vec<Connection>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<PoolKey, Vec<(Instant, Connection)>>> = RefCell::new(HashMap::new());
 }
 
 /// Takes an idle connection that is still open.
 pub(crate) fn take_idle(key: PoolKey, metrics: &Metrics) -> Option<Connection> {
     POOL.with_borrow_mut(|pool| {
         let idle = pool.get_mut(&key)?;
-        while let Some(mut stream) = idle.pop() {
+        while let Some((_, mut stream)) = idle.pop() {
             metrics.upstream_idle.fetch_sub(1, Relaxed);
             if stream.still_idle() {
                 return Some(stream);
@@ -1062,9 +1062,27 @@ pub(crate) fn put_idle(key: PoolKey, stream: Connection, max_idle: usize, metric
     POOL.with_borrow_mut(|pool| {
         let idle = pool.entry(key).or_default();
         if idle.len() < max_idle {
-            idle.push(stream);
+            idle.push((Instant::now(), stream));
             metrics.upstream_idle.fetch_add(1, Relaxed);
         }
+    });
+}
+
+/// Closes this worker's idle upstream connections unused for `limit`
+/// (`--upstream-idle-timeout`), so a burst's connections do not stay open
+/// (and hold memory) for good. Connections are taken newest first, so the
+/// oldest are at the front.
+pub(crate) fn expire_idle(limit: Duration, metrics: &Metrics) {
+    let now = Instant::now();
+    POOL.with_borrow_mut(|pool| {
+        pool.retain(|_, idle| {
+            let old = idle.partition_point(|(since, _)| now.duration_since(*since) >= limit);
+            idle.drain(..old);
+            metrics.upstream_idle.fetch_sub(old as i64, Relaxed);
+            idle.shrink_to_fit();
+            !idle.is_empty()
+        });
+        pool.shrink_to_fit();
     });
 }
 

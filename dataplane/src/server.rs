@@ -104,14 +104,27 @@ async fn accept_loop(
     let limits = Arc::new(protocol.h1);
     let open = Arc::new(OpenConnections::default());
     let metrics = &shared.metrics;
-    // This worker's buffer pools shrink back after bursts.
-    let trimming = tokio::spawn(async {
-        let mut every = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            every.tick().await;
-            crate::pool::trim();
-        }
-    });
+    // This worker's buffer pools (every 10 s) and idle upstream
+    // connections (every 10 s, or the idle timeout when shorter) shrink
+    // back after bursts.
+    let trimming = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            const TRIM: Duration = Duration::from_secs(10);
+            let limit = shared.upstream.idle_timeout;
+            let mut every = tokio::time::interval(limit.clamp(Duration::from_millis(100), TRIM));
+            let mut trimmed = tokio::time::Instant::now();
+            loop {
+                every.tick().await;
+                if trimmed.elapsed() >= TRIM {
+                    crate::pool::trim();
+                    trimmed = tokio::time::Instant::now();
+                }
+                crate::proxy::expire_idle(limit, &shared.metrics);
+                h2::proxy::expire_idle(limit, &shared.metrics);
+            }
+        })
+    };
     loop {
         let (accepted, secure) = tokio::select! {
             accepted = listener.accept() => (accepted, false),

@@ -56,6 +56,9 @@ pub(crate) struct UpstreamSettings {
     /// `--upstream-idle`: idle upstream connections kept per endpoint and
     /// worker.
     pub(crate) idle: usize,
+    /// `--upstream-idle-timeout`: idle upstream connections unused this
+    /// long are closed.
+    pub(crate) idle_timeout: std::time::Duration,
     /// `--via`: the `Via` element (`1.1 NAME`) proxied messages get.
     pub(crate) via: Option<http::HeaderValue>,
     /// `--max-header-size`, also the largest response head accepted.

@@ -383,6 +383,16 @@ fn upload_backend() -> (SocketAddr, mpsc::Receiver<(Instant, String, usize)>) {
                 .unwrap_or(0);
             let mut body = vec![0; length];
             let _ = stream.read_exact(&mut body);
+            if head.contains("transfer-encoding: chunked") {
+                // Read to the last chunk before answering.
+                let mut raw = Vec::new();
+                while !raw.ends_with(b"0\r\n\r\n") {
+                    if stream.read_exact(&mut byte).is_err() {
+                        break;
+                    }
+                    raw.push(byte[0]);
+                }
+            }
             let answer = format!("got {length}");
             let _ = write!(
                 stream,
@@ -407,8 +417,10 @@ fn a_buffered_upload_reaches_the_backend_only_when_complete() {
             "content-length: 30000\r\n".to_owned()
         };
         write!(stream, "POST /up HTTP/1.1\r\nhost: t\r\n{framing}\r\n").expect("head");
+        let mut last_started = Instant::now();
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(300));
+            last_started = Instant::now();
             let part = vec![b'x'; 10_000];
             if chunked {
                 write!(stream, "{:x}\r\n", part.len()).expect("size");
@@ -421,14 +433,13 @@ fn a_buffered_upload_reaches_the_backend_only_when_complete() {
         if chunked {
             stream.write_all(b"0\r\n\r\n").expect("last chunk");
         }
-        let sent = Instant::now();
         let res = read_response(&mut stream, false);
         assert_eq!(res.status, 200);
         assert_eq!(res.text(), "got 30000");
         let (arrived, head, length) = seen.recv_timeout(Duration::from_secs(5)).expect("seen");
         assert!(
-            arrived >= sent,
-            "the backend saw nothing before the upload was complete"
+            arrived >= last_started,
+            "the backend saw nothing before the last part was being sent"
         );
         assert_eq!(length, 30_000);
         assert!(
@@ -577,4 +588,97 @@ fn http2_uploads_are_limited_and_buffered() {
     });
     let (_, head, length) = seen.recv_timeout(Duration::from_secs(5)).expect("seen");
     assert_eq!(length, 30_000, "{head}");
+}
+
+#[test]
+fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let (backend, _) = upload_backend_keepalive();
+    let pier = start(
+        backend,
+        "{mode: Hybrid}",
+        &["--upstream-idle-timeout", "500ms"],
+    );
+    let res = pier.get("/any", &[]);
+    assert_eq!(res.status, 200);
+    assert_eq!(metric(&pier, "pier_dataplane_upstream_idle_connections"), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&pier, "pier_dataplane_upstream_idle_connections") > 0 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&pier, "pier_dataplane_upstream_idle_connections"), 0);
+}
+
+/// A keep-alive backend answering every request with "ok".
+fn upload_backend_keepalive() -> (SocketAddr, ()) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut stream = stream;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n"
+                        && stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, ())
+}
+
+#[test]
+fn refused_http2_uploads_do_not_count_against_the_backend() {
+    use http_body_util::BodyExt;
+    let (backend, _seen) = upload_backend();
+    let pier = start(backend, "{maxBodySize: 1Ki}", &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr = pier.addr;
+    runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        for _ in 0..8 {
+            // A streamed body without a length, over the limit.
+            let (mut tx, body) =
+                http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(4);
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    if tx
+                        .send_data(bytes::Bytes::from(vec![b'q'; 1000]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let req = http::Request::post("http://t/up")
+                .body(body.boxed())
+                .expect("request");
+            let res = sender.send_request(req).await.expect("response");
+            assert_eq!(res.status(), 413);
+        }
+    });
+    assert_eq!(metric(&pier, "pier_dataplane_upstream_ejections_total"), 0);
 }

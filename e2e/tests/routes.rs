@@ -276,8 +276,12 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
 
 /// A backend answering every request on its connections with `body`.
 fn tiny_backend(body: &'static str) -> std::net::SocketAddr {
+    tiny_backend_at(([127, 0, 0, 1], 0).into(), body)
+}
+
+fn tiny_backend_at(at: std::net::SocketAddr, body: &'static str) -> std::net::SocketAddr {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = std::net::TcpListener::bind(at).expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -482,36 +486,32 @@ async fn service_backends_follow_their_endpoint_slices() {
     .await;
     assert_eq!(cluster.get("any", "/").map(|(s, _)| s), Some(503));
 
-    // The API server refuses loopback endpoint addresses, and this test
-    // sends no traffic anywhere else: it follows the endpoints into the
-    // dataplane's snapshot (traffic to endpoints is covered with fixed
-    // addresses). 192.0.2.0/24 is TEST-NET-1, never routed.
-    let endpoints = |snapshot: Option<serde_json::Value>| -> Vec<(String, String)> {
-        snapshot
-            .and_then(|s| {
-                s["routes"][0]["action"]["proxy"]["endpoints"]
-                    .as_array()
-                    .map(|all| {
-                        all.iter()
-                            .map(|e| {
-                                (
-                                    e["address"].as_str().unwrap_or("").to_owned(),
-                                    e["identity"].as_str().unwrap_or("").to_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-            })
-            .unwrap_or_default()
+    // The API server refuses loopback endpoint addresses: backends listen
+    // on this machine's own non-loopback address, one EndpointSlice per
+    // backend (each with its own port, as slices may have).
+    let Some(ip) = local_address() else {
+        panic!(
+            "this test needs a non-loopback IPv4 address on the machine (the API server refuses loopback endpoints); none was found"
+        );
     };
-    let first: std::net::SocketAddr = "192.0.2.10:8080".parse().expect("address");
-    let second: std::net::SocketAddr = "192.0.2.11:8080".parse().expect("address");
+    let one = tiny_backend_on(ip, "one");
+    let two = tiny_backend_on(ip, "two");
+    let named = |name: &str, port: u16, pod: &str| {
+        let mut s = slice(&[(std::net::SocketAddr::new(ip, port), pod)]);
+        s.metadata.name = Some(name.to_owned());
+        s
+    };
     slices
-        .create(&PostParams::default(), &slice(&[(first, "pod-one")]))
+        .create(
+            &PostParams::default(),
+            &named("api-1", one.port(), "pod-one"),
+        )
         .await
         .expect("slice");
-    eventually("the dataplane routes to the first pod", || async {
-        endpoints(cluster.snapshot()) == [("192.0.2.10:8080".to_owned(), "pod-one".to_owned())]
+    eventually("traffic reaches the first pod", || async {
+        cluster
+            .get("any", "/")
+            .is_some_and(|(s, b)| s == 200 && b == "one")
     })
     .await;
     eventually("ResolvedRefs=True", || async {
@@ -523,21 +523,58 @@ async fn service_backends_follow_their_endpoint_slices() {
         })
     })
     .await;
-    let mut moved = slice(&[(first, "pod-one"), (second, "pod-two")]);
-    moved.metadata.resource_version = slices
-        .get("api-1")
-        .await
-        .expect("slice")
-        .metadata
-        .resource_version;
+    // Scaling up: a second slice; round-robin sends traffic to both.
     slices
-        .replace("api-1", &PostParams::default(), &moved)
+        .create(
+            &PostParams::default(),
+            &named("api-2", two.port(), "pod-two"),
+        )
         .await
-        .expect("slice updated");
-    eventually("scaling the slice adds the second pod", || async {
-        endpoints(cluster.snapshot()).len() == 2
+        .expect("second slice");
+    eventually("traffic is shared by both pods", || async {
+        let bodies: std::collections::BTreeSet<String> = (0..6)
+            .filter_map(|_| cluster.get("any", "/").map(|(_, b)| b))
+            .collect();
+        bodies.len() == 2 && bodies.contains("one") && bodies.contains("two")
     })
     .await;
+    // Scaling down: the first pod's slice goes, its traffic moves.
+    slices
+        .delete("api-1", &Default::default())
+        .await
+        .expect("slice deleted");
+    eventually("all traffic moved to the second pod", || async {
+        (0..6).all(|_| {
+            cluster
+                .get("any", "/")
+                .is_some_and(|(s, b)| s == 200 && b == "two")
+        })
+    })
+    .await;
+}
+
+/// A non-loopback IPv4 address of this machine: the source address the
+/// kernel picks towards a few destinations (a UDP `connect` sends
+/// nothing).
+fn local_address() -> Option<std::net::IpAddr> {
+    [
+        "192.0.2.1:9",
+        "10.255.255.254:9",
+        "172.31.255.254:9",
+        "8.8.8.8:9",
+    ]
+    .iter()
+    .find_map(|to| {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.connect(to).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    })
+}
+
+/// [`tiny_backend`] on a given address.
+fn tiny_backend_on(ip: std::net::IpAddr, body: &'static str) -> std::net::SocketAddr {
+    tiny_backend_at(std::net::SocketAddr::new(ip, 0), body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,7 @@ use tokio::time::{Instant, timeout};
 use super::Conn;
 use super::head::{Framing, Head, MAX_HEADERS};
 use super::response::{self, Persist};
-use crate::pool::Pooled;
+use crate::pool::{self, Pooled};
 use crate::proxy::chunked::{self, Piece};
 use crate::proxy::sendfile::{self, Handoff};
 use crate::proxy::{self as px, BUFFER, Connection, Proxy, Try, strip_hop_by_hop};
@@ -880,7 +880,19 @@ impl Conn<'_> {
     /// space reused while a `sendfile` would still reference those pages
     /// from the socket's queue.
     async fn drain(&mut self, mut rx: spool::Receiver, rechunk: bool) -> io::Result<()> {
-        let mut scratch = Vec::new();
+        let mut scratch = pool::take_chunk();
+        let drained = self.drain_into(&mut rx, rechunk, &mut scratch).await;
+        pool::give_chunk(scratch);
+        drained?;
+        self.finish(rechunk).await
+    }
+
+    async fn drain_into(
+        &mut self,
+        rx: &mut spool::Receiver,
+        rechunk: bool,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
         while let Some(piece) = rx.next().await {
             match piece? {
                 // Pushed at once (no MSG_MORE): the client is slow, the
@@ -890,17 +902,17 @@ impl Conn<'_> {
                 spool::Piece::File { file, at, len } => {
                     let len = usize::try_from(len).map_or(SPILL_READ, |l| l.min(SPILL_READ));
                     scratch.resize(len, 0);
-                    file.read_exact_at(&mut scratch, at)?;
+                    file.read_exact_at(scratch, at)?;
                     rx.consumed(len as u64);
                     if rechunk {
-                        self.send_piece(&scratch, true).await?;
+                        self.send_piece(scratch, true).await?;
                     } else {
-                        self.write_out(&scratch, false).await?;
+                        self.write_out(scratch, false).await?;
                     }
                 }
             }
         }
-        self.finish(rechunk).await
+        Ok(())
     }
 
     /// After a `101 Switching Protocols`: the answer goes to the client,
@@ -1024,9 +1036,9 @@ enum Framed {
     Close,
 }
 
-/// Bytes of a spill file read back at a time: the one read buffer of a
-/// draining body.
-const SPILL_READ: usize = 64 * 1024;
+/// Bytes of a spill file read back at a time, into the one pooled chunk
+/// a draining body holds (the client is slow: small reads cost nothing).
+const SPILL_READ: usize = pool::SPOOL_CHUNK;
 
 /// A backend connection with a response body still to read: what it
 /// takes to finish reading it, in this task or a buffer's filler task.

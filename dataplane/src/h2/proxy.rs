@@ -27,6 +27,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -52,7 +53,7 @@ type Sender = SendRequest<Outbound>;
 
 thread_local! {
     /// Idle client connections of this worker, by endpoint.
-    static SENDERS: RefCell<HashMap<px::PoolKey, Vec<Sender>>> = RefCell::new(HashMap::new());
+    static SENDERS: RefCell<HashMap<px::PoolKey, Vec<(Instant, Sender)>>> = RefCell::new(HashMap::new());
 }
 
 /// Answers one request for a proxy route; the response's body accounts for
@@ -204,7 +205,11 @@ async fn exchange(
                 return Ok(res);
             }
             Err((status, connect)) => {
-                proxy.record(try_.index, false, metrics);
+                // A client's bad, aborted or oversized upload (4xx) is not
+                // the endpoint's failure.
+                if status.is_server_error() {
+                    proxy.record(try_.index, false, metrics);
+                }
                 try_.status = status.as_u16();
                 // Nothing was sent when the connection failed.
                 if connect && retry_left && policy.connect_failure {
@@ -553,7 +558,7 @@ impl Finish for Exchange {
 fn take_sender(key: px::PoolKey, shared: &Shared) -> Option<Sender> {
     SENDERS.with_borrow_mut(|pool| {
         let idle = pool.get_mut(&key)?;
-        while let Some(sender) = idle.pop() {
+        while let Some((_, sender)) = idle.pop() {
             shared.metrics.upstream_idle.fetch_sub(1, Relaxed);
             if !sender.is_closed() {
                 return Some(sender);
@@ -571,8 +576,24 @@ fn put_sender(key: px::PoolKey, sender: Sender, shared: &Shared) {
     SENDERS.with_borrow_mut(|pool| {
         let idle = pool.entry(key).or_default();
         if idle.len() < shared.upstream.idle {
-            idle.push(sender);
+            idle.push((Instant::now(), sender));
             shared.metrics.upstream_idle.fetch_add(1, Relaxed);
         }
+    });
+}
+
+/// Closes this worker's idle client connections unused for `limit` (see
+/// `proxy::expire_idle`).
+pub(crate) fn expire_idle(limit: std::time::Duration, metrics: &crate::metrics::Metrics) {
+    let now = Instant::now();
+    SENDERS.with_borrow_mut(|pool| {
+        pool.retain(|_, idle| {
+            let old = idle.partition_point(|(since, _)| now.duration_since(*since) >= limit);
+            idle.drain(..old);
+            metrics.upstream_idle.fetch_sub(old as i64, Relaxed);
+            idle.shrink_to_fit();
+            !idle.is_empty()
+        });
+        pool.shrink_to_fit();
     });
 }
