@@ -4,8 +4,10 @@
 # seconds (600): CLIENTS (10) HTTP/2 connections each upload 4 KiB every
 # 10 ms through the proxy, and every BURST_EVERY seconds (60) a burst of
 # BURST (1,000) concurrent streams downloads 256 KiB each over new
-# connections, which fills the proxy's buffers. The proxy's RSS is sampled
-# every second. Flat means: after each burst, RSS returns to within 10% of
+# connections, which fills the proxy's buffers. The proxy's anonymous RSS
+# (RssAnon: its heap and stacks; file-backed pages such as the binary's
+# own code, paged in by the first burst, are left out) is sampled every
+# second. Flat means: after each burst, RSS returns to within 10% of
 # the warmed-up baseline (the median between WARMUP and the first burst).
 # The curve is written as an SVG next to the report.
 #
@@ -103,10 +105,10 @@ start_server() { # name -> sets SERVER_PIDS (whose RSS is summed)
   return 1
 }
 
-rss_kib() { # sum of VmRSS over the given pids
+rss_kib() { # sum of RssAnon over the given pids
   local total=0 pid v
   for pid in "$@"; do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    v=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     total=$((total + ${v:-0}))
   done
   echo "$total"

@@ -31,7 +31,7 @@ def main():
     y = lambda r: height - pad - (height - 2 * pad) * r / r_max
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
              f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">RSS during the soak (bursts of concurrent streams every {every:.0f} s, dashed)</text>']
+             f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">Anonymous RSS during the soak (bursts of concurrent streams every {every:.0f} s, dashed)</text>']
     burst = every
     while burst < t_max:
         parts.append(f'<line x1="{x(burst):.1f}" y1="{pad}" x2="{x(burst):.1f}" y2="{height - pad}" stroke="#aaa" stroke-dasharray="4,4"/>')
