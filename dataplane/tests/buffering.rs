@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{Running, read_response, request, send};
+use support::{Running, read_response, request, send, with_h2};
 
 const BLOCK: usize = 64 * 1024;
 
@@ -479,30 +479,6 @@ fn bodies_over_max_body_size_get_413() {
     assert_eq!(res.status, 200);
     assert_eq!(res.text(), "got 5");
     drop(seen);
-}
-
-/// Runs `f` on an HTTP/2 (prior knowledge) connection to `pier`.
-fn with_h2<F, Fut>(pier: &Running, f: F)
-where
-    F: FnOnce(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let addr = pier.addr;
-    runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
-        f(sender).await;
-    });
 }
 
 fn h2_request(

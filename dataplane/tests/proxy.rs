@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use support::{Running, request, send};
+use support::{Running, request, send, with_h2};
 
 /// A backend that answers every request with a description of it.
 struct Backend {
@@ -768,30 +768,6 @@ fn without_sendfile_the_headers_pass_through() {
     assert_eq!(res.status, 200);
     assert_eq!(res.text(), "backend body");
     assert_eq!(res.header("x-sendfile"), Some("/etc/passwd"));
-}
-
-/// Runs `f` with an HTTP/2 (prior knowledge) client connected to `pier`.
-fn with_h2<F, Fut>(pier: &Running, f: F)
-where
-    F: FnOnce(hyper::client::conn::http2::SendRequest<Full<Bytes>>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let addr = pier.addr;
-    runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
-        f(sender).await;
-    });
 }
 
 async fn h2_send(

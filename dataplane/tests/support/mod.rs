@@ -233,3 +233,27 @@ pub fn write(root: &Path, rel: &str, contents: &[u8]) {
     }
     std::fs::write(path, contents).expect("write file");
 }
+
+/// Runs `f` with an HTTP/2 (prior knowledge) client connected to `pier`.
+pub fn with_h2<F, Fut>(pier: &Running, f: F)
+where
+    F: FnOnce(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr = pier.addr;
+    runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        f(sender).await;
+    });
+}
