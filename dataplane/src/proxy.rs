@@ -1073,17 +1073,24 @@ pub(crate) fn put_idle(key: PoolKey, stream: Connection, max_idle: usize, metric
 /// (and hold memory) for good. Connections are taken newest first, so the
 /// oldest are at the front.
 pub(crate) fn expire_idle(limit: Duration, metrics: &Metrics) {
+    POOL.with_borrow_mut(|pool| expire(pool, limit, metrics));
+}
+
+/// Drops the entries of an idle pool (newest last) older than `limit`.
+pub(crate) fn expire<T>(
+    pool: &mut HashMap<PoolKey, Vec<(Instant, T)>>,
+    limit: Duration,
+    metrics: &Metrics,
+) {
     let now = Instant::now();
-    POOL.with_borrow_mut(|pool| {
-        pool.retain(|_, idle| {
-            let old = idle.partition_point(|(since, _)| now.duration_since(*since) >= limit);
-            idle.drain(..old);
-            metrics.upstream_idle.fetch_sub(old as i64, Relaxed);
-            idle.shrink_to_fit();
-            !idle.is_empty()
-        });
-        pool.shrink_to_fit();
+    pool.retain(|_, idle| {
+        let old = idle.partition_point(|(since, _)| now.duration_since(*since) >= limit);
+        idle.drain(..old);
+        metrics.upstream_idle.fetch_sub(old as i64, Relaxed);
+        idle.shrink_to_fit();
+        !idle.is_empty()
     });
+    pool.shrink_to_fit();
 }
 
 #[cfg(test)]

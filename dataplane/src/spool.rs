@@ -552,17 +552,16 @@ impl Receiver {
         loop {
             {
                 let mut state = self.inner.lock();
-                match state.queue.front() {
-                    Some(Segment::Memory(_)) => {
-                        let Some(Segment::Memory(chunk)) = state.queue.pop_front() else {
-                            unreachable!("the front was a chunk")
-                        };
+                match state.queue.pop_front() {
+                    Some(Segment::Memory(chunk)) => {
                         state.memory -= SPOOL_CHUNK as u64;
                         drop(state);
                         self.inner.to_sender.notify_one();
                         return Some(Ok(Piece::Memory(chunk)));
                     }
-                    Some(&Segment::File { at, len }) => {
+                    Some(Segment::File { at, len }) => {
+                        // Stays queued until `consumed` says how much went.
+                        state.queue.push_front(Segment::File { at, len });
                         let file = state.file.clone()?;
                         return Some(Ok(Piece::File { file, at, len }));
                     }

@@ -585,15 +585,5 @@ fn put_sender(key: px::PoolKey, sender: Sender, shared: &Shared) {
 /// Closes this worker's idle client connections unused for `limit` (see
 /// `proxy::expire_idle`).
 pub(crate) fn expire_idle(limit: std::time::Duration, metrics: &crate::metrics::Metrics) {
-    let now = Instant::now();
-    SENDERS.with_borrow_mut(|pool| {
-        pool.retain(|_, idle| {
-            let old = idle.partition_point(|(since, _)| now.duration_since(*since) >= limit);
-            idle.drain(..old);
-            metrics.upstream_idle.fetch_sub(old as i64, Relaxed);
-            idle.shrink_to_fit();
-            !idle.is_empty()
-        });
-        pool.shrink_to_fit();
-    });
+    SENDERS.with_borrow_mut(|pool| px::expire(pool, limit, metrics));
 }
