@@ -8,8 +8,12 @@
 # (RssAnon: its heap and stacks; file-backed pages such as the binary's
 # own code, paged in by the first burst, are left out) is sampled every
 # second. Flat means: after each burst, RSS returns to within 10% of
-# the warmed-up baseline (the median between WARMUP and the first burst).
-# The curve is written as an SVG next to the report.
+# the warmed-up baseline: the level after the first burst (the warm-up is
+# one whole cycle of the load; see bench/lib/plot_rss.py). The level
+# before the first burst (the median from WARMUP to it) is reported too.
+# The curve is written as an SVG next to the report, and Pier's allocator
+# statistics (/debug/allocator) before the first burst, after it, and at
+# the end.
 #
 # Pier and nginx (h2c, proxy_buffering on) run one after the other, each
 # pinned to core 0; the load and the backend (dataplane/examples/soak.rs)
@@ -127,6 +131,9 @@ for server in $SERVERS; do
   t=0
   while kill -0 "$load" 2>/dev/null; do
     echo "$t,$server,$(rss_kib "${SERVER_PIDS[@]}")" >>"$samples"
+    if [[ $server == pier ]] && ((t == BURST_EVERY - 1 || t == 2 * BURST_EVERY - 1)); then
+      curl -s "http://127.0.0.1:$ADMIN_PORT/debug/allocator" >"bench/results/soak-$stamp-pier-allocator-${t}s.txt" || true
+    fi
     sleep 1
     t=$((t + 1))
   done
@@ -134,6 +141,7 @@ for server in $SERVERS; do
   read -r _ OK[$server] ERRORS[$server] BURSTS[$server] < <(tail -n1 "$WORK/$server.load")
   if [[ $server == pier ]]; then
     curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" >"bench/results/soak-$stamp-pier-metrics.txt" || true
+    curl -s "http://127.0.0.1:$ADMIN_PORT/debug/allocator" >"bench/results/soak-$stamp-pier-allocator-end.txt" || true
   fi
   kill "${SERVER_PIDS[0]}" 2>/dev/null || true
   wait "${SERVER_PIDS[0]}" 2>/dev/null || true
@@ -146,15 +154,15 @@ report=bench/results/soak-$stamp.md
 {
   echo "# Soak: RSS over ${DURATION}s ($(date -u +%F)): $CLIENTS HTTP/2 clients uploading 4 KiB every 10 ms, $BURST concurrent 256 KiB streams every ${BURST_EVERY}s"
   echo
-  echo "| server | baseline RSS MiB | worst after-burst / baseline | peak RSS MiB | requests ok | errors | burst streams ok |"
-  echo "|---|---|---|---|---|---|---|"
-  while IFS=$'\t' read -r server baseline worst peak _; do
-    echo "| $server | $baseline | $worst | $peak | ${OK[$server]} | ${ERRORS[$server]} | ${BURSTS[$server]} |"
+  echo "| server | before the first burst MiB | warmed-up baseline (after burst 1) MiB | worst later after-burst / warmed-up | worst after-burst / before the first burst | peak RSS MiB | requests ok | errors | burst streams ok |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  while IFS=$'\t' read -r server before warmed later worst_before peak _; do
+    echo "| $server | $before | $warmed | $later | $worst_before | $peak | ${OK[$server]} | ${ERRORS[$server]} | ${BURSTS[$server]} |"
   done <<<"$figures"
   echo
-  echo "After-burst ratios, burst by burst:"
+  echo "After-burst levels as ratios to the warmed-up baseline, burst by burst:"
   echo
-  while IFS=$'\t' read -r server _ _ _ ratios; do
+  while IFS=$'\t' read -r server _ _ _ _ _ ratios; do
     echo "- $server: $ratios"
   done <<<"$figures"
   echo

@@ -1,5 +1,7 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz` and
-//! `/snapshot` (the active snapshot as JSON), over HTTP/1.1.
+//! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz`,
+//! `/snapshot` (the active snapshot as JSON) and `/debug/allocator`
+//! (jemalloc's own statistics, size class by size class: where resident
+//! memory sits), over HTTP/1.1.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -83,6 +85,13 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             Ok(json) => with_type(json, "application/json"),
             Err(_) => crate::files::status(StatusCode::INTERNAL_SERVER_ERROR),
         },
+        "/debug/allocator" => {
+            let mut text = Vec::new();
+            match tikv_jemalloc_ctl::stats_print::stats_print(&mut text, Default::default()) {
+                Ok(()) => with_type(String::from_utf8_lossy(&text).into_owned(), "text/plain"),
+                Err(_) => crate::files::status(StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
         _ => crate::files::status(StatusCode::NOT_FOUND),
     }
 }

@@ -156,7 +156,8 @@ pub struct Args {
 
     /// Memory for buffered bodies over the whole process; past it, bodies
     /// spill to disk earlier. A moving body may hold one 16 KiB working
-    /// chunk beyond it.
+    /// chunk beyond it, an HTTP/2 stream what it read back from disk (at
+    /// most its 64 KiB send buffer).
     #[arg(long, env = "PIER_BUFFER_MEMORY", default_value = "64MiB", value_parser = bytes_or_zero)]
     pub buffer_memory: usize,
 

@@ -167,7 +167,7 @@ impl Budget {
             (
                 "buffer_memory_bytes",
                 "gauge",
-                "Bytes of body buffers held in memory (at most --buffer-memory, plus one 16 KiB working chunk per moving body).",
+                "Bytes of body buffers held in memory, in queues and in HTTP/2 send buffers (at most --buffer-memory, plus working chunks: one 16 KiB per moving body, and what an HTTP/2 stream reads back from disk, at most 64 KiB a stream).",
                 self.memory.load(Relaxed).into(),
             ),
             (
@@ -264,6 +264,25 @@ impl Deref for Chunk {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.buf
+    }
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Chunk {
+    /// A chunk to read spilled bytes back into: a working buffer, counted
+    /// but not refused (it replaces the bytes it reads, which left the
+    /// disk budget).
+    fn working(budget: &Arc<Budget>) -> Self {
+        budget.memory.fetch_add(SPOOL_CHUNK as u64, Relaxed);
+        Self {
+            buf: pool::take_chunk(),
+            budget: Arc::clone(budget),
+        }
     }
 }
 
@@ -691,8 +710,10 @@ impl Drop for Receiver {
 }
 
 /// A buffer's receiving half as an `http_body::Body` (hyper's side:
-/// HTTP/2 and TLS clients, and buffered uploads). Spilled bytes are read
-/// back [`SPOOL_CHUNK`] × 4 at a time.
+/// HTTP/2 and TLS clients, and buffered uploads). Chunks go to hyper as
+/// they are, not copied, and stay counted in the memory budget until hyper
+/// has sent them (its send buffer holds at most 64 KiB a stream); spilled
+/// bytes are read back into pooled chunks the same way.
 pub(crate) struct SpoolBody {
     next: Option<ReadOne>,
 }
@@ -719,14 +740,15 @@ async fn read_one(mut rx: Receiver) -> (Receiver, Option<io::Result<Bytes>>) {
     let piece = match rx.next().await {
         None => None,
         Some(Err(e)) => Some(Err(e)),
-        Some(Ok(Piece::Memory(chunk))) => Some(Ok(Bytes::copy_from_slice(&chunk))),
+        Some(Ok(Piece::Memory(chunk))) => Some(Ok(Bytes::from_owner(chunk))),
         Some(Ok(Piece::File { file, at, len })) => {
-            let len = usize::try_from(len).map_or(4 * SPOOL_CHUNK, |l| l.min(4 * SPOOL_CHUNK));
-            let mut buf = vec![0; len];
-            match file.read_exact_at(&mut buf, at) {
+            let len = usize::try_from(len).map_or(SPOOL_CHUNK, |l| l.min(SPOOL_CHUNK));
+            let mut chunk = Chunk::working(&rx.inner.budget);
+            chunk.buf.resize(len, 0);
+            match file.read_exact_at(&mut chunk.buf, at) {
                 Ok(()) => {
                     rx.consumed(len as u64);
-                    Some(Ok(Bytes::from(buf)))
+                    Some(Ok(Bytes::from_owner(chunk)))
                 }
                 Err(e) => Some(Err(e)),
             }

@@ -317,4 +317,10 @@ fn admin_reports_health_readiness_and_metrics() {
     let snapshot: serde_json::Value =
         serde_json::from_slice(&pier.admin("/snapshot").body).expect("snapshot JSON");
     assert_eq!(snapshot["routes"][0]["key"]["name"], "site");
+    let allocator = pier.admin("/debug/allocator");
+    assert_eq!(allocator.status, 200);
+    assert!(
+        allocator.text().contains("Allocated:"),
+        "jemalloc's statistics"
+    );
 }
