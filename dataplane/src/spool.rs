@@ -892,9 +892,15 @@ mod tests {
                 file = Some(f);
             }
             let file = file.expect("a spill file");
-            assert!((4..=5).contains(&steps), "given back in 4 MiB steps: {steps}");
+            assert!(
+                (4..=5).contains(&steps),
+                "given back in 4 MiB steps: {steps}"
+            );
             assert_eq!(budget.disk.load(Relaxed), 0, "emptied: truncated");
-            assert!(allocated(&file) < 64 << 10, "the filesystem got the blocks back");
+            assert!(
+                allocated(&file) < 64 << 10,
+                "the filesystem got the blocks back"
+            );
             tx.finish();
             assert!(rx.next().await.is_none());
         });
