@@ -13,39 +13,10 @@
 //! of whose paths and conditions do falls through to the less specific
 //! hosts.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use http::{HeaderMap, HeaderName, Method};
+use pier_snapshot::fnv::FnvMap;
 use pier_snapshot::{Matches, PathRule, Snapshot};
 use regex::bytes::Regex;
-
-/// The tables' hash: FNV-1a, several times cheaper than the default
-/// SipHash on short keys. Flooding is no concern here: keys come from the
-/// snapshot, never from requests, which only look up.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// A route chosen for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

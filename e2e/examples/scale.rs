@@ -85,12 +85,38 @@ struct Settings {
     /// in a fresh process, and print it.
     #[arg(long, hide = true)]
     measure_heap: Option<PathBuf>,
+    /// Only time `pier_snapshot::compile` on the synthetic routes (no API
+    /// server), this many times, and print each time and the median: for
+    /// profiling the build (`perf record … scale --compile-only 200`).
+    #[arg(long, value_name = "RUNS")]
+    compile_only: Option<usize>,
 }
 
 fn main() -> ExitCode {
     let settings = Settings::parse();
     if let Some(file) = &settings.measure_heap {
         println!("{}", measure_heap(file));
+        return ExitCode::SUCCESS;
+    }
+    if let Some(runs) = settings.compile_only {
+        let resources = synthetic_resources(&settings, "/srv");
+        let mut times: Vec<Duration> = (0..runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(pier_snapshot::compile(&resources));
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "compile of {} static + {} proxy routes, {} runs: min {}, median {}, max {}",
+            resources.static_routes.len(),
+            resources.proxy_routes.len(),
+            times.len(),
+            ms(times[0]),
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1]),
+        );
         return ExitCode::SUCCESS;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -585,26 +611,7 @@ async fn run(settings: &Settings) -> PathBuf {
 
     // Phase 4: the pure build, on an otherwise idle machine.
     say("timing pier_snapshot::compile in this process", started);
-    let synthetic: Vec<StaticRoute> = (0..figures.routes)
-        .map(|i| {
-            let mut r = route(i, figures.namespaces, &docroot);
-            r.metadata.generation = Some(1);
-            r.metadata.creation_timestamp = Some(pier_crds::Time(
-                k8s_openapi::jiff::Timestamp::from_second(1_790_000_000 + (i / 300) as i64)
-                    .expect("a timestamp"),
-            ));
-            r
-        })
-        .collect();
-    let mut resources = static_resources(synthetic);
-    let synthetic_backends: Vec<_> = (0..figures.services)
-        .map(|i| backend(i, figures.namespaces))
-        .collect();
-    for (service, slice, proxy) in synthetic_backends {
-        resources.services.push(Arc::new(service));
-        resources.endpoint_slices.push(Arc::new(slice));
-        resources.proxy_routes.push(Arc::new(proxy));
-    }
+    let resources = synthetic_resources(settings, &docroot);
     figures.compile_synthetic = median(|| {
         std::hint::black_box(pier_snapshot::compile(&resources));
     });
@@ -770,6 +777,31 @@ where
 
 // `Resources` grows a field per route kind; only static routes here.
 #[allow(clippy::needless_update)]
+/// The benchmark's routes, Services, slices and ProxyRoutes as the compiler
+/// takes them, made in this process (generation 1, creation times 300 a
+/// second).
+fn synthetic_resources(settings: &Settings, docroot: &str) -> Resources {
+    let synthetic: Vec<StaticRoute> = (0..settings.routes)
+        .map(|i| {
+            let mut r = route(i, settings.namespaces, docroot);
+            r.metadata.generation = Some(1);
+            r.metadata.creation_timestamp = Some(pier_crds::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_790_000_000 + (i / 300) as i64)
+                    .expect("a timestamp"),
+            ));
+            r
+        })
+        .collect();
+    let mut resources = static_resources(synthetic);
+    for i in 0..settings.services {
+        let (service, slice, proxy) = backend(i, settings.namespaces);
+        resources.services.push(Arc::new(service));
+        resources.endpoint_slices.push(Arc::new(slice));
+        resources.proxy_routes.push(Arc::new(proxy));
+    }
+    resources
+}
+
 fn static_resources(static_routes: Vec<StaticRoute>) -> Resources {
     Resources {
         static_routes: static_routes.into_iter().map(Arc::new).collect(),

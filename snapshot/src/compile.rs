@@ -1,6 +1,5 @@
 //! The pure function from route resources to a [`Snapshot`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -8,6 +7,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
+use crate::fnv::FnvMap;
 use crate::model::{Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
 
 /// Longest host name DNS allows.
@@ -271,8 +271,9 @@ pub fn compile(resources: &Resources) -> Compiled {
         let a_key = (a.created.is_none(), &a.created, &a.route.key);
         a_key.cmp(&(b.created.is_none(), &b.created, &b.route.key))
     });
-    let mut claimed: HashMap<(&str, &PathRule, &Matches), &RouteKey> = HashMap::new();
-    let mut accepted = Vec::with_capacity(candidates.len());
+    let mut claimed: FnvMap<(&str, &PathRule, &Matches), &RouteKey> = FnvMap::default();
+    claimed.reserve(candidates.len());
+    let mut accepted = vec![false; candidates.len()];
     'routes: for (i, candidate) in candidates.iter().enumerate() {
         let route = &candidate.route;
         let hosts: Vec<&str> = if route.hosts.is_empty() {
@@ -297,15 +298,19 @@ pub fn compile(resources: &Resources) -> Compiled {
         for host in hosts {
             claimed.insert((host, &route.path, &route.matches), &route.key);
         }
-        accepted.push(i);
+        accepted[i] = true;
     }
+    drop(claimed);
 
-    let mut routes: Vec<Route> = Vec::with_capacity(accepted.len());
+    let mut routes: Vec<Route> = Vec::with_capacity(candidates.len());
     let mut certificates = tls::Certificates::new(&secrets, resources.now);
-    for &i in &accepted {
-        let candidate = &candidates[i];
-        let mut route = candidate.route.clone();
-        let mut problem = candidate.unresolved.clone();
+    let winners = candidates
+        .into_iter()
+        .zip(accepted)
+        .filter_map(|(candidate, accepted)| accepted.then_some(candidate));
+    for candidate in winners {
+        let mut route = candidate.route;
+        let mut problem = candidate.unresolved;
         if let Some(spec) = &candidate.tls {
             match certificates.resolve(&route, spec) {
                 Ok(tls) => route.tls = Some(tls),

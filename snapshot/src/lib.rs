@@ -17,6 +17,7 @@
 //! dataplane's standalone mode call the same function.
 
 mod compile;
+pub mod fnv;
 mod model;
 pub mod wire;
 

@@ -67,15 +67,34 @@ impl Snapshot {
 pub const REDACTED: &str = "<redacted>";
 
 fn content_version(routes: &[Route], certificates: &[Certificate]) -> String {
-    let mut hasher = Sha256::new();
-    // Serialising plain structs, strings and enums cannot fail; an error here
-    // would only drop bytes from the hash input, never panic.
-    hasher.update(serde_json::to_vec(routes).unwrap_or_default());
+    // Hashed as it is serialised, through a small buffer: the JSON of
+    // 10,000 routes (3 MB) is never held. Serialising plain structs,
+    // strings and enums cannot fail; an error here would only drop bytes
+    // from the hash input, never panic.
+    let mut hashing = std::io::BufWriter::with_capacity(16 << 10, Hashing(Sha256::new()));
+    let _ = serde_json::to_writer(&mut hashing, routes);
     if !certificates.is_empty() {
-        hasher.update(serde_json::to_vec(certificates).unwrap_or_default());
+        let _ = serde_json::to_writer(&mut hashing, certificates);
     }
+    // What is still buffered goes in by hand (no flush that could fail).
+    let (Hashing(mut hasher), rest) = hashing.into_parts();
+    hasher.update(rest.unwrap_or_else(std::io::WriterPanicked::into_inner));
     let digest = hasher.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A writer that feeds a hash.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A certificate chain and its private key, from a `kubernetes.io/tls`

@@ -1,6 +1,5 @@
 //! `ProxyRoute` validation.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
@@ -8,6 +7,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use pier_crds::{BalancerType, Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts};
 
 use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule, root};
+use crate::fnv::FnvMap;
 use crate::model::{
     Action, Balance, BufferMode, Buffering, EjectionPolicy, Endpoint, HashKey, HeaderEdits,
     Matches, PathRule, ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, UpstreamTls,
@@ -38,8 +38,8 @@ const SCALE: u64 = 1_000;
 
 /// Services and their EndpointSlices by namespace and name.
 pub(super) struct Backends<'a> {
-    services: HashMap<(&'a str, &'a str), &'a Service>,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    services: FnvMap<(&'a str, &'a str), &'a Service>,
+    slices: FnvMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
 }
 
 impl<'a> Backends<'a> {
@@ -51,8 +51,8 @@ impl<'a> Backends<'a> {
             m.namespace.as_deref().unwrap_or("default")
         };
         let mut index = Self {
-            services: HashMap::new(),
-            slices: HashMap::new(),
+            services: FnvMap::default(),
+            slices: FnvMap::default(),
         };
         for service in services {
             if let Some(name) = service.metadata.name.as_deref() {

@@ -522,6 +522,38 @@ fn self_signed(host: &str, years: (i32, i32)) -> (String, String) {
 const NOW: i64 = 1_796_083_200;
 
 #[test]
+fn a_certificate_shared_by_routes_lists_each_host_once() {
+    let (cert, key) = self_signed("a.example", (2020, 2090));
+    let routes = [
+        named(
+            "a",
+            "{root: /srv, hosts: [b.example, a.example], tls: {secretName: site}}",
+        ),
+        named(
+            "b",
+            "{root: /srv, hosts: [a.example], path: {value: /b}, tls: {secretName: site}}",
+        ),
+    ];
+    let out = compile(&Resources {
+        static_routes: routes.into_iter().map(Arc::new).collect(),
+        secrets: vec![Arc::new(tls_secret(
+            "site",
+            "kubernetes.io/tls",
+            &cert,
+            &key,
+        ))],
+        now: Some(NOW),
+        ..Resources::default()
+    });
+    assert!(out.errors.is_empty(), "{out:?}");
+    assert_eq!(out.snapshot.certificates.len(), 1);
+    assert_eq!(
+        out.snapshot.certificates[0].hosts,
+        ["a.example", "b.example"]
+    );
+}
+
+#[test]
 fn tls_secrets_resolve_to_certificates_for_the_routes_hosts() {
     let (cert, key) = self_signed("a.example", (2020, 2090));
     let route = named(

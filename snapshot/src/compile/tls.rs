@@ -117,11 +117,9 @@ impl<'a> Certificates<'a> {
             })
         });
         let certificate = checked.as_mut().map_err(|why| why.clone())?;
-        for host in &route.hosts {
-            if !certificate.hosts.contains(host) {
-                certificate.hosts.push(host.clone());
-            }
-        }
+        // Duplicates go in `into_used`: a certificate thousands of routes
+        // share must not cost a scan per host.
+        certificate.hosts.extend(route.hosts.iter().cloned());
         Ok(RouteTls {
             certificate: name,
             redirect: spec.redirect,
@@ -135,7 +133,8 @@ impl<'a> Certificates<'a> {
             .into_values()
             .filter_map(Result::ok)
             .map(|mut c| {
-                c.hosts.sort();
+                c.hosts.sort_unstable();
+                c.hosts.dedup();
                 c
             })
             .collect()
