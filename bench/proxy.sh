@@ -31,19 +31,11 @@ mkdir -p "$WORK/docroot" "$WORK/routes"
 head -c 1024 /dev/urandom >"$WORK/docroot/1k.bin"
 
 # The backend: nginx, one worker, on the other core.
-cat >"$WORK/backend.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/backend.pid;
-error_log $WORK/backend.error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
+nginx_conf backend <<CONF
   keepalive_requests 1000000;
   open_file_cache max=100;
   default_type application/octet-stream;
   server { listen 127.0.0.1:$BACKEND_PORT; root $WORK/docroot; }
-}
 CONF
 taskset -c "$OTHER_CPU" nginx -c "$WORK/backend.conf" &
 PIDS+=("$!")
@@ -56,15 +48,7 @@ spec:
   backends: [{address: "127.0.0.1:$BACKEND_PORT"}]
 YAML
 
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
+nginx_conf nginx <<CONF
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
   server {
@@ -80,7 +64,6 @@ http {
       proxy_set_header Forwarded "for=\$remote_addr;host=\$host;proto=\$scheme";
     }
   }
-}
 CONF
 
 cat >"$WORK/haproxy.cfg" <<CONF

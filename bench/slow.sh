@@ -97,15 +97,7 @@ YAML
 # nginx: buffering with temp files (proxy_buffering on is its default). Its
 # 60 s timeouts are raised to HAProxy's 120 s so no proxy gives up within
 # a window. nginx creates proxy_temp_path and hands it to its worker user.
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
+nginx_conf nginx <<CONF
   proxy_temp_path $WORK/nginx-tmp;
   server {
     listen 127.0.0.1:$PORT;
@@ -118,7 +110,6 @@ http {
       send_timeout 120s;
     }
   }
-}
 CONF
 
 # lighttpd: mod_proxy with its defaults; its temp files go to WORK (the

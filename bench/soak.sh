@@ -59,15 +59,7 @@ spec:
   backends: [{address: "127.0.0.1:$BACKEND_PORT"}]
 YAML
 
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
+nginx_conf nginx <<CONF
   client_body_temp_path $WORK/nginx-body;
   proxy_temp_path $WORK/nginx-proxy;
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
@@ -80,7 +72,6 @@ http {
       proxy_set_header Connection "";
     }
   }
-}
 CONF
 
 start_server() { # name -> sets SERVER_PIDS (whose RSS is summed)

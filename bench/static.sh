@@ -36,15 +36,7 @@ spec:
   root: $DOCROOT
 YAML
 
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
+nginx_conf nginx <<CONF
   sendfile on;
   tcp_nopush on;
   open_file_cache max=1000 inactive=60s;
@@ -53,7 +45,6 @@ http {
   keepalive_timeout 75s;
   default_type application/octet-stream;
   server { listen 127.0.0.1:$PORT; root $DOCROOT; }
-}
 CONF
 
 cat >"$WORK/lighttpd.conf" <<CONF

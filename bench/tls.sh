@@ -52,15 +52,7 @@ $(indent "$WORK/cert.pem")
 $(indent "$WORK/key.pem")
 YAML
 
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
+nginx_conf nginx <<CONF
   sendfile on;
   open_file_cache max=1000 inactive=60s;
   keepalive_requests 1000000;
@@ -73,7 +65,6 @@ http {
     ssl_protocols TLSv1.2 TLSv1.3;
     root $DOCROOT;
   }
-}
 CONF
 
 start_server() { # name -> sets SERVER_PID

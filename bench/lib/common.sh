@@ -46,6 +46,26 @@ stop_last() {
   sleep 0.5
 }
 
+# nginx_conf NAME: writes WORK/NAME.conf for one nginx worker in the
+# foreground (pid and error log under WORK, 10,000 connections, no access
+# log); the contents of its http block come from stdin.
+nginx_conf() {
+  {
+    cat <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $WORK/$1.pid;
+error_log $WORK/$1.error.log;
+events { worker_connections 10000; }
+http {
+  access_log off;
+CONF
+    cat
+    echo "}"
+  } >"$WORK/$1.conf"
+}
+
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 to_us() { # wrk latency such as 812.00us, 1.20ms, 2.01s
