@@ -626,20 +626,7 @@ fn refused_http2_uploads_do_not_count_against_the_backend() {
     use http_body_util::BodyExt;
     let (backend, _seen) = upload_backend();
     let pier = start(backend, "{maxBodySize: 1Ki}", &[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let addr = pier.addr;
-    runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
+    with_h2(&pier, |mut sender| async move {
         for _ in 0..8 {
             // A streamed body without a length, over the limit.
             let (mut tx, body) =

@@ -6,7 +6,7 @@ mod support;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use support::{Running, request, send, static_route, write};
+use support::{Running, request, send, static_route, with_h2, write};
 
 fn site(flags: &[&str]) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
@@ -45,21 +45,7 @@ fn keep_alive_serves_many_requests_on_one_connection() {
 #[test]
 fn h2c_prior_knowledge_is_served() {
     let (pier, _dir) = site(&[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(pier.addr)
-            .await
-            .expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
+    with_h2(&pier, |mut sender| async move {
         for path in ["/", "/big.bin"] {
             let req = http::Request::get(format!("http://test{path}"))
                 .body(http_body_util::Empty::<bytes::Bytes>::new())

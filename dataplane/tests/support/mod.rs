@@ -234,10 +234,14 @@ pub fn write(root: &Path, rel: &str, contents: &[u8]) {
     std::fs::write(path, contents).expect("write file");
 }
 
-/// Runs `f` with an HTTP/2 (prior knowledge) client connected to `pier`.
-pub fn with_h2<F, Fut>(pier: &Running, f: F)
+/// Runs `f` with an HTTP/2 (prior knowledge) client connected to `pier`,
+/// sending request bodies of type `B`.
+pub fn with_h2<B, F, Fut>(pier: &Running, f: F)
 where
-    F: FnOnce(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>) -> Fut,
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: FnOnce(hyper::client::conn::http2::SendRequest<B>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
