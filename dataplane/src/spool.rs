@@ -328,7 +328,8 @@ struct State {
     memory_limit: u64,
     /// Bytes of the file still queued.
     disk: u64,
-    /// Bytes of disk the file holds, charged to the budget: `punched..end`.
+    /// Bytes of disk charged to the budget for the file: what was written
+    /// past its end, less what was punched out or truncated since.
     held: u64,
     disk_limit: u64,
     file: Option<Arc<SpillFile>>,
@@ -577,9 +578,7 @@ impl State {
         budget.spilled.fetch_add(n, Relaxed);
         true
     }
-}
 
-impl State {
     /// Gives sent file blocks back to the filesystem, in [`RELEASE_UNIT`]
     /// steps; all of the file's bytes below `sent_to` were sent.
     fn give_back(&mut self, sent_to: u64, budget: &Budget) {
