@@ -101,9 +101,19 @@ pub struct Args {
     #[arg(long, env = "PIER_MAX_CONCURRENT_STREAMS", default_value = "128")]
     pub max_concurrent_streams: u32,
 
-    /// On SIGTERM, time given to in-flight requests before connections are closed.
+    /// On SIGTERM, time given to in-flight requests before connections are
+    /// closed, counted from the end of the drain delay.
     #[arg(long, env = "PIER_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
+
+    /// On SIGTERM, how long the dataplane goes on accepting connections
+    /// after `/readyz` starts failing, so that load balancers and
+    /// kube-proxy stop sending new connections before the listener closes.
+    /// Meanwhile HTTP/1.1 responses close their connections and HTTP/2
+    /// connections get GOAWAY, so clients move elsewhere. `0s` closes the
+    /// listener at once.
+    #[arg(long, env = "PIER_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
+    pub drain_delay: Duration,
 
     /// How often the routes directory is checked for changes.
     #[arg(long, env = "PIER_WATCH_INTERVAL", default_value = "1s", value_parser = duration)]

@@ -162,7 +162,10 @@ impl Conn<'_> {
                     }
                 }
                 self.idle.store(true, Relaxed);
-                if self.shared.draining.load(Relaxed) {
+                // A new connection is served once even while draining (the
+                // listener still accepts during the drain delay); a kept
+                // one was told to close with its last response.
+                if served > 0 && self.shared.draining.load(Relaxed) {
                     return Outcome::Closed;
                 }
                 let first = loop {

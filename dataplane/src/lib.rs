@@ -100,6 +100,7 @@ pub struct Dataplane {
     tls_addr: SocketAddr,
     source: Source,
     watch_interval: Duration,
+    drain_delay: Duration,
     limits: ConnLimits,
 }
 
@@ -131,6 +132,7 @@ impl Dataplane {
             max_header_size,
             max_concurrent_streams,
             shutdown_grace,
+            drain_delay,
             watch_interval,
             read_chunk,
             file_cache_valid,
@@ -246,6 +248,7 @@ impl Dataplane {
             tls_addr,
             source,
             watch_interval,
+            drain_delay,
             limits: ConnLimits {
                 h1: h1::Limits {
                     header_timeout,
@@ -274,10 +277,13 @@ impl Dataplane {
         self.admin.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and lets
-    /// in-flight requests finish within the grace period.
+    /// Serves until `shutdown` resolves, then drains: `/readyz` fails and
+    /// connections are asked to close while the listeners still accept for
+    /// the drain delay; then the listeners close and in-flight requests
+    /// get the grace period to finish.
     pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let (stop, stopped) = watch::channel(false);
+        let (drain, draining) = watch::channel(false);
         let mut workers = Vec::with_capacity(self.listeners.len());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.tls));
         let pairs = self.listeners.into_iter().zip(self.tls_listeners);
@@ -288,7 +294,10 @@ impl Dataplane {
                 (tls_listener, acceptor.clone()),
                 Arc::clone(&self.shared),
                 self.limits,
-                stopped.clone(),
+                server::Signals {
+                    drain: draining.clone(),
+                    stop: stopped.clone(),
+                },
             )
             .map_err(StartError::Runtime)?;
             workers.push(worker);
@@ -322,8 +331,14 @@ impl Dataplane {
             }
             tracing::info!(listen = %self.listen_addr, tls = %self.tls_addr, workers = workers.len(), "serving");
             shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            tracing::info!(
+                delay = ?self.drain_delay,
+                "draining: not ready, connections asked to close, still accepting for the drain delay"
+            );
             shared.draining.store(true, Relaxed);
+            let _ = drain.send(true);
+            tokio::time::sleep(self.drain_delay).await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
             let _ = stop.send(true);
             Ok::<_, StartError>(())
         })?;

@@ -30,6 +30,15 @@ pub(crate) struct ConnLimits {
     pub(crate) shutdown_grace: Duration,
 }
 
+/// What a worker watches for shutdown: `drain` asks connections to finish
+/// (HTTP/2 GOAWAY; HTTP/1.1 reads `Shared::draining`), `stop` closes the
+/// listeners and starts the grace period.
+#[derive(Clone, Debug)]
+pub(crate) struct Signals {
+    pub(crate) drain: watch::Receiver<bool>,
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
 /// Binds `count` listeners to the same address with `SO_REUSEPORT`. With
 /// port 0 the first socket picks the port and the others share it.
 pub(crate) fn bind(
@@ -61,7 +70,7 @@ pub(crate) fn spawn_worker(
     tls: (std::net::TcpListener, tokio_rustls::TlsAcceptor),
     shared: Arc<Shared>,
     protocol: ConnLimits,
-    shutdown: watch::Receiver<bool>,
+    signals: Signals,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("pier-worker-{index}"))
@@ -76,7 +85,7 @@ pub(crate) fn spawn_worker(
                     return;
                 }
             };
-            runtime.block_on(accept_loop(listener, tls, shared, protocol, shutdown));
+            runtime.block_on(accept_loop(listener, tls, shared, protocol, signals));
         })
 }
 
@@ -85,7 +94,10 @@ async fn accept_loop(
     (tls_listener, acceptor): (std::net::TcpListener, tokio_rustls::TlsAcceptor),
     shared: Arc<Shared>,
     protocol: ConnLimits,
-    mut shutdown: watch::Receiver<bool>,
+    Signals {
+        drain,
+        stop: mut shutdown,
+    }: Signals,
 ) {
     let (listener, tls_listener) = match (
         TcpListener::from_std(listener),
@@ -157,7 +169,7 @@ async fn accept_loop(
         let shared = Arc::clone(&shared);
         let limits = Arc::clone(&limits);
         let h2 = Arc::clone(&h2);
-        let shutdown = shutdown.clone();
+        let shutdown = drain.clone();
         let conn_idle = Arc::clone(&idle);
         let acceptor = acceptor.clone();
         let task = tokio::spawn(async move {

@@ -278,6 +278,33 @@ fn shutdown_closes_idle_keep_alive_connections_at_once() {
 }
 
 #[test]
+fn drain_fails_readiness_first_and_keeps_accepting_for_the_delay() {
+    // Long enough that every check below runs inside the delay.
+    let (mut pier, _dir) = site(&["--drain-delay", "10s"]);
+    let mut kept = pier.connect();
+    assert_eq!(send(&mut kept, &request("GET", "/", &[])).status, 200);
+    assert_eq!(pier.admin("/readyz").status, 200);
+    pier.begin_shutdown();
+    assert!(eventually(|| pier.admin("/readyz").status == 503));
+    assert_eq!(pier.admin("/healthz").status, 200, "alive while draining");
+    // A kept-alive connection is answered and told to close.
+    let res = send(&mut kept, &request("GET", "/", &[]));
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("connection"), Some("close"));
+    // A new connection is still accepted and served, then closed.
+    let res = pier.get("/", &[]);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("connection"), Some("close"));
+    // After the delay the listener closes.
+    let addr = pier.addr;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "the listener closes after the delay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn admin_reports_health_readiness_and_metrics() {
     let (pier, _dir) = site(&[]);
     assert_eq!(pier.admin("/healthz").status, 200);

@@ -52,28 +52,71 @@ pub enum Tool {
     Etcd,
     /// The helm CLI from `helm.sh/helm/v3`.
     Helm,
+    /// `kube-controller-manager` from `k8s.io/kubernetes` (the node harness).
+    KubeControllerManager,
+    /// `kube-scheduler` from `k8s.io/kubernetes` (the node harness).
+    KubeScheduler,
+    /// `kubelet` from `k8s.io/kubernetes` (the node harness).
+    Kubelet,
+    /// `kube-proxy` from `k8s.io/kubernetes` (the node harness).
+    KubeProxy,
 }
 
 impl Tool {
     /// Every tool, in the order a full warm-up would build them.
-    pub const ALL: [Tool; 3] = [Tool::KubeApiserver, Tool::Etcd, Tool::Helm];
+    pub const ALL: [Tool; 7] = [
+        Tool::KubeApiserver,
+        Tool::Etcd,
+        Tool::Helm,
+        Tool::KubeControllerManager,
+        Tool::KubeScheduler,
+        Tool::Kubelet,
+        Tool::KubeProxy,
+    ];
 
-    /// File name of the binary, also the name of its wrapper module
-    /// directory under `e2e/go/`.
+    /// The parts of a node beside the control plane, all from the same
+    /// `k8s.io/kubernetes` module as kube-apiserver.
+    pub const NODE: [Tool; 4] = [
+        Tool::KubeControllerManager,
+        Tool::KubeScheduler,
+        Tool::Kubelet,
+        Tool::KubeProxy,
+    ];
+
+    /// File name of the binary.
     pub const fn binary_name(self) -> &'static str {
         match self {
             Tool::KubeApiserver => "kube-apiserver",
             Tool::Etcd => "etcd",
             Tool::Helm => "helm",
+            Tool::KubeControllerManager => "kube-controller-manager",
+            Tool::KubeScheduler => "kube-scheduler",
+            Tool::Kubelet => "kubelet",
+            Tool::KubeProxy => "kube-proxy",
+        }
+    }
+
+    /// Whether the tool is one of the Kubernetes binaries, which share one
+    /// wrapper module (`e2e/go/kubernetes/`) and so one dependency graph.
+    const fn is_kubernetes(self) -> bool {
+        !matches!(self, Tool::Etcd | Tool::Helm)
+    }
+
+    /// Name of the wrapper module directory under `e2e/go/`.
+    const fn module_dir_name(self) -> &'static str {
+        match self {
+            Tool::Etcd => "etcd",
+            Tool::Helm => "helm",
+            _ => "kubernetes",
         }
     }
 
     /// The Go module that provides the tool.
     pub const fn module(self) -> &'static str {
         match self {
-            Tool::KubeApiserver => "k8s.io/kubernetes",
+            _ if self.is_kubernetes() => "k8s.io/kubernetes",
             Tool::Etcd => "go.etcd.io/etcd/server/v3",
-            Tool::Helm => "helm.sh/helm/v3",
+            _ => "helm.sh/helm/v3",
         }
     }
 
@@ -81,9 +124,9 @@ impl Tool {
     /// `go.mod` requires exactly this version (a unit test checks).
     pub const fn version(self) -> &'static str {
         match self {
-            Tool::KubeApiserver => "v1.34.4",
+            _ if self.is_kubernetes() => "v1.34.4",
             Tool::Etcd => "v3.6.16",
-            Tool::Helm => "v3.22.0",
+            _ => "v3.22.0",
         }
     }
 
@@ -91,6 +134,10 @@ impl Tool {
     pub const fn package(self) -> &'static str {
         match self {
             Tool::KubeApiserver => "k8s.io/kubernetes/cmd/kube-apiserver",
+            Tool::KubeControllerManager => "k8s.io/kubernetes/cmd/kube-controller-manager",
+            Tool::KubeScheduler => "k8s.io/kubernetes/cmd/kube-scheduler",
+            Tool::Kubelet => "k8s.io/kubernetes/cmd/kubelet",
+            Tool::KubeProxy => "k8s.io/kubernetes/cmd/kube-proxy",
             Tool::Etcd => "go.etcd.io/etcd/server/v3",
             Tool::Helm => "helm.sh/helm/v3/cmd/helm",
         }
@@ -100,7 +147,7 @@ impl Tool {
     pub fn module_dir(self) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("go")
-            .join(self.binary_name())
+            .join(self.module_dir_name())
     }
 
     /// Whether `KUBEBUILDER_ASSETS` must provide this tool when it is set
@@ -117,7 +164,7 @@ impl Tool {
         let mut flags = vec!["-s".to_owned(), "-w".to_owned()];
         let mut set = |var: &str, value: &str| flags.push(format!("-X={var}={value}"));
         match self {
-            Tool::KubeApiserver => {
+            _ if self.is_kubernetes() => {
                 let version = self.version();
                 let mut parts = version.trim_start_matches('v').split('.');
                 let major = parts.next().unwrap_or_default();
@@ -133,7 +180,7 @@ impl Tool {
                 }
             }
             Tool::Etcd => {}
-            Tool::Helm => {
+            _ => {
                 set("helm.sh/helm/v3/internal/version.version", self.version());
                 // The Kubernetes version `helm template` assumes without a cluster.
                 let mut parts = Tool::KubeApiserver

@@ -50,6 +50,10 @@ impl Running {
             "--watch-interval",
             "50ms",
         ];
+        // Tests stop at once unless they are about the drain delay.
+        if !flags.contains(&"--drain-delay") {
+            argv.extend_from_slice(&["--drain-delay", "0s"]);
+        }
         argv.extend_from_slice(flags);
         let args = Args::try_parse_from(argv).expect("flags parse");
         let dataplane = Dataplane::bind(args).expect("dataplane starts");
