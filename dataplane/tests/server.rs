@@ -299,7 +299,10 @@ fn drain_fails_readiness_first_and_keeps_accepting_for_the_delay() {
     let addr = pier.addr;
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(Instant::now() < deadline, "the listener closes after the delay");
+        assert!(
+            Instant::now() < deadline,
+            "the listener closes after the delay"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -60,11 +60,13 @@ pub enum Tool {
     Kubelet,
     /// `kube-proxy` from `k8s.io/kubernetes` (the node harness).
     KubeProxy,
+    /// CoreDNS from `github.com/coredns/coredns`, the node's cluster DNS.
+    CoreDns,
 }
 
 impl Tool {
     /// Every tool, in the order a full warm-up would build them.
-    pub const ALL: [Tool; 7] = [
+    pub const ALL: [Tool; 8] = [
         Tool::KubeApiserver,
         Tool::Etcd,
         Tool::Helm,
@@ -72,15 +74,7 @@ impl Tool {
         Tool::KubeScheduler,
         Tool::Kubelet,
         Tool::KubeProxy,
-    ];
-
-    /// The parts of a node beside the control plane, all from the same
-    /// `k8s.io/kubernetes` module as kube-apiserver.
-    pub const NODE: [Tool; 4] = [
-        Tool::KubeControllerManager,
-        Tool::KubeScheduler,
-        Tool::Kubelet,
-        Tool::KubeProxy,
+        Tool::CoreDns,
     ];
 
     /// File name of the binary.
@@ -93,13 +87,14 @@ impl Tool {
             Tool::KubeScheduler => "kube-scheduler",
             Tool::Kubelet => "kubelet",
             Tool::KubeProxy => "kube-proxy",
+            Tool::CoreDns => "coredns",
         }
     }
 
     /// Whether the tool is one of the Kubernetes binaries, which share one
     /// wrapper module (`e2e/go/kubernetes/`) and so one dependency graph.
     const fn is_kubernetes(self) -> bool {
-        !matches!(self, Tool::Etcd | Tool::Helm)
+        !matches!(self, Tool::Etcd | Tool::Helm | Tool::CoreDns)
     }
 
     /// Name of the wrapper module directory under `e2e/go/`.
@@ -107,6 +102,7 @@ impl Tool {
         match self {
             Tool::Etcd => "etcd",
             Tool::Helm => "helm",
+            Tool::CoreDns => "coredns",
             _ => "kubernetes",
         }
     }
@@ -116,6 +112,7 @@ impl Tool {
         match self {
             _ if self.is_kubernetes() => "k8s.io/kubernetes",
             Tool::Etcd => "go.etcd.io/etcd/server/v3",
+            Tool::CoreDns => "github.com/coredns/coredns",
             _ => "helm.sh/helm/v3",
         }
     }
@@ -126,6 +123,7 @@ impl Tool {
         match self {
             _ if self.is_kubernetes() => "v1.34.4",
             Tool::Etcd => "v3.6.16",
+            Tool::CoreDns => "v1.15.0",
             _ => "v3.22.0",
         }
     }
@@ -140,6 +138,7 @@ impl Tool {
             Tool::KubeProxy => "k8s.io/kubernetes/cmd/kube-proxy",
             Tool::Etcd => "go.etcd.io/etcd/server/v3",
             Tool::Helm => "helm.sh/helm/v3/cmd/helm",
+            Tool::CoreDns => "github.com/coredns/coredns",
         }
     }
 
@@ -179,7 +178,7 @@ impl Tool {
                     set(&format!("{pkg}.gitTreeState"), "clean");
                 }
             }
-            Tool::Etcd => {}
+            Tool::Etcd | Tool::CoreDns => {}
             _ => {
                 set("helm.sh/helm/v3/internal/version.version", self.version());
                 // The Kubernetes version `helm template` assumes without a cluster.

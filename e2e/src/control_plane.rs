@@ -31,7 +31,7 @@ pub const APISERVER_START_TIMEOUT: Duration = Duration::from_secs(180);
 pub const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The Service address range (`--service-cluster-ip-range`), as envtest.
-const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
+pub(crate) const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
 /// The `kubernetes` Service's address: the first of that range.
 const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// Field manager of the harness's server-side applies.
@@ -43,6 +43,29 @@ const START_ATTEMPTS: u32 = 3;
 const POLL: Duration = Duration::from_millis(200);
 /// Time allowed for one `/readyz` request.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How [`ControlPlane::start_with`] sets up the API server.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// The address kube-apiserver binds and advertises (etcd stays on
+    /// loopback). Loopback by default; a node's pods need an address they
+    /// can reach, such as the node bridge's (see [`crate::Node`]).
+    pub address: Ipv4Addr,
+    /// Whether pods will run: turns the `ServiceAccount` admission plugin
+    /// on, which mounts service-account tokens into pods and needs the
+    /// `default` service accounts a controller-manager creates.
+    pub pods: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            address: Ipv4Addr::LOCALHOST,
+            pods: false,
+        }
+    }
+}
 
 /// A running etcd and kube-apiserver, private to one test.
 ///
@@ -86,6 +109,14 @@ impl ControlPlane {
     /// a component exits or is not ready in time (the message quotes the
     /// logs), or on I/O and certificate errors.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// As [`ControlPlane::start`], with the API server set up by `options`.
+    ///
+    /// # Errors
+    /// As [`ControlPlane::start`].
+    pub async fn start_with(options: Options) -> Result<Self, HarnessError> {
         let started = Instant::now();
         let (etcd_bin, apiserver_bin) = tokio::task::spawn_blocking(|| {
             Ok::<_, HarnessError>((binaries::etcd()?, binaries::kube_apiserver()?))
@@ -97,11 +128,12 @@ impl ControlPlane {
             .prefix("pier-e2e-")
             .tempdir()
             .map_err(|e| HarnessError::io("creating the control plane's temporary directory", e))?;
-        let files = write_pki(dir.path())?;
+        let files = write_pki(dir.path(), options.address)?;
 
         let mut attempt = 1;
         loop {
-            match Self::start_once(&etcd_bin, &apiserver_bin, &dir, &files, attempt).await {
+            match Self::start_once(&etcd_bin, &apiserver_bin, &dir, &files, options, attempt).await
+            {
                 Ok(Started {
                     etcd,
                     apiserver,
@@ -154,6 +186,7 @@ impl ControlPlane {
         apiserver_bin: &Path,
         dir: &TempDir,
         files: &PkiFiles,
+        options: Options,
         attempt: u32,
     ) -> Result<Started, Attempt> {
         let [etcd_client, etcd_peer, secure_port] = free_ports()?;
@@ -173,7 +206,8 @@ impl ControlPlane {
         let mut etcd = Process::spawn("etcd", etcd_bin, &etcd_args, dir.path().join("etcd.log"))?;
         wait_for_etcd(&mut etcd, etcd_client).await?;
 
-        let server_url = format!("https://127.0.0.1:{secure_port}");
+        let address = options.address;
+        let server_url = format!("https://{address}:{secure_port}");
         let p = |name: &str| files.dir.join(name).display().to_string();
         let apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
@@ -182,13 +216,17 @@ impl ControlPlane {
                 dir.path().join("apiserver-certs").display()
             ),
             format!("--secure-port={secure_port}"),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
             format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
             "--allow-privileged=true".to_owned(),
             "--authorization-mode=RBAC".to_owned(),
-            // No controller creates `default` service accounts (see the type's docs).
-            "--disable-admission-plugins=ServiceAccount".to_owned(),
+            if options.pods {
+                "--enable-admission-plugins=ServiceAccount".to_owned()
+            } else {
+                // No controller creates `default` service accounts (see the type's docs).
+                "--disable-admission-plugins=ServiceAccount".to_owned()
+            },
             format!("--client-ca-file={}", p("ca.crt")),
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
@@ -477,7 +515,7 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn pki_dir(&self) -> PathBuf {
+    pub(crate) fn pki_dir(&self) -> PathBuf {
         self.dir.path().join("pki")
     }
 }
@@ -534,7 +572,7 @@ struct PkiFiles {
 /// Makes the CA, the API server's serving certificate, the service-account
 /// key pair and the admin's client certificate, and writes them to
 /// `<dir>/pki/`.
-fn write_pki(dir: &Path) -> Result<PkiFiles, HarnessError> {
+fn write_pki(dir: &Path, address: Ipv4Addr) -> Result<PkiFiles, HarnessError> {
     let pki = Pki::new()?;
     let pki_dir = dir.join("pki");
     std::fs::create_dir_all(&pki_dir)
@@ -552,6 +590,7 @@ fn write_pki(dir: &Path) -> Result<PkiFiles, HarnessError> {
         ],
         &[
             IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(address),
             IpAddr::V4(KUBERNETES_SERVICE_IP),
         ],
     )?;

@@ -147,6 +147,33 @@ pub enum HarnessError {
         timeout: Duration,
     },
 
+    /// A host command of the node harness (ip, iptables, ctr, the image
+    /// script) exited with an error.
+    #[error("`{command}` failed:\n{output}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its standard output and error.
+        output: String,
+    },
+
+    /// A node component did not become ready in time.
+    #[error(
+        "{component} was not ready after {timeout:?} ({last_check}); last lines of {log}:\n{tail}"
+    )]
+    NodeNotReady {
+        /// The component, e.g. `kubelet`.
+        component: &'static str,
+        /// How long the harness waited.
+        timeout: Duration,
+        /// The outcome of the last check.
+        last_check: String,
+        /// Its log file.
+        log: PathBuf,
+        /// Last lines of that log.
+        tail: String,
+    },
+
     /// helm exited with an error.
     #[error("helm {args} failed:\n{output}")]
     Helm {

@@ -17,15 +17,22 @@
 //!
 //! Each [`ControlPlane`] has its own ports, certificates and temporary
 //! directory, so tests that start one can run in parallel.
+//!
+//! A [`Cluster`] adds a real node (kubelet on containerd, kube-proxy,
+//! controller-manager, scheduler, CoreDNS) that runs pods from images
+//! [`image::build`] makes; one runs at a time per machine.
 
 pub mod binaries;
 mod control_plane;
 mod error;
+pub mod image;
 mod logs;
+pub mod node;
 mod pki;
 mod process;
 
 pub use control_plane::{
-    APISERVER_START_TIMEOUT, CRD_ESTABLISHED_TIMEOUT, ControlPlane, ETCD_START_TIMEOUT,
+    APISERVER_START_TIMEOUT, CRD_ESTABLISHED_TIMEOUT, ControlPlane, ETCD_START_TIMEOUT, Options,
 };
 pub use error::HarnessError;
+pub use node::Cluster;

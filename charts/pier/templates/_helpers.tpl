@@ -136,3 +136,17 @@ dataplanes dial and what the certificate is issued for.
   verbs: ["get", "list", "watch"]
 {{- end }}
 {{- end }}
+
+{{- /* Whole seconds, rounded up, of a duration such as 100ms, 15s, 5m, 1h. */ -}}
+{{- define "pier.durationSeconds" -}}
+{{- $d := toString . -}}
+{{- if hasSuffix "ms" $d -}}
+{{- div (add (trimSuffix "ms" $d | int64) 999) 1000 -}}
+{{- else if hasSuffix "h" $d -}}
+{{- mul (trimSuffix "h" $d | int64) 3600 -}}
+{{- else if hasSuffix "m" $d -}}
+{{- mul (trimSuffix "m" $d | int64) 60 -}}
+{{- else -}}
+{{- trimSuffix "s" $d | int64 -}}
+{{- end -}}
+{{- end }}
