@@ -194,6 +194,26 @@ $docker build --network host \
 	exit 1
 }
 log "built in $(($(date +%s) - started)) s; $($docker image inspect -f '{{.Size}}' "$pier_image") bytes"
+
+# What the image promises: the non-root user, both binaries, no shell.
+user=$($docker image inspect -f '{{.Config.User}}' "$pier_image")
+if [ "$user" != 65532:65532 ]; then
+	log "$pier_image runs as '$user', not 65532:65532"
+	exit 1
+fi
+cid=$($docker create "$pier_image")
+files=$($docker export "$cid" | tar -t)
+$docker rm "$cid" >/dev/null
+for bin in usr/local/bin/pier-controller usr/local/bin/pier-dataplane; do
+	if ! grep -qx "$bin" <<<"$files"; then
+		log "$pier_image lacks /$bin"
+		exit 1
+	fi
+done
+if grep -Eq '^(usr/)?bin/(ba|da)?sh$' <<<"$files"; then
+	log "$pier_image has a shell"
+	exit 1
+fi
 $docker save -o "$out.tmp" "$pier_image" "$pause_image"
 mv "$out.tmp" "$out"
 printf '%s\n' "$out"

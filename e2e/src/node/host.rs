@@ -82,6 +82,14 @@ impl Host {
     fn clean(&self) {
         remove_kube_chains();
         let _ = run("ip", &["route", "del", self.network.services]);
+        // Pods' veths whose namespace outlived them go with their bridge
+        // port, before the bridge itself.
+        if let Ok(ports) = output("ip", &["-o", "link", "show", "master", self.network.bridge]) {
+            for port in ports.lines().filter_map(|l| l.split(": ").nth(1)) {
+                let name = port.split('@').next().unwrap_or(port);
+                let _ = run("ip", &["link", "del", name]);
+            }
+        }
         let _ = run("ip", &["link", "del", self.network.bridge]);
         remove_cgroups("kubepods");
         for dir in [

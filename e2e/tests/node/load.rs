@@ -194,7 +194,7 @@ impl Client {
             };
         }
         match read_response(stream) {
-            Ok((status, keep, body)) if status == 200 => {
+            Ok((200, keep, body)) => {
                 if String::from_utf8_lossy(&body).contains(target.expect) {
                     Outcome::Done { keep }
                 } else {
