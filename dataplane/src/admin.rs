@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz`,
 //! `/snapshot` (the active snapshot as JSON) and `/debug/allocator`
 //! (jemalloc's own statistics, size class by size class: where resident
-//! memory sits), over HTTP/1.1.
+//! memory sits), over HTTP/1.1. The last two tell more than a scraper
+//! needs (every route, backend address and certificate name): they answer
+//! loopback clients only, unless `--admin-debug` is given.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,12 +24,13 @@ use crate::table::Handler;
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    debug_for_all: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -37,9 +40,10 @@ pub(crate) async fn serve(
             _ = shutdown.changed() => return,
         };
         let shared = Arc::clone(&shared);
+        let debug = debug_for_all || peer.ip().to_canonical().is_loopback();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let res = respond(&req, &shared);
+                let res = respond(&req, &shared, debug);
                 async move { Ok::<_, Infallible>(res) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -51,8 +55,17 @@ pub(crate) async fn serve(
     }
 }
 
-fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
-    match req.uri().path() {
+/// Whether `path` tells more than monitoring needs.
+fn is_debug(path: &str) -> bool {
+    matches!(path, "/snapshot" | "/debug/allocator")
+}
+
+fn respond(req: &Request<Incoming>, shared: &Shared, debug: bool) -> Response<Body> {
+    let path = req.uri().path();
+    if is_debug(path) && !debug {
+        return crate::files::status(StatusCode::FORBIDDEN);
+    }
+    match path {
         "/metrics" => {
             let table = shared.table.load();
             let routes = table.routes.iter().map(|e| (&*e.label, &*e.metrics));
@@ -101,4 +114,18 @@ fn with_type(body: String, content_type: &'static str) -> Response<Body> {
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_snapshot_and_allocator_are_debug_paths() {
+        assert!(is_debug("/snapshot"));
+        assert!(is_debug("/debug/allocator"));
+        for open in ["/metrics", "/healthz", "/readyz", "/snapshot/", "/debug"] {
+            assert!(!is_debug(open), "{open}");
+        }
+    }
 }

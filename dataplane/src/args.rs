@@ -68,9 +68,16 @@ pub struct Args {
     #[arg(long, env = "PIER_TLS_SESSION_CACHE", default_value = "4096")]
     pub tls_session_cache: usize,
 
-    /// Address for /metrics, /healthz, /readyz and /snapshot.
+    /// Address for /metrics, /healthz, /readyz, /snapshot and /debug/allocator.
     #[arg(long, env = "PIER_ADMIN", default_value = "0.0.0.0:9901")]
     pub admin: SocketAddr,
+
+    /// Serve /snapshot (the routes, backends and certificate names) and
+    /// /debug/allocator to every admin client; without it they answer
+    /// only on loopback (`kubectl port-forward`, or a shell in the pod)
+    /// and 403 elsewhere.
+    #[arg(long, env = "PIER_ADMIN_DEBUG")]
+    pub admin_debug: bool,
 
     /// Worker threads, each with its own listener (default: CPUs available to the process).
     #[arg(long, env = "PIER_WORKERS")]

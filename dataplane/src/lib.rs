@@ -96,6 +96,7 @@ pub struct Dataplane {
     tls_listeners: Vec<std::net::TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     admin: std::net::TcpListener,
+    admin_debug: bool,
     listen_addr: SocketAddr,
     tls_addr: SocketAddr,
     source: Source,
@@ -124,6 +125,7 @@ impl Dataplane {
             tls_default_key,
             tls_session_cache,
             admin,
+            admin_debug,
             workers,
             max_connections,
             backlog,
@@ -244,6 +246,7 @@ impl Dataplane {
             tls_listeners,
             tls,
             admin,
+            admin_debug,
             listen_addr,
             tls_addr,
             source,
@@ -310,7 +313,12 @@ impl Dataplane {
         runtime.block_on(async {
             let admin =
                 tokio::net::TcpListener::from_std(self.admin).map_err(StartError::Runtime)?;
-            tokio::spawn(admin::serve(admin, Arc::clone(&shared), stopped.clone()));
+            tokio::spawn(admin::serve(
+                admin,
+                Arc::clone(&shared),
+                self.admin_debug,
+                stopped.clone(),
+            ));
             match self.source {
                 Source::Routes { dir, loaded } => {
                     tokio::spawn(standalone::watch(

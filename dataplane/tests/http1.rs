@@ -168,7 +168,7 @@ fn http_1_0_closes_unless_asked_to_keep_alive() {
 #[test]
 fn malformed_heads_are_refused_with_a_clear_status_and_closed() {
     let (pier, _dir) = site();
-    let cases: [(&[u8], u16); 8] = [
+    let cases: [(&[u8], u16); 10] = [
         (b"GET / HTTP/1.1\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         (
@@ -180,6 +180,14 @@ fn malformed_heads_are_refused_with_a_clear_status_and_closed() {
         (b"GET / HTTP/1.1\r\nHost: a\r\n continued\r\n\r\n", 400),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
         (b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
     ];
     for (case, status) in cases {
         let mut stream = pier.connect();

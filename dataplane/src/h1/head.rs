@@ -44,6 +44,9 @@ pub(crate) enum HeadError {
     Version,
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1: 501).
+    #[error("transfer coding not implemented")]
+    UnknownCoding,
 }
 
 impl HeadError {
@@ -52,6 +55,7 @@ impl HeadError {
             Self::TooLarge | Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -138,7 +142,7 @@ fn build(
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut hosts = 0;
     let mut length: Option<u64> = None;
-    let mut chunked = None;
+    let mut codings = Codings::default();
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
@@ -158,12 +162,14 @@ fn build(
                 length = Some(n);
             }
         } else if name == TRANSFER_ENCODING {
-            // Only the last coding counts; it must be chunked.
-            chunked = tokens(value.as_bytes())
-                .last()
-                .map(|t| t.eq_ignore_ascii_case(b"chunked"));
-            if chunked != Some(true) {
-                return Err(HeadError::Malformed("request body coding is not chunked"));
+            // Every field line adds codings, in order.
+            let mut empty = true;
+            for token in tokens(value.as_bytes()) {
+                codings.add(token);
+                empty = false;
+            }
+            if empty {
+                return Err(HeadError::Malformed("empty Transfer-Encoding"));
             }
         } else if name == CONNECTION {
             for token in tokens(value.as_bytes()) {
@@ -181,6 +187,7 @@ fn build(
             "an HTTP/1.1 request needs exactly one Host",
         ));
     }
+    let chunked = codings.framing()?;
     let framing = match (chunked, length) {
         (Some(_), Some(_)) => {
             return Err(HeadError::Malformed(
@@ -212,6 +219,49 @@ fn build(
 }
 
 /// One `Content-Length` value: digits only, no sign, no overflow.
+/// The transfer codings of a request, as RFC 9112 §6.1 and §7 judge them.
+#[derive(Debug, Default)]
+struct Codings {
+    seen: bool,
+    chunked: u32,
+    last_chunked: bool,
+    other: bool,
+}
+
+impl Codings {
+    fn add(&mut self, token: &[u8]) {
+        self.seen = true;
+        self.last_chunked = token.eq_ignore_ascii_case(b"chunked");
+        if self.last_chunked {
+            self.chunked += 1;
+        } else {
+            self.other = true;
+        }
+    }
+
+    /// `Some(())` for a chunked body, `None` without Transfer-Encoding.
+    /// Chunked must come last and once; any coding before it is one Pier
+    /// does not decode (gzip, deflate, compress, or unknown), so 501 rather
+    /// than passing a body whose coding was silently dropped.
+    fn framing(&self) -> Result<Option<()>, HeadError> {
+        if !self.seen {
+            return Ok(None);
+        }
+        if !self.last_chunked {
+            return Err(HeadError::Malformed(
+                "chunked is not the final transfer coding",
+            ));
+        }
+        if self.chunked > 1 {
+            return Err(HeadError::Malformed("chunked applied more than once"));
+        }
+        if self.other {
+            return Err(HeadError::UnknownCoding);
+        }
+        Ok(Some(()))
+    }
+}
+
 fn content_length(item: &[u8]) -> Result<u64, HeadError> {
     let item = item.trim_ascii();
     if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {

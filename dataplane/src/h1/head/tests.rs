@@ -71,7 +71,7 @@ fn body_framing_follows_rfc_9112() {
         ("Content-Length: 7, 7", Framing::Length(7)),
         ("Content-Length: 7\r\nContent-Length: 7", Framing::Length(7)),
         ("Transfer-Encoding: chunked", Framing::Chunked),
-        ("Transfer-Encoding: gzip, Chunked", Framing::Chunked),
+        ("Transfer-Encoding: Chunked", Framing::Chunked),
     ];
     for (field, framing) in cases {
         let text = format!("POST / HTTP/1.1\r\nHost: a\r\n{field}\r\n\r\n");
@@ -86,6 +86,10 @@ fn ambiguous_framing_is_refused() {
         "Transfer-Encoding: chunked\r\nContent-Length: 5",
         "Transfer-Encoding: chunked, gzip",
         "Transfer-Encoding: identity",
+        "Transfer-Encoding: chunked, chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip",
+        "Transfer-Encoding: ",
         "Content-Length: 5, 6",
         "Content-Length: 5\r\nContent-Length: 6",
         "Content-Length: -1",
@@ -104,6 +108,25 @@ fn ambiguous_framing_is_refused() {
     }
     let http10_chunked = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert_eq!(refused(http10_chunked).status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn codings_before_chunked_are_not_implemented() {
+    // RFC 9112 §6.1: a coding the server does not understand gets 501;
+    // dropping it would hand the backend a body it cannot read.
+    for field in [
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: deflate,chunked",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: x-custom, chunked",
+    ] {
+        let text = format!("POST / HTTP/1.1\r\nHost: a\r\n{field}\r\n\r\n");
+        assert_eq!(
+            refused(&text).status(),
+            StatusCode::NOT_IMPLEMENTED,
+            "{field:?}"
+        );
+    }
 }
 
 #[test]
