@@ -41,11 +41,21 @@ pub(crate) struct Signals {
 
 /// Binds `count` listeners to the same address with `SO_REUSEPORT`. With
 /// port 0 the first socket picks the port and the others share it.
+///
+/// `SO_REUSEPORT` would also let a second process bind the same address
+/// and silently take half the connections; a probe bound without it first
+/// makes that an `EADDRINUSE` error, as nginx gives.
 pub(crate) fn bind(
     addr: SocketAddr,
     count: usize,
     backlog: i32,
 ) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Only TIME_WAIT leftovers of an earlier run may share the port.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {

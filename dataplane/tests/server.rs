@@ -308,6 +308,35 @@ fn drain_fails_readiness_first_and_keeps_accepting_for_the_delay() {
 }
 
 #[test]
+fn a_second_dataplane_on_the_same_address_fails_with_addr_in_use() {
+    use clap::Parser;
+    let (pier, _dir) = site(&[]);
+    let routes = pier.routes.to_string_lossy().into_owned();
+    // Each of the three listeners in turn takes the first one's address.
+    for (index, taken) in [(4, pier.addr), (6, pier.tls), (8, pier.admin)] {
+        let addr = taken.to_string();
+        let mut argv = vec![
+            "pier-dataplane",
+            "--routes",
+            &routes,
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ];
+        argv[index] = &addr;
+        let args = pier_dataplane::Args::try_parse_from(argv).expect("flags parse");
+        let err = pier_dataplane::Dataplane::bind(args).expect_err("the address is taken");
+        let text = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(text.contains(&addr), "names the address: {text}");
+        assert!(text.contains("AddrInUse"), "{text}");
+    }
+    assert_eq!(pier.get("/", &[]).status, 200, "the first keeps serving");
+}
+
+#[test]
 fn admin_reports_health_readiness_and_metrics() {
     let (pier, _dir) = site(&[]);
     assert_eq!(pier.admin("/healthz").status, 200);

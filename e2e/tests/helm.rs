@@ -201,7 +201,12 @@ async fn chart_installs_upgrades_and_uninstalls() {
             Some(vec!["ALL".to_owned()]),
             "{name}"
         );
-        assert!(container.liveness_probe.is_some() && container.readiness_probe.is_some());
+        assert!(container.liveness_probe.is_some() && container.startup_probe.is_some());
+        let readiness = container.readiness_probe.as_ref().expect("readiness probe");
+        assert!(
+            readiness.failure_threshold >= Some(3),
+            "{name}: readiness tolerates a slow probe"
+        );
         assert!(
             container
                 .resources
