@@ -217,6 +217,26 @@ fn via_is_added_both_ways_when_configured() {
 }
 
 #[test]
+fn an_absolute_form_target_is_the_host_sent_upstream() {
+    // RFC 9112 §3.2.2: the target's authority wins over the Host field,
+    // for routing and for every host the backend sees.
+    let a = backend("a");
+    let pier = start(&format!(
+        "{{hosts: [app.test], backends: [{{address: \"{}\"}}]}}",
+        a.addr
+    ));
+    let res = pier.request(
+        "GET http://app.test/x HTTP/1.1\r\nHost: internal-admin.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(res.status, 200);
+    let text = res.text();
+    assert!(text.contains("\nhost: app.test\n"), "{text}");
+    assert!(text.contains("\nx-forwarded-host: app.test\n"), "{text}");
+    assert!(text.contains(";host=app.test;"), "{text}");
+    assert!(!text.contains("internal-admin"), "{text}");
+}
+
+#[test]
 fn requests_are_rewritten_and_forwarded_headers_added() {
     let a = backend("a");
     let pier = start(&format!(

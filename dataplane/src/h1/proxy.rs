@@ -480,7 +480,13 @@ impl Conn<'_> {
     ) -> Pooled {
         self.peer();
         let req = &head.request;
-        let client_host = req.headers().get(HOST);
+        // RFC 9112 §3.2.2: an absolute-form target's authority replaces
+        // the Host field, for routing (already) and for what goes upstream.
+        let authority = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let client_host = authority.as_ref().or_else(|| req.headers().get(HOST));
         let mut out = Pooled::new();
         out.extend_from_slice(req.method().as_str().as_bytes());
         out.push(b' ');
