@@ -83,6 +83,8 @@ enum Source {
     Routes {
         dir: PathBuf,
         loaded: standalone::Fingerprint,
+        /// The resources the first load left out.
+        left_out: Vec<pier_snapshot::RouteError>,
     },
     /// Cluster mode: the controller.
     Controller(Box<controlplane::Upstream>),
@@ -179,8 +181,14 @@ impl Dataplane {
         let source = match (routes, controller, controller_ca, controller_token_file) {
             (Some(dir), ..) => {
                 let loaded = standalone::fingerprint(&dir);
-                shared.apply(standalone::load(&dir)?);
-                Source::Routes { dir, loaded }
+                let compiled = standalone::load(&dir)?;
+                let left_out = compiled.errors.clone();
+                shared.apply(compiled);
+                Source::Routes {
+                    dir,
+                    loaded,
+                    left_out,
+                }
             }
             (None, Some(url), Some(ca), Some(token)) => {
                 let name = name
@@ -320,10 +328,14 @@ impl Dataplane {
                 stopped.clone(),
             ));
             match self.source {
-                Source::Routes { dir, loaded } => {
+                Source::Routes {
+                    dir,
+                    loaded,
+                    left_out,
+                } => {
                     tokio::spawn(standalone::watch(
                         dir,
-                        loaded,
+                        (loaded, left_out),
                         self.watch_interval,
                         Arc::clone(&shared),
                         stopped.clone(),

@@ -68,6 +68,18 @@ pub(crate) struct UpstreamSettings {
     pub(crate) buffers: Arc<crate::spool::Budget>,
 }
 
+/// One warning per resource left out of a snapshot, with its reason.
+pub(crate) fn log_left_out(errors: &[pier_snapshot::RouteError]) {
+    for error in errors {
+        tracing::warn!(
+            route = %error.key,
+            reason = error.invalid.reason(),
+            error = %error.invalid,
+            "route left out of the snapshot"
+        );
+    }
+}
+
 impl Shared {
     pub(crate) fn new(
         files: FileLimits,
@@ -89,14 +101,7 @@ impl Shared {
     /// table they started with.
     pub(crate) fn apply(&self, compiled: Compiled) {
         use std::sync::atomic::Ordering::Relaxed;
-        for error in &compiled.errors {
-            tracing::warn!(
-                route = %error.key,
-                reason = error.invalid.reason(),
-                error = %error.invalid,
-                "route left out of the snapshot"
-            );
-        }
+        log_left_out(&compiled.errors);
         for unresolved in &compiled.unresolved {
             tracing::warn!(
                 route = %unresolved.key,

@@ -197,10 +197,12 @@ pub(crate) fn fingerprint(dir: &Path) -> Fingerprint {
     )
 }
 
-/// Polls `dir` and applies every valid change until shutdown.
+/// Polls `dir` and applies every valid change until shutdown. `seen` is
+/// the directory as last loaded and the resources that load left out; a
+/// change to those is logged even when the snapshot stays the same.
 pub(crate) async fn watch(
     dir: PathBuf,
-    mut seen: Fingerprint,
+    (mut seen, mut left_out): (Fingerprint, Vec<pier_snapshot::RouteError>),
     interval: Duration,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -219,12 +221,23 @@ pub(crate) async fn watch(
         seen = now;
         match load(&dir) {
             Ok(compiled) if compiled.snapshot.version == shared.table.load().snapshot.version => {
+                if compiled.errors != left_out {
+                    crate::service::log_left_out(&compiled.errors);
+                    tracing::info!(
+                        invalid = compiled.errors.len(),
+                        "the routes left out changed; the snapshot did not"
+                    );
+                }
                 shared
                     .metrics
                     .snapshot_invalid_routes
                     .store(compiled.errors.len() as u64, Relaxed);
+                left_out = compiled.errors;
             }
-            Ok(compiled) => shared.apply(compiled),
+            Ok(compiled) => {
+                left_out.clone_from(&compiled.errors);
+                shared.apply(compiled);
+            }
             Err(e) => {
                 shared.metrics.snapshot_load_errors.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "routes not reloaded; the last good snapshot stays active");

@@ -6,7 +6,7 @@ mod support;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use support::{Running, request, send, static_route, with_h2, write};
+use support::{Logs, Running, request, send, static_route, with_h2, write};
 
 fn site(flags: &[&str]) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
@@ -334,6 +334,37 @@ fn a_second_dataplane_on_the_same_address_fails_with_addr_in_use() {
         assert!(text.contains("AddrInUse"), "{text}");
     }
     assert_eq!(pier.get("/", &[]).status, 200, "the first keeps serving");
+}
+
+#[test]
+fn a_route_left_out_is_logged_even_when_the_snapshot_stays_the_same() {
+    let logs = Logs::capture();
+    let (pier, _dir) = site(&[]);
+    let version = pier.admin("/metrics").text();
+    let version = version
+        .lines()
+        .find(|l| l.starts_with("pier_dataplane_snapshot_info"))
+        .expect("snapshot info")
+        .to_owned();
+    // Invalid on its own: left out, so the snapshot does not change.
+    let broken = static_route("broken", "{root: /srv, path: {value: no-slash}}");
+    write(&pier.routes, "broken.yaml", broken.as_bytes());
+    assert!(eventually(|| pier
+        .admin("/metrics")
+        .text()
+        .contains("pier_dataplane_snapshot_invalid_routes 1")));
+    assert!(
+        pier.admin("/metrics").text().contains(&version),
+        "same snapshot"
+    );
+    assert!(
+        eventually(|| {
+            let text = logs.text();
+            text.contains("route left out of the snapshot") && text.contains("default/broken")
+        }),
+        "logged:\n{}",
+        logs.text()
+    );
 }
 
 #[test]
