@@ -111,10 +111,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal; JSON with the message and fields at the
+    // top level of each line, as log collectors index them.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match args.log_format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 
     let token = std::fs::read_to_string(&args.snapshot_token_file)
