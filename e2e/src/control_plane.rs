@@ -687,16 +687,18 @@ async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, HarnessErro
         .map_err(|e| HarnessError::kube(format!("building a client from {}", path.display()), e))
 }
 
-/// Three distinct free loopback ports. All three listeners are held until
-/// all are chosen, so the ports differ; another process may still take one
+/// `N` distinct free loopback ports. All the listeners are held until all
+/// are chosen, so the ports differ; another process may still take one
 /// before the components bind it, which [`ControlPlane::start`] retries.
-fn free_ports() -> Result<[u16; 3], HarnessError> {
-    let bind = || {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| HarnessError::io("choosing a free loopback port", e))
-    };
-    let listeners = [bind()?, bind()?, bind()?];
-    let mut ports = [0; 3];
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
+    let mut listeners = Vec::with_capacity(N);
+    for _ in 0..N {
+        listeners.push(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .map_err(|e| HarnessError::io("choosing a free loopback port", e))?,
+        );
+    }
+    let mut ports = [0; N];
     for (port, listener) in ports.iter_mut().zip(&listeners) {
         *port = listener
             .local_addr()

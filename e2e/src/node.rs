@@ -28,7 +28,7 @@ pub mod config;
 mod host;
 
 use std::fs::{File, OpenOptions};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ use rustix::fs::{FlockOperation, flock};
 use tempfile::TempDir;
 
 use crate::binaries::{self, Tool};
-use crate::control_plane::{ControlPlane, Options};
+use crate::control_plane::{ControlPlane, Options, free_ports};
 use crate::process::Process;
 use crate::{HarnessError, logs};
 use config::{KubeletFiles, NETWORK};
@@ -543,25 +543,6 @@ fn http_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP answer: {head:?}"))
-}
-
-/// Six distinct free loopback ports (held together while chosen).
-fn free_ports() -> Result<[u16; 6], HarnessError> {
-    let mut listeners = Vec::with_capacity(6);
-    for _ in 0..6 {
-        listeners.push(
-            TcpListener::bind(("127.0.0.1", 0))
-                .map_err(|e| HarnessError::io("choosing a free port", e))?,
-        );
-    }
-    let mut ports = [0; 6];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
-            .local_addr()
-            .map_err(|e| HarnessError::io("reading a port", e))?
-            .port();
-    }
-    Ok(ports)
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
