@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::Body;
-use crate::service::Shared;
+use crate::dispatch::Shared;
 use crate::table::Handler;
 
 /// Serves admin requests until shutdown.
@@ -73,13 +73,13 @@ fn respond(req: &Request<Incoming>, shared: &Shared, debug: bool) -> Response<Bo
                 Handler::Proxy(proxy) => Some(proxy.upstreams(&e.label)),
                 Handler::Static(_) => None,
             });
-            let mut text = shared.metrics.render(
+            let mut text = shared.ctx.metrics.render(
                 routes,
                 upstreams.flatten(),
                 &table.snapshot.certificates,
                 table.routes.len(),
             );
-            shared.upstream.buffers.render(&mut text);
+            shared.ctx.upstream.buffers.render(&mut text);
             with_type(text, "text/plain; version=0.0.4; charset=utf-8")
         }
         "/healthz" => with_type("ok\n".to_owned(), "text/plain"),

@@ -17,15 +17,23 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
-use crate::files::Opened;
-use crate::h2::Activity;
 use crate::metrics::RouteMetrics;
+
+/// An open file a body sends from: the static handler's cached entry,
+/// kept alive (and its descriptor open) as long as a body refers to it.
+pub(crate) trait Source: std::fmt::Debug + Send + Sync {
+    fn file(&self) -> &std::fs::File;
+}
+
+/// A shared open file.
+pub(crate) type SharedFile = Arc<dyn Source>;
 
 /// A response body. Its [`Done`] guard records the response in the route's
 /// metrics when the body ends or is dropped (for example when the client
@@ -42,7 +50,7 @@ pub(crate) enum Segment {
     Bytes(Bytes),
     /// `len` bytes of a file from `pos`.
     File {
-        file: Arc<Opened>,
+        file: SharedFile,
         pos: u64,
         len: u64,
     },
@@ -89,7 +97,7 @@ impl Body {
     }
 
     /// `len` bytes of `file` from `start`, read `chunk` bytes at a time.
-    pub(crate) fn file(file: Arc<Opened>, start: u64, len: u64, chunk: usize) -> Self {
+    pub(crate) fn file(file: SharedFile, start: u64, len: u64, chunk: usize) -> Self {
         Self::from_kind(Kind::File(Region {
             file,
             pos: start,
@@ -101,7 +109,7 @@ impl Body {
     /// Several regions of `file`, each preceded by its part header, then
     /// the closing delimiter.
     pub(crate) fn multipart(
-        file: Arc<Opened>,
+        file: SharedFile,
         parts: Vec<(Bytes, u64, u64)>,
         closing: Bytes,
         chunk: usize,
@@ -293,7 +301,7 @@ impl Upstream {
 /// A file region still to send.
 #[derive(Debug)]
 struct Region {
-    file: Arc<Opened>,
+    file: SharedFile,
     pos: u64,
     remaining: u64,
     chunk: usize,
@@ -326,7 +334,7 @@ impl Region {
         while filled < want {
             match self
                 .file
-                .file
+                .file()
                 .read_at(&mut buf[filled..], self.pos + filled as u64)
             {
                 Ok(0) => {
@@ -352,7 +360,7 @@ impl Region {
 
 #[derive(Debug)]
 struct Multipart {
-    file: Arc<Opened>,
+    file: SharedFile,
     /// Total length: part headers, regions and the closing delimiter.
     len: u64,
     /// Part header, start, length.
@@ -415,5 +423,54 @@ impl Drop for Done {
         if let Some(activity) = &self.activity {
             activity.request_done();
         }
+    }
+}
+
+/// Requests in flight on a connection and when the last one ended.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    opened: tokio::time::Instant,
+    inflight: AtomicU32,
+    requests: AtomicU64,
+    /// Milliseconds after `opened` when the last request ended.
+    last_done_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            opened: tokio::time::Instant::now(),
+            inflight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            last_done_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.inflight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn request_done(&self) {
+        self.inflight.fetch_sub(1, Relaxed);
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_done_ms.store(ms, Relaxed);
+    }
+
+    /// When the connection becomes closable for idleness, if nothing
+    /// changes; `None` while a request is in flight.
+    pub(crate) fn idle_deadline(
+        &self,
+        header: Duration,
+        idle: Duration,
+    ) -> Option<tokio::time::Instant> {
+        if self.inflight.load(Relaxed) > 0 {
+            return None;
+        }
+        Some(if self.requests.load(Relaxed) == 0 {
+            self.opened + header
+        } else {
+            self.opened + Duration::from_millis(self.last_done_ms.load(Relaxed)) + idle
+        })
     }
 }

@@ -18,7 +18,6 @@
 mod cache;
 mod conditional;
 mod encoding;
-pub(crate) mod path;
 mod range;
 
 use std::borrow::Cow;
@@ -36,11 +35,14 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use pier_snapshot::StaticAction;
 use rustix::io::Errno;
 
-pub(crate) use self::cache::{CONTENT_BYTES, CacheConfig, CacheCounters, Opened};
+pub(crate) use self::cache::CacheConfig;
+use self::cache::Opened;
 use self::cache::{FileCache, Kind};
 use self::conditional::{Outcome, Validators};
 use self::encoding::Coding;
 use crate::body::Body;
+use crate::http::path;
+use crate::metrics::CacheCounters;
 
 /// Per-process limits of file serving.
 #[derive(Clone, Copy, Debug)]

@@ -14,23 +14,30 @@
 //! through `pier_snapshot::compile`, the same pure function the controller
 //! runs.
 
+// Layers, lowest first: a module imports only from layers below it
+// (`tests/layers.rs` checks this; ARCHITECTURE.md draws it).
 mod admin;
 pub mod args;
+mod balance;
 mod body;
-mod controlplane;
+mod certs;
+mod context;
+mod dispatch;
 mod files;
-mod h1;
-mod h2;
+mod filter;
+mod front;
+mod http;
 mod metrics;
 mod pool;
 mod proxy;
 mod routing;
 mod server;
-mod service;
+mod source;
 mod spool;
-pub mod standalone;
 mod table;
-mod tls;
+mod upstream;
+
+pub use crate::source::files as standalone;
 
 use std::future::Future;
 use std::io;
@@ -43,11 +50,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use crate::args::{Args, LogFormat};
+use crate::context::{Context, UpstreamSettings};
+use crate::dispatch::Shared;
 use crate::files::{CacheConfig, FileLimits};
+pub use crate::front::tls::TlsError;
+use crate::front::{h1, tls};
+use crate::metrics::Metrics;
 use crate::server::ConnLimits;
-use crate::service::{Shared, UpstreamSettings};
-pub use crate::standalone::LoadError;
-pub use crate::tls::TlsError;
+use crate::source::controller as controlplane;
+pub use crate::source::files::LoadError;
 
 /// Why the dataplane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +166,9 @@ impl Dataplane {
         let workers = workers
             .or_else(|| std::thread::available_parallelism().ok())
             .map_or(1, usize::from);
-        let shared = Arc::new(Shared::new(
-            FileLimits {
+        let ctx = Context {
+            metrics: Metrics::default(),
+            files: FileLimits {
                 chunk: read_chunk,
                 max_ranges: max_ranges.get(),
                 cache: CacheConfig {
@@ -165,8 +177,7 @@ impl Dataplane {
                     content_max: file_cache_content as u64,
                 },
             },
-            max_connections.get(),
-            UpstreamSettings {
+            upstream: UpstreamSettings {
                 idle: upstream_idle,
                 idle_timeout: upstream_idle_timeout,
                 via: via.map(|name| name.0),
@@ -177,7 +188,8 @@ impl Dataplane {
                     (buffer_disk > 0).then(|| spill_dir.unwrap_or_else(std::env::temp_dir)),
                 )),
             },
-        ));
+        };
+        let shared = Arc::new(Shared::new(ctx, max_connections.get()));
         let source = match (routes, controller, controller_ca, controller_token_file) {
             (Some(dir), ..) => {
                 let loaded = standalone::fingerprint(&dir);

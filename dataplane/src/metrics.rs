@@ -13,7 +13,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::files::CacheCounters;
+/// Bytes of file contents held by every worker's cache (and by responses
+/// still using evicted entries).
+pub(crate) static FILE_CONTENT_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// Counters shared by every worker's open-file cache.
+#[derive(Debug, Default)]
+pub(crate) struct CacheCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) entries: AtomicI64,
+}
 
 /// Status codes with their own counter; others count under their class.
 const CODES: [u16; 17] = [
@@ -423,7 +434,7 @@ impl Metrics {
                 "file_cache_content_bytes",
                 "gauge",
                 "Bytes of small-file contents held by the open-file cache (--file-cache-content).",
-                crate::files::CONTENT_BYTES.load(Relaxed).into(),
+                FILE_CONTENT_BYTES.load(Relaxed).into(),
             ),
         ];
         for (name, kind, help, value) in figures {

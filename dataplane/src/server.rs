@@ -17,10 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
-use crate::h1;
-use crate::h2::{self, Timeouts};
-use crate::service::Shared;
-use crate::tls;
+use crate::dispatch::Shared;
+use crate::front::hyper::{self as h2, Timeouts};
+use crate::front::{h1, tls};
+use crate::upstream;
 
 /// Connection limits from the flags.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +125,7 @@ async fn accept_loop(
     ));
     let limits = Arc::new(protocol.h1);
     let open = Arc::new(OpenConnections::default());
-    let metrics = &shared.metrics;
+    let metrics = &shared.ctx.metrics;
     // This worker's buffer pools (every 10 s) and idle upstream
     // connections (every 10 s, or the idle timeout when shorter) shrink
     // back after bursts.
@@ -133,7 +133,7 @@ async fn accept_loop(
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             const TRIM: Duration = Duration::from_secs(10);
-            let limit = shared.upstream.idle_timeout;
+            let limit = shared.ctx.upstream.idle_timeout;
             let mut every = tokio::time::interval(limit.clamp(Duration::from_millis(100), TRIM));
             let mut trimmed = tokio::time::Instant::now();
             loop {
@@ -142,8 +142,8 @@ async fn accept_loop(
                     crate::pool::trim();
                     trimmed = tokio::time::Instant::now();
                 }
-                crate::proxy::expire_idle(limit, &shared.metrics);
-                h2::proxy::expire_idle(limit, &shared.metrics);
+                upstream::idle::expire(limit, &shared.ctx.metrics);
+                h2::proxy::expire_idle(limit, &shared.ctx.metrics);
             }
         })
     };
@@ -311,7 +311,11 @@ impl OpenConnections {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.shared.metrics.connections_open.fetch_sub(1, Relaxed);
+        self.shared
+            .ctx
+            .metrics
+            .connections_open
+            .fetch_sub(1, Relaxed);
         let mut live = self.open.lock();
         live.remove(&self.id);
         if live.is_empty() {

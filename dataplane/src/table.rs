@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use pier_snapshot::{Action, RouteKey, Snapshot};
 
+use crate::certs::Certificates;
 use crate::files::StaticFiles;
+use crate::filter::Filters;
 use crate::metrics::{ConnectionGauges, RouteMetrics};
 use crate::proxy::Proxy;
 use crate::routing::Router;
@@ -19,7 +21,7 @@ pub(crate) struct Table {
     pub(crate) router: Router,
     pub(crate) routes: Vec<Entry>,
     /// Certificates by SNI name.
-    pub(crate) certificates: crate::tls::Certificates,
+    pub(crate) certificates: Certificates,
 }
 
 /// A route with its handler and counters.
@@ -29,18 +31,17 @@ pub(crate) struct Entry {
     pub(crate) label: Box<str>,
     pub(crate) handler: Handler,
     pub(crate) metrics: Arc<RouteMetrics>,
-    /// Plain-HTTP requests get a 308 to HTTPS.
-    pub(crate) redirect: bool,
-    /// `Strict-Transport-Security` for HTTPS responses.
-    pub(crate) hsts: Option<http::HeaderValue>,
+    /// The route's filters, phase by phase.
+    pub(crate) filters: Filters,
 }
 
 /// What a route does with a request.
 #[derive(Debug)]
 pub(crate) enum Handler {
     Static(StaticFiles),
-    /// Boxed: a proxy carries its balancer and counters.
-    Proxy(Box<Proxy>),
+    /// Shared: each try of a request holds it until the try ends, which
+    /// may be after the table was replaced.
+    Proxy(Arc<Proxy>),
 }
 
 impl Table {
@@ -75,23 +76,17 @@ impl Table {
                                 Handler::Proxy(p) => Some(&**p),
                                 Handler::Static(_) => None,
                             });
-                            Handler::Proxy(Box::new(Proxy::new(action, previous, gauges)))
+                            Handler::Proxy(Arc::new(Proxy::new(action, previous, gauges)))
                         }
                     },
                     metrics: old.map(|e| Arc::clone(&e.metrics)).unwrap_or_default(),
-                    redirect: route.tls.as_ref().is_some_and(|t| t.redirect),
-                    // The compiler checked the value.
-                    hsts: route
-                        .tls
-                        .as_ref()
-                        .and_then(|t| t.hsts.as_deref())
-                        .and_then(|v| http::HeaderValue::from_str(v).ok()),
+                    filters: Filters::compile(route),
                 }
             })
             .collect();
         Self {
             router: Router::new(&snapshot),
-            certificates: crate::tls::Certificates::new(&snapshot.certificates),
+            certificates: Certificates::new(&snapshot.certificates),
             snapshot,
             routes,
         }

@@ -30,13 +30,15 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderValue;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
+
+use crate::metrics::{CacheCounters, FILE_CONTENT_BYTES as CONTENT_BYTES};
 
 /// Cache settings from the flags.
 #[derive(Clone, Copy, Debug)]
@@ -47,19 +49,6 @@ pub(crate) struct CacheConfig {
     pub(crate) max_entries: usize,
     /// Largest file whose contents are kept with its entry; 0 keeps none.
     pub(crate) content_max: u64,
-}
-
-/// Bytes of file contents held by every worker's cache (and by responses
-/// still using evicted entries).
-pub(crate) static CONTENT_BYTES: AtomicI64 = AtomicI64::new(0);
-
-/// Counters shared by every worker's cache.
-#[derive(Debug, Default)]
-pub(crate) struct CacheCounters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) flushes: AtomicU64,
-    pub(crate) entries: AtomicI64,
 }
 
 /// What a file's type is, for the handler's decisions.
@@ -85,6 +74,12 @@ pub(crate) struct Opened {
     pub(crate) content_type: HeaderValue,
     /// The whole file, for small files.
     pub(crate) contents: Option<Bytes>,
+}
+
+impl crate::body::Source for Opened {
+    fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl Drop for Opened {

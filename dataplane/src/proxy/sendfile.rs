@@ -26,10 +26,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-use super::{Proxy, append_via, strip_hop_by_hop};
 use crate::body::Body;
-use crate::files::{Escape, FileRequest, StaticFiles, path};
-use crate::service::Shared;
+use crate::context::Context;
+use crate::files::{Escape, FileRequest, StaticFiles};
+use crate::http::forward::{append_via, strip_hop_by_hop};
+use crate::http::path;
 
 /// lighttpd's header: a file system path.
 const X_SENDFILE: HeaderName = HeaderName::from_static("x-sendfile");
@@ -137,17 +138,16 @@ fn below<'p>(root: &[u8], path: &'p [u8]) -> Option<&'p [u8]> {
 
 /// The response for a handoff: the named file served as a GET (a HEAD for
 /// a HEAD request) with the client's conditional and range headers, the
-/// backend's other fields merged in, `Via` and the route's edits applied.
-/// A refusal is 502, logged and counted.
+/// backend's other fields merged in, `Via` appended (the caller runs the
+/// route's response filters). A refusal is 502, logged and counted.
 pub(crate) fn respond(
     handoff: Handoff<'_>,
     method: &Method,
     client: &HeaderMap,
     mut backend: HeaderMap,
-    shared: &Shared,
-    proxy: &Proxy,
+    ctx: &Context,
 ) -> Result<Response<Body>, StatusCode> {
-    let metrics = &shared.metrics;
+    let metrics = &ctx.metrics;
     let refuse = |value: &[u8], why: &str| {
         metrics.sendfile_refused.fetch_add(1, Relaxed);
         tracing::warn!(path = %String::from_utf8_lossy(value), why, "X-Sendfile refused");
@@ -166,16 +166,15 @@ pub(crate) fn respond(
         now: std::time::Instant::now(),
     };
     let mut res = root
-        .serve_file(&file, &shared.files, &metrics.file_cache)
+        .serve_file(&file, &ctx.files, &metrics.file_cache)
         .map_err(|Escape| refuse(&rel, "leads out of its sendfile root"))?;
     metrics.sendfile_served.fetch_add(1, Relaxed);
     strip_hop_by_hop(&mut backend);
     let headers = res.headers_mut();
     merge(headers, backend);
-    if let Some(via) = &shared.upstream.via {
+    if let Some(via) = &ctx.upstream.via {
         append_via(headers, via);
     }
-    proxy.response_edits.apply(headers);
     Ok(res)
 }
 

@@ -12,23 +12,23 @@
 //!   leave with their head in one `sendmsg`, without a copy.
 //!
 //! ```text
-//!  idle ──readable──► read head ──► Shared::handle ──► write head + body ──┐
+//!  idle ──readable──► read head ──► Shared::dispatch ──► write head + body ──┐
 //!   ▲    (no buffer)   (≤ --max-header-size,            (MSG_MORE, sendfile) │
 //!   │                   --header-timeout)                                  │
 //!   └───────────── keep-alive, request body discarded ◄────────────────────┘
 //! ```
 //!
 //! A connection that opens with the HTTP/2 preface is handed to hyper
-//! ([`crate::h2`]) with the bytes already read. Request bodies: this
+//! ([`crate::front::hyper`]) with the bytes already read. Request bodies: this
 //! engine's handlers read none, so a `Content-Length` body up to
 //! [`DISCARD_MAX`] is read and dropped after the response; a larger or
 //! chunked one, or one behind `Expect: 100-continue`, ends the connection
 //! after the response (`Connection: close`), as nginx does with bodies it
 //! does not want.
 
-mod head;
 mod proxy;
-mod response;
+mod relay;
+mod upload;
 
 use std::io;
 use std::os::fd::AsFd;
@@ -45,11 +45,11 @@ use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use self::head::{Framing, HeadError};
-use self::response::Persist;
 use crate::body::{Body, Segment};
+use crate::dispatch::{Dispatch, Shared};
+use crate::http::head::{self, Framing, HeadError};
+use crate::http::response::{self, Persist};
 use crate::pool;
-use crate::service::{Dispatch, Shared};
 
 /// Room reserved in the read buffer before each read.
 const READ_RESERVE: usize = 4096;
@@ -127,7 +127,7 @@ struct Conn<'a> {
     /// Holds buffers (counted in `connections_active`).
     active: bool,
     /// The client's address, once a proxy route asked for it.
-    peer: Option<crate::proxy::Peer>,
+    peer: Option<crate::http::forward::Peer>,
 }
 
 impl Drop for Conn<'_> {
@@ -174,7 +174,7 @@ impl Conn<'_> {
                         first = self.first_bytes() => break first,
                         () = &mut timer => {
                             if timer.deadline() >= idle_deadline {
-                                self.shared.metrics.connections_timed_out.fetch_add(1, Relaxed);
+                                self.shared.ctx.metrics.connections_timed_out.fetch_add(1, Relaxed);
                                 return Outcome::Closed;
                             }
                             timer.as_mut().reset(idle_deadline);
@@ -217,6 +217,7 @@ impl Conn<'_> {
                     Err(e) => {
                         if e.kind() == io::ErrorKind::TimedOut {
                             self.shared
+                                .ctx
                                 .metrics
                                 .connections_timed_out
                                 .fetch_add(1, Relaxed);
@@ -287,7 +288,7 @@ impl Conn<'_> {
     fn set_active(&mut self, active: bool) {
         if self.active != active {
             self.active = active;
-            let gauge = &self.shared.metrics.connections_active;
+            let gauge = &self.shared.ctx.metrics.connections_active;
             if active {
                 gauge.fetch_add(1, Relaxed);
             } else {
@@ -345,7 +346,7 @@ impl Conn<'_> {
                 Segment::File { file, pos, len } => {
                     self.write_out(&tail, true).await?;
                     body.sent(std::mem::take(&mut tail).len() as u64);
-                    self.sendfile(&file.file, pos, len, |n| body.sent(n))
+                    self.sendfile(file.file(), pos, len, |n| body.sent(n))
                         .await?;
                 }
             }
@@ -493,6 +494,7 @@ impl Conn<'_> {
         let status = e.status();
         response::encode(&mut self.out, status, &HeaderMap::new(), 0, Persist::Close);
         self.shared
+            .ctx
             .metrics
             .unrouted
             .record(status.as_u16(), Duration::ZERO);

@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use crate::service::Shared;
+use crate::dispatch::Shared;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -218,6 +218,7 @@ pub(crate) async fn run(
             }
         }
         shared
+            .ctx
             .metrics
             .controller_connected
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -277,6 +278,7 @@ async fn stream(
         return Err(ChannelError::Status(response.status()));
     }
     shared
+        .ctx
         .metrics
         .controller_connected
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -310,6 +312,7 @@ fn apply(upstream: &Upstream, shared: &Shared, snapshot: Snapshot) -> Ack {
     let version = snapshot.version.clone();
     if !snapshot.is_consistent() {
         shared
+            .ctx
             .metrics
             .snapshot_load_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,43 +1,43 @@
-//! The request path, in named phases:
+//! The request path, in named phases, the same for every front end:
 //!
 //! 1. **accept**: count the request on its connection;
 //! 2. **normalise**: decode the path, refuse hostile ones (400/414);
 //! 3. **route**: host then path on the active table (404 when none);
-//! 4. **handle**: the route's handler builds the response;
-//! 5. **account**: the body's guard records status, duration and bytes
-//!    when the response ends.
+//! 4. **request filters**: the route's request phase (`filter`), which
+//!    may answer itself (the HTTPS redirect);
+//! 5. **handle**: files answer here, then the response filters run; a
+//!    proxy route goes back to its front end as a [`ProxyTarget`], which
+//!    runs the exchange (`proxy`) and the response filters on its answer;
+//! 6. **log**: the body's guard records status, duration and bytes when
+//!    the response ends.
 //!
-//! Every phase is synchronous: static files need no await, so the HTTP/1.1
-//! engine calls [`Shared::handle`] directly and the future hyper polls for
-//! HTTP/2 is a ready value, with no allocation for it.
+//! Every phase here is synchronous: static files need no await, so the
+//! HTTP/1.1 engine calls [`Shared::dispatch`] directly and the future hyper
+//! polls is a ready value, with no allocation for it.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use pier_snapshot::Compiled;
 
-use crate::body::{Body, Done};
-use crate::files::path::{self, PathError};
-use crate::files::{self, FileLimits, FileRequest};
-use crate::h2::Activity;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::body::{Activity, Body, Done};
+use crate::context::Context;
+use crate::files::{self, FileRequest};
+use crate::filter;
+use crate::http::path::{self, PathError};
+use crate::metrics::RouteMetrics;
 use crate::routing;
-use crate::table::{Handler, Table};
+use crate::table::{Entry, Handler, Table};
 
 /// State shared by every worker and the admin server.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) table: ArcSwap<Table>,
-    pub(crate) metrics: Metrics,
-    pub(crate) files: FileLimits,
+    /// What the layers below read and count into.
+    pub(crate) ctx: Arc<Context>,
     /// Set once a snapshot is active (listeners are bound before any
     /// request can ask).
     pub(crate) ready: AtomicBool,
@@ -46,26 +46,6 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// The `--max-connections` limit.
     pub(crate) max_connections: usize,
-    /// Proxy settings from the flags.
-    pub(crate) upstream: UpstreamSettings,
-}
-
-/// Proxy settings from the flags.
-#[derive(Debug)]
-pub(crate) struct UpstreamSettings {
-    /// `--upstream-idle`: idle upstream connections kept per endpoint and
-    /// worker.
-    pub(crate) idle: usize,
-    /// `--upstream-idle-timeout`: idle upstream connections unused this
-    /// long are closed.
-    pub(crate) idle_timeout: std::time::Duration,
-    /// `--via`: the `Via` element (`1.1 NAME`) proxied messages get.
-    pub(crate) via: Option<http::HeaderValue>,
-    /// `--max-header-size`, also the largest response head accepted.
-    pub(crate) max_header_size: usize,
-    /// Body buffering limits (`--buffer-memory`, `--buffer-disk`,
-    /// `--spill-dir`) and their counters.
-    pub(crate) buffers: Arc<crate::spool::Budget>,
 }
 
 /// One warning per resource left out of a snapshot, with its reason.
@@ -81,19 +61,13 @@ pub(crate) fn log_left_out(errors: &[pier_snapshot::RouteError]) {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        files: FileLimits,
-        max_connections: usize,
-        upstream: UpstreamSettings,
-    ) -> Self {
+    pub(crate) fn new(ctx: Context, max_connections: usize) -> Self {
         Self {
             table: ArcSwap::from_pointee(Table::empty()),
-            metrics: Metrics::default(),
-            files,
+            ctx: Arc::new(ctx),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             max_connections,
-            upstream,
         }
     }
 
@@ -116,10 +90,10 @@ impl Shared {
         let table = Table::new(
             compiled.snapshot,
             Some(&previous),
-            &self.metrics.upstream_connections,
+            &self.ctx.metrics.upstream_connections,
         );
         self.table.store(Arc::new(table));
-        let m = &self.metrics;
+        let m = &self.ctx.metrics;
         m.snapshot_version.store(Arc::new(version.clone()));
         m.snapshot_invalid_routes
             .store(compiled.errors.len() as u64, Relaxed);
@@ -157,7 +131,7 @@ impl Shared {
                 })
             })
         };
-        let unrouted = || Arc::clone(&self.metrics.unrouted);
+        let unrouted = || Arc::clone(&self.ctx.metrics.unrouted);
 
         // Phase 2: normalise.
         let uri = req.uri();
@@ -189,12 +163,16 @@ impl Shared {
             return Dispatch::Respond(done(unrouted(), files::status(StatusCode::NOT_FOUND)));
         };
         let entry = &table.routes[found.route];
-        if entry.redirect && !secure {
-            let res = crate::tls::redirect(host, uri);
+
+        // Phase 4: request filters.
+        let filtered = entry
+            .filters
+            .on_request(&filter::Request { host, uri, secure });
+        if let Some(res) = filtered {
             return Dispatch::Respond(done(Arc::clone(&entry.metrics), res));
         }
 
-        // Phase 4: handle.
+        // Phase 5: handle.
         let mut res = match &entry.handler {
             Handler::Proxy(_) => {
                 let route = found.route;
@@ -217,17 +195,13 @@ impl Shared {
                     rel: &path[found.prefix_len..],
                     now: started,
                 },
-                &self.files,
-                &self.metrics.file_cache,
+                &self.ctx.files,
+                &self.ctx.metrics.file_cache,
             ),
         };
+        entry.filters.on_response(res.headers_mut(), secure);
 
-        if let Some(hsts) = entry.hsts.as_ref().filter(|_| secure) {
-            res.headers_mut()
-                .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-        }
-
-        // Phase 5: account (when the body ends).
+        // Phase 6: log (when the body ends).
         Dispatch::Respond(done(Arc::clone(&entry.metrics), res))
     }
 }
@@ -259,83 +233,7 @@ pub(crate) struct ProxyTarget {
 }
 
 impl ProxyTarget {
-    pub(crate) fn entry(&self) -> &crate::table::Entry {
+    pub(crate) fn entry(&self) -> &Entry {
         &self.table.routes[self.route]
-    }
-}
-
-/// The hyper service of one connection (HTTP/2, or HTTP/1.1 over TLS).
-#[derive(Clone, Debug)]
-pub(crate) struct Service {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) activity: Arc<Activity>,
-    /// The client's address, for proxy routes (formatted once per
-    /// connection).
-    pub(crate) peer: Option<Arc<crate::proxy::Peer>>,
-    /// The connection is TLS.
-    pub(crate) secure: bool,
-}
-
-impl Service {
-    /// A service for a new connection, with the activity its supervisor
-    /// watches.
-    pub(crate) fn new(
-        shared: &Arc<Shared>,
-        peer: Option<std::net::SocketAddr>,
-        secure: bool,
-    ) -> (Self, Arc<Activity>) {
-        let activity = Arc::new(Activity::new());
-        let service = Self {
-            shared: Arc::clone(shared),
-            activity: Arc::clone(&activity),
-            peer: peer.map(|a| Arc::new(crate::proxy::Peer::new(a))),
-            secure,
-        };
-        (service, activity)
-    }
-}
-
-impl hyper::service::Service<Request<Incoming>> for Service {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Answer;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        match self
-            .shared
-            .dispatch(&req, Some(&self.activity), self.secure)
-        {
-            Dispatch::Respond(res) => Answer::Ready(Some(res)),
-            Dispatch::Proxy(target) => Answer::Proxy(Box::pin(crate::h2::proxy::forward(
-                Arc::clone(&self.shared),
-                req,
-                target,
-                self.peer.clone(),
-                Arc::clone(&self.activity),
-            ))),
-        }
-    }
-}
-
-/// An HTTP/2 answer: ready at once (files: no allocation for the future),
-/// or a proxied exchange. `Ready` is the hot static path, so it stays
-/// unboxed, as in [`Dispatch`].
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Answer {
-    Ready(Option<Response<Body>>),
-    Proxy(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
-}
-
-impl Future for Answer {
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut *self {
-            // Polled once: hyper does not poll a finished future again.
-            Self::Ready(res) => Poll::Ready(Ok(res
-                .take()
-                .unwrap_or_else(|| files::status(StatusCode::INTERNAL_SERVER_ERROR)))),
-            Self::Proxy(future) => future.as_mut().poll(cx).map(Ok),
-        }
     }
 }

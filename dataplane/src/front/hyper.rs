@@ -7,9 +7,10 @@
 //! closed; the first request must come within `--header-timeout`.
 
 pub(crate) mod proxy;
+mod service;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use std::future::Future;
@@ -25,52 +26,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::service::{Service, Shared};
-
-/// Requests in flight on a connection and when the last one ended.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    opened: Instant,
-    inflight: AtomicU32,
-    requests: AtomicU64,
-    /// Milliseconds after `opened` when the last request ended.
-    last_done_ms: AtomicU64,
-}
-
-impl Activity {
-    pub(crate) fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            inflight: AtomicU32::new(0),
-            requests: AtomicU64::new(0),
-            last_done_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn request_started(&self) {
-        self.inflight.fetch_add(1, Relaxed);
-        self.requests.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn request_done(&self) {
-        self.inflight.fetch_sub(1, Relaxed);
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_done_ms.store(ms, Relaxed);
-    }
-
-    /// When the connection becomes closable for idleness, if nothing
-    /// changes; `None` while a request is in flight.
-    fn idle_deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
-        if self.inflight.load(Relaxed) > 0 {
-            return None;
-        }
-        Some(if self.requests.load(Relaxed) == 0 {
-            self.opened + timeouts.header
-        } else {
-            self.opened + Duration::from_millis(self.last_done_ms.load(Relaxed)) + timeouts.idle
-        })
-    }
-}
+use self::service::Service;
+use crate::body::Activity;
+use crate::dispatch::Shared;
 
 /// Connection timeouts from the flags.
 #[derive(Clone, Copy, Debug)]
@@ -194,7 +152,7 @@ async fn supervise<C, E>(
         // as requests come and go, and nothing else wakes this loop.
         let recheck = Instant::now() + timeouts.header.min(timeouts.idle);
         let deadline = activity
-            .idle_deadline(&timeouts)
+            .idle_deadline(timeouts.header, timeouts.idle)
             .map_or(recheck, |d| d.min(recheck));
         tokio::select! {
             result = conn.as_mut() => {
@@ -204,8 +162,8 @@ async fn supervise<C, E>(
                 return;
             }
             () = tokio::time::sleep_until(deadline) => {
-                if activity.idle_deadline(&timeouts).is_some_and(|d| d <= Instant::now()) {
-                    shared.metrics.connections_timed_out.fetch_add(1, Relaxed);
+                if activity.idle_deadline(timeouts.header, timeouts.idle).is_some_and(|d| d <= Instant::now()) {
+                    shared.ctx.metrics.connections_timed_out.fetch_add(1, Relaxed);
                     return;
                 }
             }

@@ -24,10 +24,8 @@
 //! counts from the start of the request, a streamed upload included.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -38,13 +36,19 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use pier_snapshot::BufferMode;
 
-use super::Activity;
-use crate::body::{Body, Done, Finish};
+use crate::balance::Choice;
+use crate::body::{Activity, Body, Done, Finish};
+use crate::context::Context;
+use crate::dispatch::ProxyTarget;
 use crate::files;
-use crate::proxy::{self as px, Choice, Proxy, Try, sendfile, strip_hop_by_hop};
-use crate::service::{ProxyTarget, Shared};
+use crate::filter::Filters;
+use crate::http::forward::{self, Peer, strip_hop_by_hop};
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, Tried, Try, sendfile};
 use crate::spool;
 use crate::table::Handler;
+use crate::upstream::idle::{Idle, Reusable};
+use crate::upstream::{self, PoolKey};
 
 /// The body sent upstream: the client's (buffered first when the route
 /// asks), or none.
@@ -53,19 +57,34 @@ type Sender = SendRequest<Outbound>;
 
 thread_local! {
     /// Idle client connections of this worker, by endpoint.
-    static SENDERS: RefCell<HashMap<px::PoolKey, Vec<(Instant, Sender)>>> = RefCell::new(HashMap::new());
+    static SENDERS: RefCell<Idle<Sender>> = RefCell::new(Idle::default());
+}
+
+impl Reusable for Sender {
+    fn reusable(&mut self) -> bool {
+        !self.is_closed()
+    }
+}
+
+/// How sending a request failed.
+#[derive(Debug)]
+enum Failed {
+    /// The endpoint's failure.
+    Upstream(upstream::Error),
+    /// The client's request body was refused (4xx): not the endpoint's.
+    Client(StatusCode),
 }
 
 /// Answers one request for a proxy route; the response's body accounts for
 /// it in the route's metrics and on the connection when it ends.
 pub(crate) async fn forward(
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     req: Request<Incoming>,
     target: Box<ProxyTarget>,
-    peer: Option<Arc<px::Peer>>,
+    peer: Option<Arc<Peer>>,
     activity: Arc<Activity>,
 ) -> Response<Body> {
-    let res = match exchange(&shared, req, &target, peer.as_deref()).await {
+    let res = match exchange(&ctx, req, &target, peer.as_deref()).await {
         Ok(res) => res,
         Err(status) => files::status(status),
     };
@@ -82,15 +101,17 @@ pub(crate) async fn forward(
 
 /// Tries endpoints until one answers usably, as the HTTP/1.1 engine does.
 async fn exchange(
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     req: Request<Incoming>,
     target: &ProxyTarget,
-    peer: Option<&px::Peer>,
+    peer: Option<&Peer>,
 ) -> Result<Response<Body>, StatusCode> {
     let Handler::Proxy(proxy) = &target.entry().handler else {
         return Err(StatusCode::BAD_GATEWAY);
     };
-    let metrics = &shared.metrics;
+    let filters = &target.entry().filters;
+    let phase = filters.upstream();
+    let metrics = &ctx.metrics;
     let (parts, body) = req.into_parts();
     let buffering = &proxy.buffering;
     let max = buffering.max_body_size.unwrap_or(u64::MAX);
@@ -106,14 +127,14 @@ async fn exchange(
     let mut body = match body {
         None => None,
         Some(body) if buffering.request_body => {
-            let upload = Upload::buffer(body, shared, proxy, max).await?;
+            let upload = Upload::buffer(body, ctx, proxy, max).await?;
             length = upload.length;
             Some(upload)
         }
         Some(body) => Some(Upload::streamed(body, max)),
     };
     // A status can be retried only when nothing streamed from the client.
-    let repeatable = body.is_none() && px::is_idempotent(&parts.method);
+    let repeatable = body.is_none() && forward::is_idempotent(&parts.method);
     let choice = Choice {
         uri: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &parts.headers,
@@ -125,46 +146,48 @@ async fn exchange(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(HOST).cloned());
     let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 6);
-    if let Some(host) = proxy.rewrite_host.as_ref().or(client_host.as_ref()) {
+    if let Some(host) = phase.rewrite.host(client_host.as_ref()) {
         headers.insert(HOST, host.clone());
     }
     if let Some(n) = length {
         // A whole buffered upload goes with its length.
         headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
     }
-    px::upstream_fields(
+    forward::upstream_fields(
         &parts.headers,
         client_host.as_ref(),
         peer,
         if target.secure { "https" } else { "http" },
-        shared.upstream.via.as_ref(),
-        proxy,
+        ctx.upstream.via.as_ref(),
+        &phase.headers,
         &mut headers,
     );
     let mut path = Vec::with_capacity(parts.uri.path().len() + 16);
-    px::upstream_path(
+    forward::upstream_path(
         parts.uri.path(),
         parts.uri.query(),
         &target.path,
         target.prefix_len,
-        proxy.rewrite_prefix.as_deref(),
+        phase.rewrite.prefix.as_deref(),
         &mut path,
     );
     let uri = Uri::from_maybe_shared(Bytes::from(path)).map_err(|_| StatusCode::BAD_REQUEST)?;
 
     let policy = &proxy.retries;
-    let mut tried = px::Tried::default();
+    let mut tried = Tried::default();
     loop {
-        let mut try_ = tried.next(proxy, &choice, target)?;
+        let mut try_ = tried
+            .next(proxy, &choice)
+            .map_err(upstream::Error::status)?;
         let retry_left = tried.retry_left(policy);
-        let mut pooled = take_sender(proxy.pool_key(try_.addr), shared);
+        let mut pooled = take_sender(proxy.pool_key(try_.addr), metrics);
         let sent = loop {
             let reused = pooled.is_some();
             let sender = match pooled.take() {
                 Some(sender) => sender,
-                None => match open(&try_, proxy, shared).await {
+                None => match open(&try_, proxy, ctx).await {
                     Ok(sender) => sender,
-                    Err(status) => break Err((status, true)),
+                    Err(e) => break Err(Failed::Upstream(e)),
                 },
             };
             let mut request = Request::new(match body.take() {
@@ -179,43 +202,29 @@ async fn exchange(
                 // A pooled connection the backend closed meanwhile: once
                 // more on a fresh one when nothing streamed.
                 Err(_) if reused && repeatable => {}
-                Err(status) => break Err((status, false)),
+                Err(failed) => break Err(failed),
             }
         };
         match sent {
             Ok((response, sender)) => {
                 let code = response.status().as_u16();
-                if try_.answered(code, proxy, retry_left && repeatable, metrics) {
+                if try_.answered(code, retry_left && repeatable, metrics) {
                     continue;
                 }
-                let mut res = respond(
-                    shared,
-                    &parts.method,
-                    &parts.headers,
-                    response,
-                    sender,
-                    try_,
-                    proxy,
-                )
-                .await?;
-                if let Some(hsts) = target.entry().hsts.as_ref().filter(|_| target.secure) {
-                    res.headers_mut()
-                        .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-                }
-                return Ok(res);
+                let client = (&parts.method, &parts.headers);
+                let answer = (response, sender, try_);
+                return respond(ctx, client, answer, proxy, (filters, target.secure)).await;
             }
-            Err((status, connect)) => {
+            Err(Failed::Upstream(e)) => {
+                if try_.failed(e, retry_left, metrics) {
+                    continue;
+                }
+                return Err(e.status());
+            }
+            Err(Failed::Client(status)) => {
                 // A client's bad, aborted or oversized upload (4xx) is not
                 // the endpoint's failure.
-                if status.is_server_error() {
-                    proxy.record(try_.index, false, metrics);
-                }
                 try_.status = status.as_u16();
-                // Nothing was sent when the connection failed.
-                if connect && retry_left && policy.connect_failure {
-                    try_.retried(metrics);
-                    continue;
-                }
                 return Err(status);
             }
         }
@@ -223,15 +232,15 @@ async fn exchange(
 }
 
 /// Opens a connection to the try's endpoint and starts hyper's client on it.
-async fn open(try_: &Try, proxy: &Proxy, shared: &Shared) -> Result<Sender, StatusCode> {
-    let conn = px::open(try_.addr, try_.index, proxy, &shared.metrics).await?;
+async fn open(try_: &Try, proxy: &Proxy, ctx: &Context) -> Result<Sender, upstream::Error> {
+    let conn = proxy.open(try_.index, try_.addr, &ctx.metrics).await?;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(shared.upstream.max_header_size.max(8192))
+        .max_buf_size(ctx.upstream.max_header_size.max(8192))
         .handshake(TokioIo::new(conn))
         .await
         .map_err(|e| {
             tracing::debug!(addr = %try_.addr, error = %e, "upstream handshake failed");
-            StatusCode::BAD_GATEWAY
+            upstream::Error::Connect
         })?;
     let addr = try_.addr;
     // Driven on this worker until the sender and every body are gone, or
@@ -249,8 +258,8 @@ async fn send(
     mut sender: Sender,
     request: Request<Outbound>,
     proxy: &Proxy,
-    metrics: &crate::metrics::Metrics,
-) -> Result<(Response<Incoming>, Sender), StatusCode> {
+    metrics: &Metrics,
+) -> Result<(Response<Incoming>, Sender), Failed> {
     let answer = tokio::time::timeout(proxy.response_header_timeout, async {
         sender.ready().await?;
         sender.send_request(request).await
@@ -258,28 +267,29 @@ async fn send(
     .await;
     match answer {
         Ok(Ok(response)) => Ok((response, sender)),
-        Ok(Err(e)) if caused_by::<TooLarge>(&e) => Err(StatusCode::PAYLOAD_TOO_LARGE),
-        Ok(Err(e)) if caused_by::<ClientBody>(&e) => Err(StatusCode::BAD_REQUEST),
+        Ok(Err(e)) if caused_by::<TooLarge>(&e) => {
+            Err(Failed::Client(StatusCode::PAYLOAD_TOO_LARGE))
+        }
+        Ok(Err(e)) if caused_by::<ClientBody>(&e) => Err(Failed::Client(StatusCode::BAD_REQUEST)),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream exchange failed");
-            Err(StatusCode::BAD_GATEWAY)
+            Err(Failed::Upstream(upstream::Error::Exchange))
         }
         Err(_) => {
             metrics.upstream_timeouts.fetch_add(1, Relaxed);
-            Err(StatusCode::GATEWAY_TIMEOUT)
+            Err(Failed::Upstream(upstream::Error::Timeout))
         }
     }
 }
 
-/// The client's response: the backend's, or the file it handed back.
+/// The client's response, through the route's response filters: the
+/// backend's, or the file it handed back.
 async fn respond(
-    shared: &Arc<Shared>,
-    method: &Method,
-    client: &http::HeaderMap,
-    response: Response<Incoming>,
-    sender: Sender,
-    mut try_: Try,
+    ctx: &Arc<Context>,
+    (method, client): (&Method, &http::HeaderMap),
+    (response, sender, mut try_): (Response<Incoming>, Sender, Try),
     proxy: &Proxy,
+    (filters, secure): (&Filters, bool),
 ) -> Result<Response<Body>, StatusCode> {
     let (mut head, incoming) = response.into_parts();
     let ended = http_body::Body::is_end_stream(&incoming);
@@ -287,17 +297,19 @@ async fn respond(
         // The backend's body is not wanted: its connection is kept only
         // when that body is already over.
         if ended {
-            put_sender(proxy.pool_key(try_.addr), sender, shared);
+            put_sender(proxy.pool_key(try_.addr), sender, ctx);
         }
         drop(try_);
-        return sendfile::respond(handoff, method, client, head.headers, shared, proxy);
+        let mut res = sendfile::respond(handoff, method, client, head.headers, ctx)?;
+        filters.on_response(res.headers_mut(), secure);
+        return Ok(res);
     }
     let length = head.headers.get(CONTENT_LENGTH).cloned();
     strip_hop_by_hop(&mut head.headers);
-    if let Some(via) = &shared.upstream.via {
-        px::append_via(&mut head.headers, via);
+    if let Some(via) = &ctx.upstream.via {
+        forward::append_via(&mut head.headers, via);
     }
-    proxy.response_edits.apply(&mut head.headers);
+    filters.on_response(&mut head.headers, secure);
     head.version = Version::HTTP_2;
     let status = std::mem::replace(&mut try_.status, 502);
     let mut exchange = Exchange {
@@ -305,7 +317,7 @@ async fn respond(
         try_,
         status,
         sender: Some(sender),
-        shared: Arc::clone(shared),
+        ctx: Arc::clone(ctx),
     };
     let buffering = &proxy.buffering;
     // Bodies within the route's memory fit hyper's own buffers and the
@@ -328,7 +340,7 @@ async fn respond(
         }
         Body::upstream(incoming, proxy.idle_timeout, Box::new(exchange))
     } else {
-        let (tx, mut rx) = spool::spool(&shared.upstream.buffers, buffering.memory, buffering.disk);
+        let (tx, mut rx) = spool::spool(&ctx.upstream.buffers, buffering.memory, buffering.disk);
         tokio::spawn(fill(incoming, tx, proxy.idle_timeout, exchange));
         let whole = if buffering.mode == BufferMode::Buffer {
             rx.whole().await.map_err(|e| {
@@ -361,11 +373,7 @@ async fn fill(
     loop {
         match tokio::time::timeout(idle, incoming.frame()).await {
             Err(_) => {
-                exchange
-                    .shared
-                    .metrics
-                    .upstream_timeouts
-                    .fetch_add(1, Relaxed);
+                exchange.ctx.metrics.upstream_timeouts.fetch_add(1, Relaxed);
                 tx.fail("backend body idle past the route's idle timeout".to_owned());
                 return;
             }
@@ -441,12 +449,12 @@ impl Upload {
     /// picked; when it does not fit, the rest streams later.
     async fn buffer(
         mut body: Incoming,
-        shared: &Shared,
+        ctx: &Context,
         proxy: &Proxy,
         max: u64,
     ) -> Result<Self, StatusCode> {
         let buffering = &proxy.buffering;
-        let (mut tx, rx) = spool::spool(&shared.upstream.buffers, buffering.memory, buffering.disk);
+        let (mut tx, rx) = spool::spool(&ctx.upstream.buffers, buffering.memory, buffering.disk);
         let mut seen = 0;
         let mut carry = None;
         loop {
@@ -535,55 +543,40 @@ impl http_body::Body for Upload {
 #[derive(Debug)]
 struct Exchange {
     /// Where the connection is pooled again.
-    key: px::PoolKey,
+    key: PoolKey,
     try_: Try,
     /// The backend's status, recorded when the body completes (502 if cut).
     status: u16,
     sender: Option<Sender>,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
 }
 
 impl Finish for Exchange {
     fn finished(&mut self) {
-        let metrics = &self.shared.metrics;
+        let metrics = &self.ctx.metrics;
         metrics.upstream_held.observe(self.try_.elapsed());
         self.try_.status = self.status;
         if let Some(sender) = self.sender.take() {
-            put_sender(self.key, sender, &self.shared);
+            put_sender(self.key, sender, &self.ctx);
         }
     }
 }
 
 /// An idle connection to `addr` the backend has not closed.
-fn take_sender(key: px::PoolKey, shared: &Shared) -> Option<Sender> {
-    SENDERS.with_borrow_mut(|pool| {
-        let idle = pool.get_mut(&key)?;
-        while let Some((_, sender)) = idle.pop() {
-            shared.metrics.upstream_idle.fetch_sub(1, Relaxed);
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    })
+fn take_sender(key: PoolKey, metrics: &Metrics) -> Option<Sender> {
+    SENDERS.with_borrow_mut(|pool| pool.take(key, metrics))
 }
 
 /// Keeps a connection whose exchange completed, if there is room.
-fn put_sender(key: px::PoolKey, sender: Sender, shared: &Shared) {
+fn put_sender(key: PoolKey, sender: Sender, ctx: &Context) {
     if sender.is_closed() {
         return;
     }
-    SENDERS.with_borrow_mut(|pool| {
-        let idle = pool.entry(key).or_default();
-        if idle.len() < shared.upstream.idle {
-            idle.push((Instant::now(), sender));
-            shared.metrics.upstream_idle.fetch_add(1, Relaxed);
-        }
-    });
+    let max = ctx.upstream.idle;
+    SENDERS.with_borrow_mut(|pool| pool.put(key, sender, max, &ctx.metrics));
 }
 
-/// Closes this worker's idle client connections unused for `limit` (see
-/// `proxy::expire_idle`).
-pub(crate) fn expire_idle(limit: std::time::Duration, metrics: &crate::metrics::Metrics) {
-    SENDERS.with_borrow_mut(|pool| px::expire(pool, limit, metrics));
+/// Closes this worker's idle client connections unused for `limit`.
+pub(crate) fn expire_idle(limit: std::time::Duration, metrics: &Metrics) {
+    SENDERS.with_borrow_mut(|pool| pool.expire(limit, metrics));
 }

@@ -24,7 +24,7 @@ use pier_snapshot::{Compiled, Resources};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::service::Shared;
+use crate::dispatch::Shared;
 
 /// Why a routes directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -222,13 +222,14 @@ pub(crate) async fn watch(
         match load(&dir) {
             Ok(compiled) if compiled.snapshot.version == shared.table.load().snapshot.version => {
                 if compiled.errors != left_out {
-                    crate::service::log_left_out(&compiled.errors);
+                    crate::dispatch::log_left_out(&compiled.errors);
                     tracing::info!(
                         invalid = compiled.errors.len(),
                         "the routes left out changed; the snapshot did not"
                     );
                 }
                 shared
+                    .ctx
                     .metrics
                     .snapshot_invalid_routes
                     .store(compiled.errors.len() as u64, Relaxed);
@@ -239,7 +240,11 @@ pub(crate) async fn watch(
                 shared.apply(compiled);
             }
             Err(e) => {
-                shared.metrics.snapshot_load_errors.fetch_add(1, Relaxed);
+                shared
+                    .ctx
+                    .metrics
+                    .snapshot_load_errors
+                    .fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "routes not reloaded; the last good snapshot stays active");
             }
         }

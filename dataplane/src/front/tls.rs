@@ -15,24 +15,20 @@
 //! restarted or reloaded. Private keys exist in memory as rustls signing
 //! keys; no log line, metric, status or error message carries them.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use http::{HeaderValue, Response, StatusCode, Uri};
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::body::Body;
-use crate::h2::{self, Timeouts};
-use crate::service::Shared;
+use super::hyper::{self as h2, Timeouts};
+use crate::certs::certified;
+use crate::dispatch::Shared;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -53,90 +49,6 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
-}
-
-/// A snapshot's certificates by SNI name, built with its table.
-#[derive(Default)]
-pub(crate) struct Certificates {
-    exact: HashMap<Box<str>, Arc<CertifiedKey>>,
-    /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
-}
-
-impl fmt::Debug for Certificates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certificates")
-            .field("exact", &self.exact.keys().collect::<Vec<_>>())
-            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl Certificates {
-    /// Loads the snapshot's certificates. The compiler checked each one;
-    /// one that still fails here (a damaged snapshot) is left out, logged
-    /// by name only.
-    pub(crate) fn new(certificates: &[pier_snapshot::Certificate]) -> Self {
-        let mut out = Self::default();
-        for certificate in certificates {
-            let key = match certified(
-                certificate.chain_pem.as_bytes(),
-                certificate.key_pem.as_bytes(),
-            ) {
-                Ok(key) => Arc::new(key),
-                Err(why) => {
-                    tracing::warn!(certificate = %certificate.name, why, "certificate left out");
-                    continue;
-                }
-            };
-            for host in &certificate.hosts {
-                let table = match host.strip_prefix("*.") {
-                    Some(suffix) => (&mut out.wildcard, suffix),
-                    None => (&mut out.exact, host.as_str()),
-                };
-                table
-                    .0
-                    .entry(table.1.into())
-                    .or_insert_with(|| Arc::clone(&key));
-            }
-        }
-        out
-    }
-
-    /// The certificate for an SNI name: the exact name, then the nearest
-    /// wildcard.
-    fn find(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
-        let mut buf = [0u8; 256];
-        let lower = buf.get_mut(..name.len())?;
-        lower.copy_from_slice(name.as_bytes());
-        lower.make_ascii_lowercase();
-        let name = std::str::from_utf8(lower).ok()?;
-        let name = name.strip_suffix('.').unwrap_or(name);
-        if let Some(key) = self.exact.get(name) {
-            return Some(key);
-        }
-        let mut rest = name;
-        while let Some(dot) = rest.find('.') {
-            rest = &rest[dot + 1..];
-            if let Some(key) = self.wildcard.get(rest) {
-                return Some(key);
-            }
-        }
-        None
-    }
-}
-
-/// A chain and key from PEM, checked to belong together.
-fn certified(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, &'static str> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|_| "the certificate is not valid PEM")?;
-    if chain.is_empty() {
-        return Err("no certificate");
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| "no PEM private key")?;
-    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
-        .map_err(|_| "the key does not match the certificate, or cannot sign")
 }
 
 /// Picks the certificate for each handshake from the active table.
@@ -162,7 +74,11 @@ impl ResolvesServerCert for Resolver {
             .or(self.default.as_ref())
             .map(Arc::clone);
         if found.is_none() {
-            self.shared.metrics.tls_no_certificate.fetch_add(1, Relaxed);
+            self.shared
+                .ctx
+                .metrics
+                .tls_no_certificate
+                .fetch_add(1, Relaxed);
         }
         found
     }
@@ -214,7 +130,7 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let peer = stream.peer_addr().ok();
-    let metrics = &shared.metrics;
+    let metrics = &shared.ctx.metrics;
     let tls = match tokio::time::timeout(timeouts.header, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -240,43 +156,5 @@ pub(crate) async fn serve(
         h2::serve_h2(tls, peer, true, shared, builder, timeouts, shutdown).await;
     } else {
         h2::serve_h1(tls, peer, shared, max_header_size, timeouts, shutdown).await;
-    }
-}
-
-/// `308 Permanent Redirect` to the same URL over HTTPS (on the standard
-/// port: behind a Service, clients reach the TLS listener on 443).
-pub(crate) fn redirect(host: &str, uri: &Uri) -> Response<Body> {
-    let name = match host.strip_prefix('[') {
-        // An IPv6 literal keeps its brackets.
-        Some(rest) => rest.find(']').map_or(host, |end| &host[..end + 2]),
-        None => host.split(':').next().unwrap_or(host),
-    };
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    if let Ok(location) = HeaderValue::try_from(format!("https://{name}{target}")) {
-        res.headers_mut().insert(http::header::LOCATION, location);
-    }
-    res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redirects_keep_path_and_query_and_drop_the_port() {
-        let uri: Uri = "/a/b?c=1".parse().expect("uri");
-        let location = |host| {
-            redirect(host, &uri).headers()[http::header::LOCATION]
-                .to_str()
-                .expect("ascii")
-                .to_owned()
-        };
-        assert_eq!(location("example.com"), "https://example.com/a/b?c=1");
-        assert_eq!(location("example.com:8080"), "https://example.com/a/b?c=1");
-        assert_eq!(location("[::1]:8080"), "https://[::1]/a/b?c=1");
-        assert_eq!(location("[::1]"), "https://[::1]/a/b?c=1");
-        assert_eq!(redirect("x", &uri).status(), 308);
     }
 }
