@@ -14,8 +14,9 @@
 //! through `pier_snapshot::compile`, the same pure function the controller
 //! runs.
 
-// Layers, lowest first: a module imports only from layers below it
-// (`tests/layers.rs` checks this; ARCHITECTURE.md draws it).
+// The modules are layered one way: each imports only from the layers
+// below it. `tests/layers.rs` holds the order and checks it;
+// ARCHITECTURE.md draws it.
 mod admin;
 pub mod args;
 mod balance;
