@@ -3,7 +3,6 @@
 //! the backend sends (hybrid buffering), or after a `101`, as a tunnel.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering::Relaxed;
 
 use http::{HeaderMap, HeaderValue, StatusCode};

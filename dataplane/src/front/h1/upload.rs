@@ -3,7 +3,6 @@
 //! and sent from there, the rest streamed when it did not fit.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use bytes::Buf;
