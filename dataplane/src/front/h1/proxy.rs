@@ -39,7 +39,6 @@ use crate::http::upstream::{
 };
 use crate::pool::Pooled;
 use crate::proxy::reader::{Backend, BodyReader, is_stale, timed};
-use crate::proxy::sendfile::{self, Handoff};
 use crate::proxy::{Proxy, Tried, Try};
 use crate::spool;
 use crate::table::Handler;
@@ -47,7 +46,7 @@ use crate::upstream::{self, Connection, idle};
 
 /// How a proxied exchange failed.
 #[derive(Debug)]
-enum Failure {
+pub(super) enum Failure {
     /// Before anything reached the client: answer with this status.
     Before(StatusCode),
     /// After the response head was sent: the client connection is cut.
@@ -374,71 +373,6 @@ impl Conn<'_> {
             Failure::After
         })?;
         Ok((response.status, keep))
-    }
-
-    /// Ends the client's response head with its framing and connection
-    /// fields. Returns whether the connection can carry another request.
-    fn end_head(&mut self, framed: Framed, keep: bool, version_10: bool) -> bool {
-        let keep = keep && framed != Framed::Close;
-        match framed {
-            Framed::NoBody(Some(n)) | Framed::Length(n) => write_field(
-                &mut self.out,
-                b"content-length",
-                response::digits(n).as_slice(),
-            ),
-            Framed::Chunked => write_field(&mut self.out, b"transfer-encoding", b"chunked"),
-            Framed::NoBody(None) | Framed::Close => {}
-        }
-        match (keep, version_10) {
-            (false, _) => write_field(&mut self.out, b"connection", b"close"),
-            (true, true) => write_field(&mut self.out, b"connection", b"keep-alive"),
-            (true, false) => {}
-        }
-        self.out.extend_from_slice(b"\r\n");
-        keep
-    }
-
-    /// Serves the file an X-Sendfile answer named, in place of the
-    /// backend's body, or refuses it (502, counted).
-    async fn hand_off(
-        &mut self,
-        head: &Head,
-        target: &ProxyTarget,
-        handoff: Handoff<'_>,
-        backend: HeaderMap,
-        keep: bool,
-    ) -> Result<(StatusCode, bool), Failure> {
-        let req = &head.request;
-        let mut res = sendfile::respond(
-            handoff,
-            req.method(),
-            req.headers(),
-            backend,
-            &self.shared.ctx,
-        )
-        .map_err(Failure::Before)?;
-        target
-            .entry()
-            .filters
-            .on_response(res.headers_mut(), target.secure);
-        let (parts, mut body) = res.into_parts();
-        let persist = Persist::new(keep, req.version());
-        self.out.clear();
-        response::encode(
-            &mut self.out,
-            parts.status,
-            &parts.headers,
-            body.len(),
-            persist,
-        );
-        if !response::has_body(req.method() == Method::HEAD, parts.status) {
-            body.clear();
-        }
-        self.write_body(body).await.map_err(|e| {
-            tracing::debug!(error = %e, "X-Sendfile response not completed");
-            Failure::After
-        })?;
-        Ok((parts.status, keep))
     }
 
     /// One try on one endpoint: connect (or reuse), send, read the

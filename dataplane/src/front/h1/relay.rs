@@ -5,20 +5,90 @@
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use pier_snapshot::Buffering;
 use tokio::io::AsyncWriteExt;
 
 use super::Conn;
+use super::proxy::Failure;
+use crate::dispatch::ProxyTarget;
 use crate::filter::Filters;
 use crate::http::forward::strip_hop_by_hop;
+use crate::http::head::Head;
+use crate::http::response::{self, Persist};
 use crate::http::upstream::{write_field, write_status_line};
 use crate::pool::{self, Pooled};
 use crate::proxy::reader::Backend;
+use crate::proxy::sendfile::{self, Handoff};
 use crate::spool;
 use crate::upstream::Connection;
 
 impl Conn<'_> {
+    /// Ends the client's response head with its framing and connection
+    /// fields. Returns whether the connection can carry another request.
+    pub(super) fn end_head(&mut self, framed: Framed, keep: bool, version_10: bool) -> bool {
+        let keep = keep && framed != Framed::Close;
+        match framed {
+            Framed::NoBody(Some(n)) | Framed::Length(n) => write_field(
+                &mut self.out,
+                b"content-length",
+                response::digits(n).as_slice(),
+            ),
+            Framed::Chunked => write_field(&mut self.out, b"transfer-encoding", b"chunked"),
+            Framed::NoBody(None) | Framed::Close => {}
+        }
+        match (keep, version_10) {
+            (false, _) => write_field(&mut self.out, b"connection", b"close"),
+            (true, true) => write_field(&mut self.out, b"connection", b"keep-alive"),
+            (true, false) => {}
+        }
+        self.out.extend_from_slice(b"\r\n");
+        keep
+    }
+
+    /// Serves the file an X-Sendfile answer named, in place of the
+    /// backend's body, or refuses it (502, counted).
+    pub(super) async fn hand_off(
+        &mut self,
+        head: &Head,
+        target: &ProxyTarget,
+        handoff: Handoff<'_>,
+        backend: HeaderMap,
+        keep: bool,
+    ) -> Result<(StatusCode, bool), Failure> {
+        let req = &head.request;
+        let mut res = sendfile::respond(
+            handoff,
+            req.method(),
+            req.headers(),
+            backend,
+            &self.shared.ctx,
+        )
+        .map_err(Failure::Before)?;
+        target
+            .entry()
+            .filters
+            .on_response(res.headers_mut(), target.secure);
+        let (parts, mut body) = res.into_parts();
+        let persist = Persist::new(keep, req.version());
+        self.out.clear();
+        response::encode(
+            &mut self.out,
+            parts.status,
+            &parts.headers,
+            body.len(),
+            persist,
+        );
+        if !response::has_body(req.method() == Method::HEAD, parts.status) {
+            body.clear();
+        }
+        self.write_body(body).await.map_err(|e| {
+            tracing::debug!(error = %e, "X-Sendfile response not completed");
+            Failure::After
+        })?;
+        Ok((parts.status, keep))
+    }
+
     /// Relays the response body as it comes. With `hybrid`, once the
     /// client's socket cannot take a piece at once (it reads slower than
     /// the backend sends), the rest goes through the route's buffer: a

@@ -1,0 +1,277 @@
+//! The dataplane's Prometheus metrics: plain atomics updated on the request
+//! path (no locks, no map lookups), rendered in the text format on scrape.
+//!
+//! Per-route counters live in the routing table entry and are carried over
+//! to the next table when a snapshot replaces it, so they stay monotonic for
+//! as long as the route exists.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use self::render::Rendered;
+
+mod render;
+
+/// Bytes of file contents held by every worker's cache (and by responses
+/// still using evicted entries).
+pub(crate) static FILE_CONTENT_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// Counters shared by every worker's open-file cache.
+#[derive(Debug, Default)]
+pub(crate) struct CacheCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) entries: AtomicI64,
+}
+
+/// Status codes with their own counter; others count under their class.
+const CODES: [u16; 17] = [
+    200, 204, 206, 301, 304, 400, 403, 404, 405, 408, 412, 414, 416, 431, 500, 502, 503,
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// Counters of one route (or of requests no route took).
+#[derive(Debug, Default)]
+pub(crate) struct RouteMetrics {
+    codes: [AtomicU64; CODES.len()],
+    classes: [AtomicU64; CLASSES.len()],
+    bytes: AtomicU64,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts a finished response.
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        match CODES.iter().position(|&c| c == status) {
+            Some(i) => self.codes[i].fetch_add(1, Relaxed),
+            None => {
+                let class = usize::from(status / 100).clamp(1, 5) - 1;
+                self.classes[class].fetch_add(1, Relaxed)
+            }
+        };
+        self.duration.observe(elapsed);
+    }
+
+    /// Counts body bytes handed to the connection.
+    pub(crate) fn sent(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// `pier_dataplane_{name}{labels,code="…"}` for every code seen.
+    fn render_requests(&self, name: &str, labels: &str, out: &mut Rendered) {
+        let codes = CODES.iter().map(u16::to_string).zip(&self.codes);
+        let classes = CLASSES.iter().map(|c| (*c).to_owned()).zip(&self.classes);
+        for (code, n) in codes.chain(classes) {
+            let n = n.load(Relaxed);
+            if n > 0 {
+                out.line(format_args!(
+                    "pier_dataplane_{name}{{{labels},code=\"{code}\"}} {n}"
+                ));
+            }
+        }
+    }
+
+    fn render_bytes(&self, labels: &str, out: &mut Rendered) {
+        let n = self.bytes.load(Relaxed);
+        out.line(format_args!(
+            "pier_dataplane_response_body_bytes_total{{{labels}}} {n}"
+        ));
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// `pier_dataplane_{name}_bucket{labels,le="…"}`, `_sum` and `_count`.
+    fn render(&self, name: &str, labels: &str, out: &mut Rendered) {
+        let comma = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            out.line(format_args!(
+                "pier_dataplane_{name}_bucket{{{labels}{comma}le=\"{bound}\"}} {cumulative}"
+            ));
+        }
+        let count = self.count.load(Relaxed);
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        out.line(format_args!(
+            "pier_dataplane_{name}_bucket{{{labels}{comma}le=\"+Inf\"}} {count}"
+        ));
+        if labels.is_empty() {
+            out.line(format_args!("pier_dataplane_{name}_sum {sum}"));
+            out.line(format_args!("pier_dataplane_{name}_count {count}"));
+        } else {
+            out.line(format_args!("pier_dataplane_{name}_sum{{{labels}}} {sum}"));
+            out.line(format_args!(
+                "pier_dataplane_{name}_count{{{labels}}} {count}"
+            ));
+        }
+    }
+}
+
+/// Process-wide metrics of the dataplane.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) connections_open: AtomicI64,
+    /// Connections holding buffers: reading a request or writing a response.
+    pub(crate) connections_active: AtomicI64,
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_rejected: AtomicU64,
+    pub(crate) connections_timed_out: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    /// Requests no route took (bad paths, no match).
+    pub(crate) unrouted: std::sync::Arc<RouteMetrics>,
+    pub(crate) snapshot_loads: AtomicU64,
+    pub(crate) snapshot_load_errors: AtomicU64,
+    pub(crate) snapshot_invalid_routes: AtomicU64,
+    pub(crate) snapshot_applied_unix: AtomicU64,
+    pub(crate) snapshot_version: ArcSwap<String>,
+    pub(crate) file_cache: CacheCounters,
+    /// Idle upstream connections pooled over all workers.
+    pub(crate) upstream_idle: AtomicI64,
+    /// Upstream connections opened.
+    pub(crate) upstream_connects: AtomicU64,
+    /// Upstream connections that failed or timed out opening.
+    pub(crate) upstream_connect_errors: AtomicU64,
+    /// Upstream exchanges that timed out (response head or body).
+    pub(crate) upstream_timeouts: AtomicU64,
+    /// Upgraded connections tunnelled (WebSocket and others).
+    pub(crate) upstream_tunnels: AtomicU64,
+    /// Requests sent again to another endpoint.
+    pub(crate) upstream_retries: AtomicU64,
+    /// Endpoints ejected by passive health.
+    pub(crate) upstream_ejections: AtomicU64,
+    /// Open upstream connections by endpoint address.
+    pub(crate) upstream_connections: ConnectionGauges,
+    /// How long backends were held per exchange: from the pick to the
+    /// last body byte read.
+    pub(crate) upstream_held: Histogram,
+    /// TLS handshakes completed in full, resumed, and failed.
+    pub(crate) tls_handshakes_full: AtomicU64,
+    pub(crate) tls_handshakes_resumed: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
+    /// TLS clients whose SNI named no certificate, with no default either.
+    pub(crate) tls_no_certificate: AtomicU64,
+    /// Files served for an X-Sendfile / X-Accel-Redirect answer.
+    pub(crate) sendfile_served: AtomicU64,
+    /// X-Sendfile answers refused (502): a path outside the roots.
+    pub(crate) sendfile_refused: AtomicU64,
+    /// Cluster mode: a snapshot stream to the controller is open.
+    pub(crate) controller_connected: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_open: AtomicI64::new(0),
+            connections_active: AtomicI64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_rejected: AtomicU64::new(0),
+            connections_timed_out: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            unrouted: std::sync::Arc::default(),
+            snapshot_loads: AtomicU64::new(0),
+            snapshot_load_errors: AtomicU64::new(0),
+            snapshot_invalid_routes: AtomicU64::new(0),
+            snapshot_applied_unix: AtomicU64::new(0),
+            snapshot_version: ArcSwap::from_pointee(String::new()),
+            file_cache: CacheCounters::default(),
+            upstream_idle: AtomicI64::new(0),
+            upstream_connects: AtomicU64::new(0),
+            upstream_connect_errors: AtomicU64::new(0),
+            upstream_timeouts: AtomicU64::new(0),
+            upstream_retries: AtomicU64::new(0),
+            upstream_tunnels: AtomicU64::new(0),
+            upstream_ejections: AtomicU64::new(0),
+            upstream_connections: ConnectionGauges::default(),
+            upstream_held: Histogram::default(),
+            tls_handshakes_full: AtomicU64::new(0),
+            tls_handshakes_resumed: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            tls_no_certificate: AtomicU64::new(0),
+            sendfile_served: AtomicU64::new(0),
+            sendfile_refused: AtomicU64::new(0),
+            controller_connected: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// Counters of one endpoint of one proxy route, carried over to the next
+/// snapshot while the route keeps the endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointStats {
+    /// Tries on this endpoint by the status they ended with (502 or 504
+    /// for a failed connection or exchange), and how long each took, from
+    /// the pick to the end of the response body.
+    pub(crate) tries: RouteMetrics,
+    /// Failed tries here that were sent again to another endpoint.
+    pub(crate) retries: AtomicU64,
+    /// Times passive health ejected this endpoint.
+    pub(crate) ejections: AtomicU64,
+}
+
+/// One endpoint of a proxy route, for rendering.
+pub(crate) struct Upstream<'a> {
+    pub(crate) route: &'a str,
+    pub(crate) endpoint: String,
+    pub(crate) stats: &'a EndpointStats,
+}
+
+/// Open upstream connections per endpoint address, over every route and
+/// worker. Gauges are handed out when a snapshot is built (never on the
+/// request path) and dropped from here once unused and at zero.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionGauges {
+    gauges: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicI64>>>,
+}
+
+impl ConnectionGauges {
+    /// The gauge of connections to `addr`.
+    pub(crate) fn gauge(&self, addr: SocketAddr) -> Arc<AtomicI64> {
+        let mut gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(gauges.entry(addr).or_default())
+    }
+
+    fn render(&self, out: &mut Rendered) {
+        let mut gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        gauges.retain(|_, g| Arc::strong_count(g) > 1 || g.load(Relaxed) != 0);
+        let mut sorted: Vec<(&SocketAddr, i64)> =
+            gauges.iter().map(|(a, g)| (a, g.load(Relaxed))).collect();
+        sorted.sort();
+        out.family(
+            "upstream_connections",
+            "gauge",
+            "Upstream connections open (in use or idle), by endpoint address.",
+        );
+        for (addr, n) in sorted {
+            out.line(format_args!(
+                "pier_dataplane_upstream_connections{{endpoint=\"{addr}\"}} {n}"
+            ));
+        }
+    }
+}
