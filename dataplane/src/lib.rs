@@ -1,14 +1,17 @@
 //! Pier's dataplane: serves the routes of the active snapshot.
 //!
 //! ```text
-//!              ┌──────────── control thread ────────────┐
-//!  routes dir ─┤ standalone::watch ──► Shared::apply ───┼─► ArcSwap<Table>
-//!              │ admin: /metrics /healthz /readyz       │        │ lock-free load
-//!              └────────────────────────────────────────┘        ▼
+//!               ┌──────────── control thread ─────────────┐
+//!  routes dir  ─┤ source::files::watch       ┐            │
+//!  controller  ─┤ source::controller::run    ┴► Shared::apply ─► ArcSwap<Table>
+//!               │ admin: /metrics /healthz /readyz         │        │ lock-free load
+//!               └──────────────────────────────────────────┘        ▼
 //!  clients ──► worker threads (one runtime + SO_REUSEPORT listener each)
-//!              h1 engine (h2 via hyper) ─► service phases ─► files ─► Body
-//!                 └ idle: no buffers; files: sendfile
+//!              front (h1 engine, hyper h2 / TLS) ─► dispatch phases
+//!                 ─► files, or proxy (balance, upstream, spool) ─► Body
 //! ```
+//!
+//! The modules are in one-way layers; ARCHITECTURE.md draws them.
 //!
 //! The serving core sees only the snapshot model: route resources reach it
 //! through `pier_snapshot::compile`, the same pure function the controller

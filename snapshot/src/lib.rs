@@ -2,11 +2,11 @@
 //! standalone loader) to every dataplane.
 //!
 //! ```text
-//!  StaticRoute objects ──► compile() ──► Compiled { snapshot, errors }
-//!  (API server or files)     (pure)          │             │
-//!                                            │             └─► status conditions / logs
-//!                                            ▼
-//!                                     Snapshot { version, routes }
+//!  StaticRoute, ProxyRoute,  ──► compile() ──► Compiled { snapshot, errors, unresolved }
+//!  Services, EndpointSlices,      (pure)          │             │
+//!  Secrets (API server or files)                  │             └─► status conditions / logs
+//!                                                 ▼
+//!                                  Snapshot { version, routes, certificates }
 //!                                  (immutable, serialisable, versioned
 //!                                   by the hash of its content)
 //! ```
