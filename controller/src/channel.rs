@@ -252,10 +252,10 @@ fn record_acks(decoder: &mut Decoder, service: &Service, id: u64, dataplane: &st
                     tracing::warn!(%dataplane, version = %ack.version, %reason, "dataplane rejected a snapshot");
                 }
                 let applied = ack.rejected.is_none();
-                if let Some(latency) = service.fleet.ack(id, &ack.version, ack.rejected) {
-                    if applied {
-                        service.metrics.acked(latency);
-                    }
+                if let Some(latency) = service.fleet.ack(id, &ack.version, ack.rejected)
+                    && applied
+                {
+                    service.metrics.acked(latency);
                 }
             }
             Ok(Some(DataplaneMessage::Hello(_))) => {}

@@ -196,10 +196,10 @@ impl Router {
             return Some(whole(route));
         }
         for (_, regex, slot) in &paths.regex {
-            if regex.is_match(path) {
-                if let Some(route) = self.in_slot(slot, req) {
-                    return Some(whole(route));
-                }
+            if regex.is_match(path)
+                && let Some(route) = self.in_slot(slot, req)
+            {
+                return Some(whole(route));
             }
         }
         if paths.prefix.is_empty() {

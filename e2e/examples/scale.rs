@@ -1403,12 +1403,11 @@ impl Served {
                 continue;
             };
             let fields = &entry["fields"];
-            if fields["message"] == "snapshot published" {
-                if let (Some(version), Some(routes)) =
+            if fields["message"] == "snapshot published"
+                && let (Some(version), Some(routes)) =
                     (fields["version"].as_str(), fields["routes"].as_u64())
-                {
-                    self.routes.insert(version.to_owned(), routes as usize);
-                }
+            {
+                self.routes.insert(version.to_owned(), routes as usize);
             }
         }
     }

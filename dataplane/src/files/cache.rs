@@ -136,13 +136,12 @@ impl FileCache {
             return open_beneath(&dir, rel, 0).map(Arc::new);
         }
         let fresh = |checked: Instant| now.saturating_duration_since(checked) < config.valid;
-        if let Some(root) = self.roots.get(root) {
-            if fresh(root.checked) {
-                if let Some(entry) = root.files.get(rel).filter(|e| fresh(e.checked)) {
-                    counters.hits.fetch_add(1, Relaxed);
-                    return entry.opened.clone();
-                }
-            }
+        if let Some(root) = self.roots.get(root)
+            && fresh(root.checked)
+            && let Some(entry) = root.files.get(rel).filter(|e| fresh(e.checked))
+        {
+            counters.hits.fetch_add(1, Relaxed);
+            return entry.opened.clone();
         }
         counters.misses.fetch_add(1, Relaxed);
         if self.entries >= config.max_entries {

@@ -48,29 +48,29 @@ pub(crate) fn evaluate(
         if !any_tag(headers, IF_MATCH, |tag| tag.matches_strong(v.etag)) {
             return Outcome::PreconditionFailed;
         }
-    } else if let Some(since) = date(headers, IF_UNMODIFIED_SINCE) {
-        if v.modified > since {
-            return Outcome::PreconditionFailed;
-        }
+    } else if let Some(since) = date(headers, IF_UNMODIFIED_SINCE)
+        && v.modified > since
+    {
+        return Outcome::PreconditionFailed;
     }
     // Steps 3 and 4: If-None-Match, else If-Modified-Since (GET and HEAD only).
     if headers.contains_key(IF_NONE_MATCH) {
         if any_tag(headers, IF_NONE_MATCH, |tag| tag.matches_weak(v.etag)) {
             return Outcome::NotModified;
         }
-    } else if let Some(since) = date(headers, IF_MODIFIED_SINCE) {
-        if v.modified <= since {
-            return Outcome::NotModified;
-        }
+    } else if let Some(since) = date(headers, IF_MODIFIED_SINCE)
+        && v.modified <= since
+    {
+        return Outcome::NotModified;
     }
     // Step 5: Range, for GET only, unless If-Range says the client's copy is stale.
     let Some(range) = headers.get(RANGE).filter(|_| is_get) else {
         return Outcome::Full;
     };
-    if let Some(if_range) = headers.get(IF_RANGE) {
-        if !if_range_matches(if_range.as_bytes(), v) {
-            return Outcome::Full;
-        }
+    if let Some(if_range) = headers.get(IF_RANGE)
+        && !if_range_matches(if_range.as_bytes(), v)
+    {
+        return Outcome::Full;
     }
     match range::parse(range.as_bytes(), v.len, max_ranges) {
         Ranges::Ignore => Outcome::Full,

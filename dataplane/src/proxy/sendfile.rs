@@ -206,10 +206,11 @@ pub(crate) fn merge(file: &mut HeaderMap, mut backend: HeaderMap) {
     let multipart = file
         .get(CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"multipart/"));
-    if let Some(chosen) = backend.remove(CONTENT_TYPE) {
-        if file.contains_key(CONTENT_TYPE) && !multipart {
-            file.insert(CONTENT_TYPE, chosen);
-        }
+    if let Some(chosen) = backend.remove(CONTENT_TYPE)
+        && file.contains_key(CONTENT_TYPE)
+        && !multipart
+    {
+        file.insert(CONTENT_TYPE, chosen);
     }
     let own: Vec<HeaderName> = file.keys().cloned().collect();
     for (name, value) in &backend {
