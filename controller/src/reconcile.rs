@@ -27,8 +27,9 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use pier_compile::Resources;
 use pier_crds::{ProxyRoute, StaticRoute};
-use pier_snapshot::{Compiled, Resources, RouteKey, RouteKind, wire};
+use pier_snapshot::{Compiled, RouteKey, RouteKind, wire};
 use tokio::sync::{Notify, watch};
 
 use crate::channel::Published;
@@ -214,7 +215,7 @@ impl Reconciler {
         let statics: Vec<Arc<StaticRoute>> = stores.statics.iter().flat_map(Store::state).collect();
         let proxies: Vec<Arc<ProxyRoute>> = stores.proxies.iter().flat_map(Store::state).collect();
         // The stores' objects themselves: no clone of them per build.
-        let compiled = pier_snapshot::compile(&Resources {
+        let compiled = pier_compile::compile(&Resources {
             static_routes: statics.clone(),
             proxy_routes: proxies.clone(),
             services: shared(&stores.services),

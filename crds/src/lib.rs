@@ -5,13 +5,13 @@
 //!   StaticRoute (YAML, kubectl apply / routes dir)
 //!        │  serde
 //!        ▼
-//!   pier_crds::StaticRoute ──► pier_snapshot::compile ──► Snapshot ──► dataplane
+//!   pier_crds::StaticRoute ──► pier_compile::compile ──► Snapshot ──► dataplane
 //! ```
 //!
 //! The types follow the Kubernetes API conventions: camelCase fields,
 //! PascalCase enum values and Gateway API's path match shape. They carry no
 //! behaviour; validation that a schema cannot express happens in
-//! `pier_snapshot::compile`, which reports errors per resource.
+//! `pier_compile::compile`, which reports errors per resource.
 //!
 //! The CRD YAML under `crds/yaml/` is generated from these types by
 //! `cargo run -p pier-crds --bin crdgen -- --write`; a test fails when the

@@ -14,7 +14,7 @@
 //! The modules are in one-way layers; ARCHITECTURE.md draws them.
 //!
 //! The serving core sees only the snapshot model: route resources reach it
-//! through `pier_snapshot::compile`, the same pure function the controller
+//! through `pier_compile::compile`, the same pure function the controller
 //! runs.
 
 // The modules are layered one way: each imports only from the layers
@@ -41,12 +41,12 @@ mod spool;
 mod table;
 mod upstream;
 
+#[cfg(feature = "standalone")]
 pub use crate::source::files as standalone;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -62,6 +62,7 @@ use crate::front::{h1, tls};
 use crate::metrics::Metrics;
 use crate::server::ConnLimits;
 use crate::source::controller as controlplane;
+#[cfg(feature = "standalone")]
 pub use crate::source::files::LoadError;
 
 /// Why the dataplane could not start.
@@ -69,6 +70,7 @@ pub use crate::source::files::LoadError;
 #[non_exhaustive]
 pub enum StartError {
     /// The routes directory could not be loaded.
+    #[cfg(feature = "standalone")]
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The controller connection is misconfigured.
@@ -95,8 +97,9 @@ pub enum StartError {
 #[derive(Debug)]
 enum Source {
     /// Standalone: a routes directory, as it was when first loaded.
+    #[cfg(feature = "standalone")]
     Routes {
-        dir: PathBuf,
+        dir: std::path::PathBuf,
         loaded: standalone::Fingerprint,
         /// The resources the first load left out.
         left_out: Vec<pier_snapshot::RouteError>,
@@ -117,6 +120,8 @@ pub struct Dataplane {
     listen_addr: SocketAddr,
     tls_addr: SocketAddr,
     source: Source,
+    /// How often the routes directory is checked (standalone only).
+    #[cfg_attr(not(feature = "standalone"), allow(dead_code))]
     watch_interval: Duration,
     drain_delay: Duration,
     limits: ConnLimits,
@@ -195,6 +200,7 @@ impl Dataplane {
         };
         let shared = Arc::new(Shared::new(ctx, max_connections.get()));
         let source = match (routes, controller, controller_ca, controller_token_file) {
+            #[cfg(feature = "standalone")]
             (Some(dir), ..) => {
                 let loaded = standalone::fingerprint(&dir);
                 let compiled = standalone::load(&dir)?;
@@ -205,6 +211,12 @@ impl Dataplane {
                     loaded,
                     left_out,
                 }
+            }
+            #[cfg(not(feature = "standalone"))]
+            (Some(_), ..) => {
+                return Err(StartError::Runtime(io::Error::other(
+                    "this dataplane was built without the standalone routes source (cargo feature `standalone`); use --controller",
+                )));
             }
             (None, Some(url), Some(ca), Some(token)) => {
                 let name = name
@@ -344,6 +356,7 @@ impl Dataplane {
                 stopped.clone(),
             ));
             match self.source {
+                #[cfg(feature = "standalone")]
                 Source::Routes {
                     dir,
                     loaded,

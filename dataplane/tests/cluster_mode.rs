@@ -9,9 +9,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use clap::Parser;
+use pier_compile::Resources;
 use pier_crds::StaticRoute;
 use pier_dataplane::{Args, Dataplane};
-use pier_snapshot::{Resources, Snapshot};
+use pier_snapshot::Snapshot;
 use support::{static_route, write};
 
 /// A CA certificate file: cluster mode refuses to start without one.
@@ -28,7 +29,7 @@ fn ca_file(dir: &std::path::Path) -> String {
 fn snapshot_for(root: &std::path::Path) -> Snapshot {
     let manifest = static_route("site", &format!("{{root: {}}}", root.display()));
     let route: StaticRoute = serde_yaml::from_str(&manifest).expect("manifest");
-    pier_snapshot::compile(&Resources {
+    pier_compile::compile(&Resources {
         static_routes: vec![std::sync::Arc::new(route)],
         ..Resources::default()
     })

@@ -146,7 +146,14 @@ fn dataplane_modules_import_only_from_lower_layers() {
 
 #[test]
 fn no_crate_has_an_import_cycle() {
-    for krate in ["crds", "snapshot", "controller", "dataplane", "e2e"] {
+    for krate in [
+        "crds",
+        "snapshot",
+        "compile",
+        "controller",
+        "dataplane",
+        "e2e",
+    ] {
         let src = workspace().join(krate).join("src");
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for ((from, to), _) in edges(&src) {
@@ -186,6 +193,69 @@ fn no_crate_has_an_import_cycle() {
             assert!(cycle.is_none(), "{krate}: import cycle {:?}", cycle);
         }
     }
+}
+
+/// Names that only the compiler and the standalone routes source may use.
+const KUBERNETES: &[&str] = &[
+    "pier_compile",
+    "pier_crds",
+    "k8s_openapi",
+    "kube",
+    "serde_yaml",
+];
+
+#[test]
+fn the_serving_core_links_no_kubernetes_types() {
+    // The snapshot crate depends on none of them.
+    let manifest = std::fs::read_to_string(workspace().join("snapshot/Cargo.toml")).expect("read");
+    for dep in ["pier-crds", "pier-compile", "k8s-openapi", "kube"] {
+        assert!(
+            !manifest
+                .lines()
+                .any(|l| l.starts_with(&format!("{dep} ")) || l.starts_with(&format!("{dep}."))),
+            "pier-snapshot must not depend on {dep}"
+        );
+    }
+    // The dataplane takes them only through its `standalone` feature ...
+    let manifest = std::fs::read_to_string(workspace().join("dataplane/Cargo.toml")).expect("read");
+    let dependencies = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .expect("a [dependencies] table");
+    for dep in ["pier-compile", "pier-crds", "k8s-openapi", "serde_yaml"] {
+        let line = dependencies
+            .lines()
+            .find(|l| l.starts_with(&format!("{dep} ")) || l.starts_with(&format!("{dep}.")))
+            .unwrap_or_else(|| panic!("pier-dataplane lists {dep}"));
+        assert!(
+            line.contains("optional = true") && manifest.contains(&format!("\"dep:{dep}\"")),
+            "{dep} must be an optional dependency of the standalone feature: {line}"
+        );
+    }
+    // ... and only the routes-directory source names them.
+    let src = workspace().join("dataplane/src");
+    let mut wrong = Vec::new();
+    for file in rust_files(&src) {
+        if file.starts_with(src.join("source/files")) || file == src.join("source/files.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read");
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect();
+        for name in KUBERNETES {
+            if code.contains(&format!("{name}::")) {
+                wrong.push(format!("{} uses {name}", file.display()));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "outside source/files:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //!
 //! Measures the time to create and to serve every route, the memory of the
 //! controller and the dataplane, the snapshot build time (the controller's
-//! histogram, and `pier_snapshot::compile` timed in this process), and the
+//! histogram, and `pier_compile::compile` timed in this process), and the
 //! apply-to-served latency of `LATENCY_SAMPLES` more routes created one at
 //! a time with the others in place. Prints a Markdown report and writes it
 //! to `bench/results/scale-<UTC time>.md`.
@@ -31,9 +31,10 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
+use pier_compile::Resources;
 use pier_crds::{ProxyRoute, StaticRoute};
 use pier_e2e::ControlPlane;
-use pier_snapshot::{Resources, RouteKey, RouteKind, Snapshot, wire};
+use pier_snapshot::{RouteKey, RouteKind, Snapshot, wire};
 use serde_json::json;
 
 const TOKEN: &str = "scale-bench-token";
@@ -85,7 +86,7 @@ struct Settings {
     /// in a fresh process, and print it.
     #[arg(long, hide = true)]
     measure_heap: Option<PathBuf>,
-    /// Only time `pier_snapshot::compile` on the synthetic routes (no API
+    /// Only time `pier_compile::compile` on the synthetic routes (no API
     /// server), this many times, and print each time and the median: for
     /// profiling the build (`perf record … scale --compile-only 200`).
     #[arg(long, value_name = "RUNS")]
@@ -103,7 +104,7 @@ fn main() -> ExitCode {
         let mut times: Vec<Duration> = (0..runs.max(1))
             .map(|_| {
                 let t = Instant::now();
-                std::hint::black_box(pier_snapshot::compile(&resources));
+                std::hint::black_box(pier_compile::compile(&resources));
                 t.elapsed()
             })
             .collect();
@@ -610,27 +611,27 @@ async fn run(settings: &Settings) -> PathBuf {
     drop(cp);
 
     // Phase 4: the pure build, on an otherwise idle machine.
-    say("timing pier_snapshot::compile in this process", started);
+    say("timing pier_compile::compile in this process", started);
     let resources = synthetic_resources(settings, &docroot);
     figures.compile_synthetic = median(|| {
-        std::hint::black_box(pier_snapshot::compile(&resources));
+        std::hint::black_box(pier_compile::compile(&resources));
     });
     // As the controller does it: share the stored objects (their `Arc`s
     // collected from the stores), then compile.
     let stored: Vec<Arc<StaticRoute>> = listed.iter().cloned().map(Arc::new).collect();
     figures.clone_compile_listed = median(|| {
-        std::hint::black_box(pier_snapshot::compile(&backends.with(stored.clone())));
+        std::hint::black_box(pier_compile::compile(&backends.with(stored.clone())));
     });
     figures.clone_listed = median(|| {
         std::hint::black_box(backends.with(stored.clone()));
     });
     let listed_resources = backends.with(stored.clone());
     figures.compile_listed = median(|| {
-        std::hint::black_box(pier_snapshot::compile(&listed_resources));
+        std::hint::black_box(pier_compile::compile(&listed_resources));
     });
     drop(listed_resources);
     figures.objects = objects(&listed, &file("objects.json"));
-    let compiled = pier_snapshot::compile(&backends.with(stored));
+    let compiled = pier_compile::compile(&backends.with(stored));
     figures.snapshot_routes = compiled.snapshot.routes.len();
     let frame = wire::encode(&compiled.snapshot).expect("snapshot encodes");
     figures.frame_bytes = frame.len();

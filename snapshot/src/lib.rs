@@ -1,29 +1,32 @@
 //! The snapshot: the one value that flows from the controller (or the
-//! standalone loader) to every dataplane.
+//! standalone loader) to every dataplane, and the wire it travels on.
 //!
 //! ```text
-//!  StaticRoute, ProxyRoute,  ──► compile() ──► Compiled { snapshot, errors, unresolved }
-//!  Services, EndpointSlices,      (pure)          │             │
-//!  Secrets (API server or files)                  │             └─► status conditions / logs
-//!                                                 ▼
+//!  pier-compile::compile (pure) ──► Compiled { snapshot, errors, unresolved }
+//!                                               │
+//!                                               ▼
 //!                                  Snapshot { version, routes, certificates }
 //!                                  (immutable, serialisable, versioned
 //!                                   by the hash of its content)
+//!                                               │ wire (length-prefixed JSON)
+//!                                               ▼
+//!                                          every dataplane
 //! ```
 //!
-//! [`compile`] does no I/O: it validates each resource on its own, reports
-//! the invalid ones as [`RouteError`]s and keeps every valid one, so one bad
-//! resource never takes the others down. The controller and the
-//! dataplane's standalone mode call the same function.
+//! This crate knows no Kubernetes object: the dataplane's serving core
+//! depends on it alone, and only the compiler (`pier-compile`) reads
+//! `StaticRoute`, `ProxyRoute`, Services, EndpointSlices and Secrets.
 
-mod compile;
 pub mod fnv;
 mod model;
+mod outcome;
+pub mod path;
 pub mod wire;
 
-pub use compile::{Compiled, Invalid, Resources, RouteError, Unresolved, compile, path_regex};
 pub use model::{
     Action, Balance, BufferMode, Buffering, Certificate, EjectionPolicy, Endpoint, HashKey,
     HeaderEdits, Matches, PathRule, ProxyAction, ProxyTimeouts, REDACTED, RetryPolicy, Route,
     RouteKey, RouteKind, RouteTls, Snapshot, StaticAction, UpstreamTls,
 };
+pub use outcome::{Compiled, Invalid, RouteError, Unresolved};
+pub use path::path_regex;

@@ -3,7 +3,7 @@
 //! same pure function the controller uses, and watched for changes.
 //!
 //! ```text
-//!  DIR/*.yaml ──parse──► StaticRoute / ProxyRoute ──pier_snapshot::compile──► Shared::apply
+//!  DIR/*.yaml ──parse──► StaticRoute / ProxyRoute ──pier_compile::compile──► Shared::apply
 //!      ▲                                                                      │
 //!      └──────────── poll every --watch-interval (name, size, mtime) ─────────┘
 //! ```
@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
+use pier_compile::Resources;
 use pier_crds::{ProxyRoute, StaticRoute};
-use pier_snapshot::{Compiled, Resources};
+use pier_snapshot::Compiled;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -135,7 +136,7 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
             }
         }
     }
-    Ok(pier_snapshot::compile(&resources))
+    Ok(pier_compile::compile(&resources))
 }
 
 /// Resolves a relative `root` against the manifest's directory, collapsing

@@ -4,4 +4,5 @@
 //! `dispatch::Shared::apply`.
 
 pub(crate) mod controller;
+#[cfg(feature = "standalone")]
 pub mod files;

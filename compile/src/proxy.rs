@@ -7,8 +7,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use pier_crds::{BalancerType, Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts};
 
 use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule, root};
-use crate::fnv::FnvMap;
-use crate::model::{
+use pier_snapshot::fnv::FnvMap;
+use pier_snapshot::{
     Action, Balance, BufferMode, Buffering, EjectionPolicy, Endpoint, HashKey, HeaderEdits,
     Matches, PathRule, ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, UpstreamTls,
 };

@@ -1,4 +1,21 @@
-//! The pure function from route resources to a [`Snapshot`].
+//! The pure function from route resources to a [`Snapshot`]: the one
+//! compiler behind every input (the controller's watched resources and the
+//! dataplane's standalone routes directory).
+//!
+//! ```text
+//!  StaticRoute, ProxyRoute,  ──► compile() ──► Compiled { snapshot, errors, unresolved }
+//!  Services, EndpointSlices,      (pure)          │             │
+//!  Secrets (API server or files)                  │             └─► status conditions / logs
+//!                                                 ▼
+//!                                  Snapshot { version, routes, certificates }
+//! ```
+//!
+//! [`compile`] does no I/O: it validates each resource on its own, reports
+//! the invalid ones as [`RouteError`]s and keeps every valid one, so one bad
+//! resource never takes the others down. This crate is the only one beside
+//! the API types that knows Kubernetes objects; the snapshot it produces
+//! (`pier-snapshot`) does not, so the dataplane's serving core links no
+//! `kube` or `k8s-openapi`.
 
 use std::sync::Arc;
 
@@ -7,17 +24,15 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
-use crate::fnv::FnvMap;
-use crate::model::{Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction};
+use pier_snapshot::fnv::FnvMap;
+use pier_snapshot::path::MAX_PATH_LEN;
+use pier_snapshot::{
+    Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction, path_regex,
+};
+pub use pier_snapshot::{Compiled, Invalid, RouteError, Unresolved};
 
 /// Longest host name DNS allows.
 const MAX_HOST_LEN: usize = 253;
-/// Longest route path accepted; request paths are bounded by the dataplane too.
-const MAX_PATH_LEN: usize = 1024;
-/// Most memory a compiled path expression may take (the `regex` crate's
-/// size limit), so one route cannot make every dataplane build a huge
-/// automaton.
-const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// The resources a snapshot is compiled from, shared rather than owned:
 /// the controller hands over the objects of its reflector stores as they
@@ -38,173 +53,6 @@ pub struct Resources {
     /// The time certificates are checked against (Unix seconds); `None`
     /// checks no validity period. Passed in: the compiler reads no clock.
     pub now: Option<i64>,
-}
-
-/// The result of [`compile`]: a snapshot of every valid route, and one error
-/// for each resource left out.
-#[derive(Clone, Debug)]
-pub struct Compiled {
-    /// The routes that compiled.
-    pub snapshot: Snapshot,
-    /// The resources that did not, in key order.
-    pub errors: Vec<RouteError>,
-    /// Routes in the snapshot with references that did not resolve (a
-    /// missing Service, no ready endpoints), in key order.
-    pub unresolved: Vec<Unresolved>,
-}
-
-/// A route whose references did not all resolve: it is served, with what
-/// did resolve (and 503 when nothing did).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unresolved {
-    /// The route.
-    pub key: RouteKey,
-    /// The `reason` of its `ResolvedRefs=False` condition:
-    /// `BackendNotFound`, `NoReadyEndpoints` or `InvalidCertificateRef`.
-    pub reason: &'static str,
-    /// What did not resolve.
-    pub message: String,
-}
-
-/// Why one resource was left out of the snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteError {
-    /// The resource.
-    pub key: RouteKey,
-    /// `metadata.generation` of the resource, for `observedGeneration`.
-    pub generation: Option<i64>,
-    /// What is wrong with it.
-    pub invalid: Invalid,
-}
-
-/// What makes a resource invalid. [`Invalid::reason`] gives the
-/// status-condition reason.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Invalid {
-    /// The resource has no name.
-    #[error("the resource has no metadata.name")]
-    Unnamed,
-    /// A path match value is unusable.
-    #[error("path {value:?} {why}")]
-    Path {
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// A host name is unusable.
-    #[error("host {value:?} {why}")]
-    Host {
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// `root` is unusable.
-    #[error("root {value:?} {why}")]
-    Root {
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// `index` is unusable.
-    #[error("index {value:?} {why}")]
-    Index {
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// `fallback` is unusable.
-    #[error("fallback {value:?} {why}")]
-    Fallback {
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// A value that becomes a header is not a valid header value.
-    #[error("{field} {why}")]
-    HeaderValue {
-        /// The spec field.
-        field: &'static str,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// A backend is unusable.
-    #[error("backend {value:?} {why}")]
-    Backend {
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// A header name or value is unusable.
-    #[error("header {name:?} {why}")]
-    Header {
-        /// The header name as given.
-        name: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// The balancer settings are inconsistent.
-    #[error("balancer: {why}")]
-    Balancer {
-        /// What is wrong.
-        why: &'static str,
-    },
-    /// A timeout is unusable.
-    #[error("timeout {field} {value:?} {why}")]
-    Timeout {
-        /// The spec field.
-        field: &'static str,
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// A size is unusable.
-    #[error("buffering.{field} {value:?} {why}")]
-    Size {
-        /// The spec field.
-        field: &'static str,
-        /// The value as given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// Another route already serves one of this route's host and path pairs.
-    #[error("host {host:?} and path {path:?} are already served by {winner}")]
-    Conflict {
-        /// The contested host (`*` for any host).
-        host: String,
-        /// The contested path.
-        path: String,
-        /// The route that keeps them.
-        winner: RouteKey,
-    },
-}
-
-impl Invalid {
-    /// The `reason` of the route's `Accepted=False` condition.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Unnamed => "InvalidMetadata",
-            Self::Path { .. } => "InvalidPath",
-            Self::Host { .. } => "InvalidHost",
-            Self::Root { .. } => "InvalidRoot",
-            Self::Index { .. } => "InvalidIndex",
-            Self::Fallback { .. } => "InvalidFallback",
-            Self::HeaderValue { .. } | Self::Header { .. } => "InvalidHeaderValue",
-            Self::Backend { .. } => "InvalidBackend",
-            Self::Timeout { .. } => "InvalidTimeout",
-            Self::Balancer { .. } => "InvalidBalancer",
-            Self::Size { .. } => "InvalidBuffering",
-            Self::Conflict { .. } => "Conflict",
-        }
-    }
 }
 
 /// Compiles route resources into a snapshot. Pure: no I/O, no clock, and the
@@ -466,23 +314,6 @@ fn path_rule(given: Option<&pier_crds::PathMatch>) -> Result<PathRule, Invalid> 
         PathMatchType::Exact => PathRule::Exact(given.value.clone()),
         _ => PathRule::Prefix(clean),
     })
-}
-
-/// Compiles a `RegularExpression` path: anchored at both ends, matched
-/// against the decoded path's bytes, within a size limit. The compiler
-/// validates with it and the dataplane matches with it, so both agree on
-/// what an expression means.
-pub fn path_regex(value: &str) -> Result<regex::bytes::Regex, &'static str> {
-    if value.is_empty() || value.len() > MAX_PATH_LEN {
-        return Err("must be a regular expression of 1 to 1024 characters");
-    }
-    regex::bytes::RegexBuilder::new(&format!("^(?:{value})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(_) => "is a regular expression too large to compile",
-            _ => "is not a valid regular expression",
-        })
 }
 
 /// Checks a route path and removes its trailing slash (but for `/`).

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use pier_crds::{ProxyRoute, StaticRoute};
 
-use crate::model::{BufferMode, Buffering};
+use pier_snapshot::{BufferMode, Buffering};
 
 use super::*;
 
@@ -584,7 +584,7 @@ fn tls_secrets_resolve_to_certificates_for_the_routes_hosts() {
         !format!("{certificate:?}").contains("PRIVATE KEY"),
         "Debug shows no key"
     );
-    assert!(out.snapshot.redacted().certificates[0].key_pem == crate::REDACTED);
+    assert!(out.snapshot.redacted().certificates[0].key_pem == pier_snapshot::REDACTED);
     assert!(out.snapshot.is_consistent());
 }
 

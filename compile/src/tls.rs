@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{Invalid, header_value};
-use crate::model::{Certificate, Route, RouteTls};
+use pier_snapshot::{Certificate, Route, RouteTls};
 
 /// Checks what a route's `tls` says by itself (the Secret is resolved
 /// later): the HSTS value must be a header value.

@@ -1,0 +1,26 @@
+//! Path expressions, compiled the same way by the compiler (to validate)
+//! and by the dataplane (to match).
+
+/// Longest route path accepted; request paths are bounded by the dataplane too.
+pub const MAX_PATH_LEN: usize = 1024;
+/// Most memory a compiled path expression may take (the `regex` crate's
+/// size limit), so one route cannot make every dataplane build a huge
+/// automaton.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Compiles a `RegularExpression` path: anchored at both ends, matched
+/// against the decoded path's bytes, within a size limit. The compiler
+/// validates with it and the dataplane matches with it, so both agree on
+/// what an expression means.
+pub fn path_regex(value: &str) -> Result<regex::bytes::Regex, &'static str> {
+    if value.is_empty() || value.len() > MAX_PATH_LEN {
+        return Err("must be a regular expression of 1 to 1024 characters");
+    }
+    regex::bytes::RegexBuilder::new(&format!("^(?:{value})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => "is a regular expression too large to compile",
+            _ => "is not a valid regular expression",
+        })
+}
