@@ -18,6 +18,8 @@ mod lease;
 mod metrics;
 mod reconcile;
 mod status;
+mod stores;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +36,8 @@ use crate::channel::{Published, Service};
 use crate::fleet::Fleet;
 pub use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
-use crate::reconcile::{Reconciler, StatusWriter};
+use crate::reconcile::Reconciler;
+use crate::writer::StatusWriter;
 
 /// What the controller needs to run.
 #[derive(Debug)]

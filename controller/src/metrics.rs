@@ -54,6 +54,7 @@ pub(crate) struct Metrics {
     reconciles: AtomicU64,
     reconcile_errors: AtomicU64,
     status_writes: AtomicU64,
+    status_plans: AtomicU64,
     snapshots_published: AtomicU64,
     snapshot_bytes: AtomicU64,
     snapshot_routes: AtomicU64,
@@ -72,6 +73,10 @@ impl Metrics {
 
     pub(crate) fn reconcile_failed(&self) {
         self.reconcile_errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn status_planned(&self) {
+        self.status_plans.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn status_written(&self) {
@@ -109,6 +114,12 @@ impl Metrics {
                 "counter",
                 "Reconcile passes that failed (API errors).",
                 &self.reconcile_errors,
+            ),
+            (
+                "status_plans_total",
+                "counter",
+                "Passes that planned route status (after each build, and on each acknowledgement without a build).",
+                &self.status_plans,
             ),
             (
                 "status_writes_total",

@@ -1,0 +1,275 @@
+//! The reconcile loop against kube's client over a mock API server (a
+//! `tower` service answering lists, holding watches open and recording
+//! status patches), on a paused clock: no sockets, no waiting.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+use super::Reconciler;
+use crate::channel::Published;
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::writer::StatusWriter;
+
+type Reply = Response<BoxBody<Bytes, Infallible>>;
+
+/// What the mock API server serves and what it was sent.
+#[derive(Default)]
+struct ApiServer {
+    static_routes: Vec<Value>,
+    /// Status patches: (route name, conditions).
+    patches: Mutex<Vec<(String, Value)>>,
+}
+
+impl ApiServer {
+    fn patches(&self) -> Vec<(String, Value)> {
+        self.patches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn answer(self: Arc<Self>, request: Request<kube::client::Body>) -> Reply {
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let method = request.method().clone();
+        if method == http::Method::GET && query.contains("watch=true") {
+            // Held open: nothing changes unless a test says so.
+            let pending =
+                futures::stream::pending::<Result<hyper::body::Frame<Bytes>, Infallible>>();
+            return Response::new(BoxBody::new(StreamBody::new(pending)));
+        }
+        let list = |kind: &str, api: &str, items: &[Value]| json!({"apiVersion": api, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items});
+        let body = match (method.as_str(), path.as_str()) {
+            ("GET", "/apis/pier.dev/v1alpha1/staticroutes") => {
+                list("StaticRouteList", "pier.dev/v1alpha1", &self.static_routes)
+            }
+            ("GET", "/apis/pier.dev/v1alpha1/proxyroutes") => {
+                list("ProxyRouteList", "pier.dev/v1alpha1", &[])
+            }
+            ("GET", "/api/v1/services") => list("ServiceList", "v1", &[]),
+            ("GET", "/apis/discovery.k8s.io/v1/endpointslices") => {
+                list("EndpointSliceList", "discovery.k8s.io/v1", &[])
+            }
+            ("PATCH", p)
+                if p.starts_with("/apis/pier.dev/v1alpha1/namespaces/")
+                    && p.ends_with("/status") =>
+            {
+                let name = p
+                    .trim_end_matches("/status")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let bytes = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let patch: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                self.patches
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((name.clone(), patch["status"]["conditions"].clone()));
+                self.static_routes
+                    .iter()
+                    .find(|r| r["metadata"]["name"] == name.as_str())
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            _ => {
+                let mut reply = Response::new(BoxBody::new(Full::new(Bytes::from_static(
+                    br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#,
+                ))));
+                *reply.status_mut() = StatusCode::NOT_FOUND;
+                return reply;
+            }
+        };
+        Response::new(BoxBody::new(Full::new(Bytes::from(body.to_string()))))
+    }
+}
+
+fn static_route(name: &str, root: &str) -> Value {
+    json!({
+        "apiVersion": "pier.dev/v1alpha1",
+        "kind": "StaticRoute",
+        "metadata": {
+            "name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "generation": 1, "resourceVersion": "1",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {"root": root, "hosts": [format!("{name}.example")]},
+    })
+}
+
+/// A controller's reconcile loop and status writer on the mock.
+struct Running {
+    api: Arc<ApiServer>,
+    fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
+    published: watch::Receiver<Arc<Published>>,
+    _alive: watch::Sender<()>,
+}
+
+fn start(api: ApiServer) -> Running {
+    let api = Arc::new(api);
+    let service = tower::service_fn({
+        let api = Arc::clone(&api);
+        move |request| {
+            let api = Arc::clone(&api);
+            async move { Ok::<_, Infallible>(api.answer(request).await) }
+        }
+    });
+    let client = kube::Client::new(service, "default");
+    let (alive_tx, alive) = watch::channel(());
+    let fleet = Arc::new(Fleet::default());
+    let metrics = Arc::new(Metrics::default());
+    let empty = pier_snapshot::Snapshot::empty();
+    let (publish, published) = watch::channel(Arc::new(Published {
+        version: empty.version.clone(),
+        frame: Bytes::new(),
+    }));
+    let (status, batches) = watch::channel(Arc::default());
+    let changed = Arc::new(Notify::new());
+    let reconciler = Reconciler {
+        client: client.clone(),
+        namespaces: Vec::new(),
+        secret_namespaces: Vec::new(),
+        coalesce: Duration::from_millis(500),
+        fleet: Arc::clone(&fleet),
+        metrics: Arc::clone(&metrics),
+        publish,
+        ready: watch::channel(false).0,
+        alive: alive.clone(),
+        leader: watch::channel(true).1,
+        lease: None,
+        status,
+        changed: Arc::clone(&changed),
+    };
+    let writer = StatusWriter {
+        client: client.clone(),
+        metrics: Arc::clone(&metrics),
+        recorder: kube::runtime::events::Recorder::new(
+            client,
+            kube::runtime::events::Reporter {
+                controller: "pier-controller".into(),
+                instance: None,
+            },
+        ),
+        retry: changed,
+    };
+    tokio::spawn(reconciler.run());
+    tokio::spawn(writer.run(batches, alive));
+    Running {
+        api,
+        fleet,
+        metrics,
+        published,
+        _alive: alive_tx,
+    }
+}
+
+/// The value of a counter in the controller's metrics text.
+fn counter(metrics: &Metrics, fleet: &Fleet, name: &str) -> u64 {
+    metrics
+        .render(fleet, "")
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is rendered"))
+}
+
+/// The condition `kind` of the newest patch of `route`.
+fn condition(api: &ApiServer, route: &str, kind: &str) -> Option<(String, String)> {
+    let patches = api.patches();
+    let (_, conditions) = patches.iter().rev().find(|(name, _)| name == route)?;
+    let condition = conditions.as_array()?.iter().find(|c| c["type"] == kind)?;
+    Some((
+        condition["status"].as_str()?.to_owned(),
+        condition["reason"].as_str()?.to_owned(),
+    ))
+}
+
+/// Lets the loop and the writer run until `done`, on the paused clock.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the condition never held");
+}
+
+fn pair(status: &str, reason: &str) -> Option<(String, String)> {
+    Some((status.to_owned(), reason.to_owned()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_route_is_reported_and_the_valid_one_published() {
+    let run = start(ApiServer {
+        static_routes: vec![
+            static_route("good", "/srv/good"),
+            static_route("bad", "relative"),
+        ],
+        ..ApiServer::default()
+    });
+    let mut published = run.published.clone();
+    let snapshot = published
+        .wait_for(|p| p.version != pier_snapshot::Snapshot::empty().version)
+        .await
+        .map(|p| Arc::clone(&p))
+        .expect("a snapshot is published");
+    assert!(!snapshot.frame.is_empty());
+    until(|| condition(&run.api, "bad", "Accepted").is_some()).await;
+    let (status, reason) = condition(&run.api, "bad", "Accepted").expect("bad patched");
+    assert_eq!(status, "False");
+    assert_eq!(reason, "InvalidRoot");
+    until(|| condition(&run.api, "good", "Accepted") == pair("True", "Accepted")).await;
+    assert_eq!(
+        counter(&run.metrics, &run.fleet, "pier_controller_reconciles_total"),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ack_sets_programmed_without_another_build() {
+    let run = start(ApiServer {
+        static_routes: vec![static_route("good", "/srv/good")],
+        ..ApiServer::default()
+    });
+    let mut published = run.published.clone();
+    let version = published
+        .wait_for(|p| p.version != pier_snapshot::Snapshot::empty().version)
+        .await
+        .map(|p| p.version.clone())
+        .expect("a snapshot is published");
+    until(|| condition(&run.api, "good", "Programmed") == pair("False", "NoDataplanes")).await;
+
+    // A dataplane connects, then acknowledges the version.
+    let id = run.fleet.connect("dataplane-0");
+    until(|| condition(&run.api, "good", "Programmed") == pair("False", "Pending")).await;
+    run.fleet.ack(id, &version, None);
+    until(|| condition(&run.api, "good", "Programmed") == pair("True", "Programmed")).await;
+
+    // Status followed each change of the fleet; the snapshot was built once.
+    assert_eq!(
+        counter(&run.metrics, &run.fleet, "pier_controller_reconciles_total"),
+        1
+    );
+    assert!(
+        counter(
+            &run.metrics,
+            &run.fleet,
+            "pier_controller_status_plans_total"
+        ) >= 3
+    );
+}

@@ -1,0 +1,245 @@
+//! Route status: which writes the routes need ([`plan`], pure), and the
+//! task that makes them ([`StatusWriter`]), apart from the reconcile loop.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client};
+use pier_crds::{ProxyRoute, StaticRoute};
+use pier_snapshot::{Compiled, RouteError, RouteKey, RouteKind, Unresolved};
+use tokio::sync::{Notify, watch};
+
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::status::{self, Verdict};
+use crate::stores::RouteObject;
+
+/// The field manager of every status write.
+const MANAGER: &str = "pier-controller";
+
+/// What the last build decided about each route, kept so that an
+/// acknowledgement can update `Programmed` without compiling again.
+#[derive(Debug, Default)]
+pub(crate) struct Verdicts {
+    /// The generation each route was compiled at.
+    pub(crate) compiled: HashMap<RouteKey, i64>,
+    errors: HashMap<RouteKey, RouteError>,
+    unresolved: HashMap<RouteKey, Unresolved>,
+}
+
+impl Verdicts {
+    pub(crate) fn new(compiled: &Compiled, routes: &[RouteObject]) -> Self {
+        Self {
+            compiled: routes.iter().map(|r| (r.key(), r.generation())).collect(),
+            errors: compiled
+                .errors
+                .iter()
+                .map(|e| (e.key.clone(), e.clone()))
+                .collect(),
+            unresolved: compiled
+                .unresolved
+                .iter()
+                .map(|u| (u.key.clone(), u.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The status writes the routes need now: every route, at the generation
+/// it was compiled at, whose stored conditions differ from the desired
+/// ones. A route changed since the build is left to the next one.
+pub(crate) fn plan(
+    verdicts: &Verdicts,
+    routes: &[RouteObject],
+    fleet: &Fleet,
+    remote: &BTreeMap<String, String>,
+    now: &Time,
+) -> Batch {
+    let mut batch = Batch::default();
+    for route in routes {
+        let key = route.key();
+        let generation = route.generation();
+        if verdicts.compiled.get(&key) == Some(&generation) {
+            let verdict = match verdicts.errors.get(&key) {
+                Some(error) => Verdict::Invalid {
+                    reason: error.invalid.reason().to_owned(),
+                    message: error.invalid.to_string(),
+                },
+                None => Verdict::Accepted,
+            };
+            let programming = fleet.programming(&key, generation, remote);
+            let current = route.conditions();
+            let refs = verdicts
+                .unresolved
+                .get(&key)
+                .map(|u| (u.reason, u.message.as_str()));
+            let desired =
+                status::desired(Some(generation), &verdict, refs, programming, current, now);
+            if status::differs(current, &desired) {
+                batch.writes.push(Arc::new(StatusWrite {
+                    transitions: status::transitions(current, &desired),
+                    route: route.clone(),
+                    key: key.clone(),
+                    desired,
+                }));
+            }
+        }
+        batch.live.insert(key);
+    }
+    batch
+}
+
+/// Status patches in flight at once: enough to keep up with thousands of
+/// routes, few enough not to crowd the API server.
+const STATUS_CONCURRENCY: usize = 16;
+/// A failed status write is tried again after this long.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
+
+/// The writes one reconcile pass found necessary.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) writes: Vec<Arc<StatusWrite>>,
+    /// Every route that exists, to forget the ones deleted.
+    pub(crate) live: HashSet<RouteKey>,
+}
+
+/// One route's new conditions.
+#[derive(Debug)]
+pub(crate) struct StatusWrite {
+    pub(crate) route: RouteObject,
+    pub(crate) key: RouteKey,
+    pub(crate) desired: Vec<Condition>,
+    pub(crate) transitions: Vec<status::Transition>,
+}
+
+/// Writes status apart from the reconcile loop, so publishing a snapshot
+/// never waits for thousands of status patches. Only the newest batch
+/// matters; what it already wrote it does not write again.
+pub(crate) struct StatusWriter {
+    pub(crate) client: Client,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) recorder: Recorder,
+    /// Wakes the reconcile loop to retry after a failure.
+    pub(crate) retry: Arc<Notify>,
+}
+
+impl StatusWriter {
+    pub(crate) async fn run(
+        self,
+        mut batches: watch::Receiver<Arc<Batch>>,
+        mut alive: watch::Receiver<()>,
+    ) {
+        let this = Arc::new(self);
+        let mut written: HashMap<RouteKey, Arc<StatusWrite>> = HashMap::new();
+        loop {
+            tokio::select! {
+                changed = batches.changed() => if changed.is_err() { return },
+                _ = alive.changed() => return,
+            }
+            let batch = Arc::clone(&batches.borrow_and_update());
+            written.retain(|key, _| batch.live.contains(key));
+            let todo: Vec<Arc<StatusWrite>> = batch
+                .writes
+                .iter()
+                .filter(|w| {
+                    written
+                        .get(&w.key)
+                        .is_none_or(|done| done.desired != w.desired)
+                })
+                .cloned()
+                .collect();
+            let outcomes: Vec<(Arc<StatusWrite>, bool)> = futures::stream::iter(todo)
+                .map(|w| {
+                    let this = Arc::clone(&this);
+                    async move {
+                        let ok = this.write(&w).await;
+                        (w, ok)
+                    }
+                })
+                .buffer_unordered(STATUS_CONCURRENCY)
+                .collect()
+                .await;
+            let mut failed = false;
+            for (write, ok) in outcomes {
+                if ok {
+                    written.insert(write.key.clone(), write);
+                } else {
+                    failed = true;
+                }
+            }
+            if failed {
+                this.metrics.reconcile_failed();
+                let retry = Arc::clone(&this.retry);
+                tokio::spawn(async move {
+                    tokio::time::sleep(STATUS_RETRY).await;
+                    retry.notify_one();
+                });
+            }
+        }
+    }
+
+    /// Patches one route's status (server-side apply); true when done or
+    /// moot (the route is gone).
+    async fn write(&self, write: &StatusWrite) -> bool {
+        let patch = serde_json::json!({
+            "apiVersion": "pier.dev/v1alpha1",
+            "kind": write.key.kind.as_str(),
+            "status": { "conditions": write.desired },
+        });
+        let params = PatchParams::apply(MANAGER).force();
+        let (ns, name) = (&write.key.namespace, &write.key.name);
+        let patched = match write.key.kind {
+            RouteKind::StaticRoute => Api::<StaticRoute>::namespaced(self.client.clone(), ns)
+                .patch_status(name, &params, &Patch::Apply(&patch))
+                .await
+                .map(drop),
+            RouteKind::ProxyRoute => Api::<ProxyRoute>::namespaced(self.client.clone(), ns)
+                .patch_status(name, &params, &Patch::Apply(&patch))
+                .await
+                .map(drop),
+        };
+        match patched {
+            Ok(_) => {
+                self.metrics.status_written();
+                self.announce(&write.route, &write.transitions).await;
+                true
+            }
+            // Deleted meanwhile: the watch will drop it.
+            Err(kube::Error::Api(e)) if e.code == 404 => true,
+            Err(e) => {
+                tracing::warn!(route = %write.key, error = %e, "status write failed");
+                false
+            }
+        }
+    }
+}
+
+impl StatusWriter {
+    /// One Event per condition transition: `Normal` when it became true,
+    /// `Warning` when it became false. A failure is logged, never retried:
+    /// Events are best effort, status is the record.
+    async fn announce(&self, route: &RouteObject, transitions: &[status::Transition]) {
+        let reference = route.object_ref();
+        for transition in transitions.iter().cloned() {
+            let event = Event {
+                type_: if transition.ok {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason: transition.reason,
+                note: Some(transition.message),
+                action: transition.kind,
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "event not published");
+            }
+        }
+    }
+}
