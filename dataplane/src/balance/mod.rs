@@ -26,8 +26,11 @@ pub(crate) struct Balancer {
     inflight: Box<[AtomicU32]>,
     /// Failures in a row per endpoint (passive health).
     failures: Box<[AtomicU32]>,
-    /// Until when (`clock_ms`) each endpoint is ejected.
+    /// Until when (milliseconds since `epoch`, plus one) each endpoint is
+    /// ejected.
     ejected_until: Box<[AtomicU64]>,
+    /// The ejection clock's zero: tokio's clock, so tests can pause it.
+    epoch: tokio::time::Instant,
     ejection: EjectionPolicy,
     picker: Picker,
 }
@@ -79,6 +82,7 @@ impl Balancer {
             inflight: (0..n).map(|_| AtomicU32::new(0)).collect(),
             failures: (0..n).map(|_| AtomicU32::new(0)).collect(),
             ejected_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            epoch: tokio::time::Instant::now(),
             weights,
             ejection,
             picker,
@@ -92,7 +96,7 @@ impl Balancer {
     ///
     /// [`release`]: Balancer::release
     pub(crate) fn pick(&self, choice: &Choice<'_>, tried: &[usize]) -> Option<usize> {
-        let now = clock_ms();
+        let now = self.clock_ms();
         let fresh = |i: usize| !tried.contains(&i);
         let healthy = |i: usize| fresh(i) && self.ejected_until[i].load(Relaxed) <= now;
         let i = self
@@ -160,21 +164,20 @@ impl Balancer {
             return false;
         }
         failures.store(0, Relaxed);
-        self.ejected_until[i].store(clock_ms() + self.ejection.duration_ms, Relaxed);
+        self.ejected_until[i].store(self.clock_ms() + self.ejection.duration_ms, Relaxed);
         true
+    }
+
+    /// Milliseconds since the balancer was built, plus one (so that 0
+    /// means "never ejected"): the clock of ejections.
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).map_or(u64::MAX, |ms| ms.saturating_add(1))
     }
 
     /// How long an ejection lasts, in milliseconds.
     pub(crate) fn ejection_ms(&self) -> u64 {
         self.ejection.duration_ms
     }
-}
-
-/// Milliseconds since the first call: the clock of ejections.
-fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The hash of a request's key; a missing header or cookie hashes as empty
@@ -231,3 +234,6 @@ fn random() -> u64 {
         x
     })
 }
+
+#[cfg(test)]
+mod props;

@@ -258,3 +258,6 @@ mod tests {
         assert!(!is_hidden(b""));
     }
 }
+
+#[cfg(test)]
+mod props;
