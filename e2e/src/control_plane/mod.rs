@@ -3,20 +3,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{
-    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
-    NamedContext,
-};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use tempfile::TempDir;
 
+mod kubeconfig;
+mod users;
+
+use self::kubeconfig::{Credentials, client_from_kubeconfig, write_file, write_kubeconfig};
 use crate::HarnessError;
 use crate::binaries;
 use crate::pki::{self, Pki};
@@ -304,135 +302,6 @@ impl ControlPlane {
         self.etcd.log_path()
     }
 
-    /// Writes a kubeconfig that authenticates as `user` (certificate
-    /// `CN`), member of `group` (`O`) if given, and returns its path. RBAC
-    /// grants such a user nothing until bindings name it.
-    ///
-    /// # Errors
-    /// On certificate or I/O errors.
-    pub fn kubeconfig_for_user(
-        &self,
-        user: &str,
-        group: Option<&str>,
-    ) -> Result<PathBuf, HarnessError> {
-        let n = self.minted.fetch_add(1, Ordering::Relaxed);
-        let pair = self.pki.client(user, group)?;
-        let users = self.dir.path().join("users");
-        std::fs::create_dir_all(&users)
-            .map_err(|e| HarnessError::io(format!("creating {}", users.display()), e))?;
-        let cert = users.join(format!("user-{n}.crt"));
-        let key = users.join(format!("user-{n}.key"));
-        write_file(&cert, &pair.cert_pem)?;
-        write_file(&key, &pair.key_pem)?;
-        let path = users.join(format!("user-{n}.kubeconfig"));
-        write_kubeconfig(
-            &path,
-            &self.server_url,
-            &self.pki_dir().join("ca.crt"),
-            Credentials::Certificate {
-                cert: &cert,
-                key: &key,
-            },
-        )?;
-        Ok(path)
-    }
-
-    /// A client that authenticates as `user`, member of `group` if given;
-    /// see [`ControlPlane::kubeconfig_for_user`].
-    ///
-    /// # Errors
-    /// On certificate, I/O or client configuration errors.
-    pub async fn client_for_user(
-        &self,
-        user: &str,
-        group: Option<&str>,
-    ) -> Result<kube::Client, HarnessError> {
-        let path = self.kubeconfig_for_user(user, group)?;
-        client_from_kubeconfig(&path).await
-    }
-
-    /// A client that authenticates as the service account `namespace/name`
-    /// with a token from the TokenRequest API, exactly as a pod would. The
-    /// service account is created if it does not exist (the namespace must).
-    ///
-    /// # Errors
-    /// On API, I/O or client configuration errors.
-    pub async fn client_for_service_account(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<kube::Client, HarnessError> {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
-        let account = ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                ..ObjectMeta::default()
-            },
-            ..ServiceAccount::default()
-        };
-        match accounts.create(&PostParams::default(), &account).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(e) => {
-                return Err(HarnessError::kube(
-                    format!("creating service account {namespace}/{name}"),
-                    e,
-                ));
-            }
-        }
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![self.server_url.clone()],
-                expiration_seconds: Some(24 * 3600),
-                ..TokenRequestSpec::default()
-            },
-            ..TokenRequest::default()
-        };
-        let token = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .map_err(|e| {
-                HarnessError::kube(format!("requesting a token for {namespace}/{name}"), e)
-            })?
-            .status
-            .map(|status| status.token)
-            .unwrap_or_default();
-
-        let n = self.minted.fetch_add(1, Ordering::Relaxed);
-        let users = self.dir.path().join("users");
-        std::fs::create_dir_all(&users)
-            .map_err(|e| HarnessError::io(format!("creating {}", users.display()), e))?;
-        let token_file = users.join(format!("sa-{n}.token"));
-        write_file(&token_file, &token)?;
-        let path = users.join(format!("sa-{n}.kubeconfig"));
-        write_kubeconfig(
-            &path,
-            &self.server_url,
-            &self.pki_dir().join("ca.crt"),
-            Credentials::TokenFile(&token_file),
-        )?;
-        client_from_kubeconfig(&path).await
-    }
-
-    /// Issues a TLS serving certificate signed by the control plane's CA
-    /// (see [`ControlPlane::ca_pem`]) for the DNS names `name` and
-    /// `localhost` and the address `127.0.0.1`, for servers a test runs
-    /// beside the control plane (a webhook, Pier's snapshot service).
-    /// Returns the certificate and its PKCS#8 private key, both PEM.
-    ///
-    /// # Errors
-    /// When `name` is not a valid DNS name, or on key generation errors.
-    pub fn issue_serving_cert(&self, name: &str) -> Result<(String, String), HarnessError> {
-        let mut dns_names = vec![name];
-        if name != "localhost" {
-            dns_names.push("localhost");
-        }
-        let pair = self
-            .pki
-            .serving(name, &dns_names, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])?;
-        Ok((pair.cert_pem, pair.key_pem))
-    }
-
     /// Server-side applies `crds` and waits until each is Established, so
     /// that its resources can be used at once.
     ///
@@ -608,83 +477,6 @@ fn write_pki(dir: &Path, address: Ipv4Addr) -> Result<PkiFiles, HarnessError> {
         write_file(&pki_dir.join(name), &contents)?;
     }
     Ok(PkiFiles { pki, dir: pki_dir })
-}
-
-fn write_file(path: &Path, contents: &str) -> Result<(), HarnessError> {
-    std::fs::write(path, contents)
-        .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))
-}
-
-/// How a kubeconfig authenticates.
-enum Credentials<'a> {
-    Certificate { cert: &'a Path, key: &'a Path },
-    TokenFile(&'a Path),
-}
-
-/// Writes a kubeconfig with one cluster, user and context, referring to the
-/// given files by absolute path.
-fn write_kubeconfig(
-    path: &Path,
-    server_url: &str,
-    ca: &Path,
-    credentials: Credentials<'_>,
-) -> Result<(), HarnessError> {
-    let name = "pier-e2e".to_owned();
-    let file = |p: &Path| Some(p.display().to_string());
-    let auth_info = match credentials {
-        Credentials::Certificate { cert, key } => AuthInfo {
-            client_certificate: file(cert),
-            client_key: file(key),
-            ..AuthInfo::default()
-        },
-        Credentials::TokenFile(token) => AuthInfo {
-            token_file: file(token),
-            ..AuthInfo::default()
-        },
-    };
-    let config = Kubeconfig {
-        api_version: Some("v1".to_owned()),
-        kind: Some("Config".to_owned()),
-        clusters: vec![NamedCluster {
-            name: name.clone(),
-            cluster: Some(Cluster {
-                server: Some(server_url.to_owned()),
-                certificate_authority: file(ca),
-                ..Cluster::default()
-            }),
-            ..NamedCluster::default()
-        }],
-        auth_infos: vec![NamedAuthInfo {
-            name: name.clone(),
-            auth_info: Some(auth_info),
-            ..NamedAuthInfo::default()
-        }],
-        contexts: vec![NamedContext {
-            name: name.clone(),
-            context: Some(Context {
-                cluster: name.clone(),
-                user: Some(name.clone()),
-                namespace: Some("default".to_owned()),
-                ..Context::default()
-            }),
-            ..NamedContext::default()
-        }],
-        current_context: Some(name),
-        ..Kubeconfig::default()
-    };
-    let yaml = serde_yaml::to_string(&config).map_err(|source| HarnessError::KubeconfigWrite {
-        path: path.to_owned(),
-        source,
-    })?;
-    write_file(path, &yaml)
-}
-
-async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, HarnessError> {
-    let kubeconfig = Kubeconfig::read_from(path)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    kube::Client::try_from(config)
-        .map_err(|e| HarnessError::kube(format!("building a client from {}", path.display()), e))
 }
 
 /// `N` distinct free loopback ports. All the listeners are held until all
