@@ -16,6 +16,21 @@ impl Metrics {
         route_count: usize,
     ) -> String {
         let mut out = Rendered::default();
+        self.render_routes(routes, certificates, &mut out);
+        self.render_upstreams(upstreams, &mut out);
+        self.render_connections(route_count, &mut out);
+        self.render_caches(&mut out);
+        self.render_upstream_totals(&mut out);
+        out.text
+    }
+
+    /// Certificates, then the per-route families (the unrouted first).
+    fn render_routes<'a>(
+        &self,
+        routes: impl Iterator<Item = (&'a str, &'a RouteMetrics)>,
+        certificates: &[pier_snapshot::Certificate],
+        out: &mut Rendered,
+    ) {
         out.family(
             "tls_certificate_expiry_timestamp_seconds",
             "gauge",
@@ -40,7 +55,7 @@ impl Metrics {
             "Responses by route and status code (route=\"\": no route matched).",
         );
         for (labels, m) in &all {
-            m.render_requests("requests_total", labels, &mut out);
+            m.render_requests("requests_total", labels, out);
         }
         out.family(
             "response_body_bytes_total",
@@ -48,7 +63,7 @@ impl Metrics {
             "Body bytes sent, by route.",
         );
         for (labels, m) in &all {
-            m.render_bytes(labels, &mut out);
+            m.render_bytes(labels, out);
         }
         out.family(
             "request_duration_seconds",
@@ -56,11 +71,12 @@ impl Metrics {
             "Time from request head to the end of the response body, by route.",
         );
         for (labels, m) in &all {
-            m.duration
-                .render("request_duration_seconds", labels, &mut out);
+            m.duration.render("request_duration_seconds", labels, out);
         }
-        self.render_upstreams(upstreams, &mut out);
+    }
 
+    /// Connections and the active snapshot.
+    fn render_connections(&self, route_count: usize, out: &mut Rendered) {
         let gauges: [(&str, &str, &str, i128); 9] = [
             (
                 "connections_open",
@@ -137,6 +153,10 @@ impl Metrics {
             "pier_dataplane_snapshot_info{{version=\"{}\"}} 1",
             self.snapshot_version.load()
         ));
+    }
+
+    /// The open-file cache and the buffer pools.
+    fn render_caches(&self, out: &mut Rendered) {
         let cache = &self.file_cache;
         let figures: [(&str, &str, &str, i128); 5] = [
             (
@@ -179,6 +199,11 @@ impl Metrics {
             "Bytes of idle request and head buffers the workers keep for reuse (at most 64 of each kind, 4 KiB each, per worker).",
             crate::pool::POOL_BYTES.load(Relaxed).into(),
         );
+    }
+
+    /// Upstream totals over every route, TLS handshakes, the controller
+    /// link and the allocator.
+    fn render_upstream_totals(&self, out: &mut Rendered) {
         let upstream: [(&str, &str, &str, i128); 9] = [
             (
                 "sendfile_total",
@@ -265,8 +290,7 @@ impl Metrics {
             "Cluster mode: 1 while a snapshot stream to the controller is open.",
             i128::from(u8::from(self.controller_connected.load(Relaxed))),
         );
-        allocator(&mut out);
-        out.text
+        allocator(out);
     }
 
     fn render_upstreams<'a>(
