@@ -33,18 +33,19 @@ pub(crate) struct Verdicts {
 }
 
 impl Verdicts {
-    pub(crate) fn new(compiled: &Compiled, routes: &[RouteObject]) -> Self {
+    /// Takes the errors and unresolved references out of a build.
+    pub(crate) fn new(compiled: Compiled, routes: &[RouteObject]) -> Self {
         Self {
             compiled: routes.iter().map(|r| (r.key(), r.generation())).collect(),
             errors: compiled
                 .errors
-                .iter()
-                .map(|e| (e.key.clone(), e.clone()))
+                .into_iter()
+                .map(|e| (e.key.clone(), e))
                 .collect(),
             unresolved: compiled
                 .unresolved
-                .iter()
-                .map(|u| (u.key.clone(), u.clone()))
+                .into_iter()
+                .map(|u| (u.key.clone(), u))
                 .collect(),
         }
     }

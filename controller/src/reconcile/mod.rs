@@ -187,7 +187,7 @@ impl Reconciler {
         });
         self.metrics.reconciled(started.elapsed());
         self.publish(&compiled, &routes, woke);
-        let verdicts = Verdicts::new(&compiled, &routes);
+        let verdicts = Verdicts::new(compiled, &routes);
         self.plan_status(&verdicts, &routes, reports);
         verdicts
     }
