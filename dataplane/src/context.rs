@@ -37,3 +37,31 @@ pub(crate) struct UpstreamSettings {
     /// `--spill-dir`) and their counters.
     pub(crate) buffers: Arc<Budget>,
 }
+
+#[cfg(test)]
+impl Context {
+    /// The flags' defaults, with no disk for buffers: for unit tests that
+    /// drive a front end in-process.
+    pub(crate) fn for_tests() -> Self {
+        use crate::files::CacheConfig;
+        Self {
+            metrics: Metrics::default(),
+            files: FileLimits {
+                chunk: 64 * 1024,
+                max_ranges: 16,
+                cache: CacheConfig {
+                    valid: Duration::ZERO,
+                    max_entries: 1,
+                    content_max: 0,
+                },
+            },
+            upstream: UpstreamSettings {
+                idle: 8,
+                idle_timeout: Duration::from_secs(60),
+                via: None,
+                max_header_size: 16 * 1024,
+                buffers: Arc::new(Budget::new(1 << 20, 0, None)),
+            },
+        }
+    }
+}

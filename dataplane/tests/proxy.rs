@@ -409,7 +409,7 @@ fn response_bodies_are_relayed_exactly_chunked_or_sized() {
 }
 
 #[test]
-fn backend_failures_get_clear_statuses() {
+fn an_unreachable_backend_gets_502() {
     // Nothing listens there.
     let closed = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -417,14 +417,8 @@ fn backend_failures_get_clear_statuses() {
         .expect("addr");
     let pier = start(&format!("{{backends: [{{address: \"{closed}\"}}]}}"));
     assert_eq!(pier.get("/", &[]).status, 502);
-
-    let a = backend("a");
-    let pier = start(&format!(
-        "{{backends: [{{address: \"{}\"}}], timeouts: {{responseHeader: 200ms}}}}",
-        a.addr
-    ));
-    assert_eq!(pier.get("/slow", &[]).status, 504);
-    assert_eq!(pier.get("/fast", &[]).status, 200, "the route still works");
+    // 504 at the response header timeout: `front::clock_tests`, on a paused
+    // clock.
 }
 
 #[test]

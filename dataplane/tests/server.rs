@@ -100,43 +100,6 @@ fn connections_over_the_limit_get_503() {
 }
 
 #[test]
-fn slow_request_heads_are_cut_off_by_the_header_timeout() {
-    let (pier, _dir) = site(&["--header-timeout", "300ms"]);
-    let mut stream = pier.connect();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: te")
-        .expect("partial head");
-    let mut buf = [0u8; 1024];
-    // The server closes the connection (possibly after a 408) instead of
-    // waiting for the rest of the head forever.
-    let mut seen = Vec::new();
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "connection still open: {e} after {:?}",
-                String::from_utf8_lossy(&seen)
-            ),
-        }
-    }
-    assert!(!String::from_utf8_lossy(&seen).contains("200 OK"));
-}
-
-#[test]
-fn idle_connections_are_closed_after_the_idle_timeout() {
-    let (pier, _dir) = site(&["--idle-timeout", "300ms"]);
-    let mut stream = pier.connect();
-    assert_eq!(send(&mut stream, &request("GET", "/", &[])).status, 200);
-    let mut buf = [0u8; 16];
-    assert_eq!(stream.read(&mut buf).expect("closed, not timed out"), 0);
-    assert!(eventually(|| metrics_show(
-        &pier,
-        "pier_dataplane_connections_timed_out_total 1"
-    )));
-}
-
-#[test]
 fn route_changes_apply_and_invalid_files_keep_the_last_good_snapshot() {
     let (pier, _dir) = site(&[]);
     let v1_snapshot = pier.admin("/snapshot").text();

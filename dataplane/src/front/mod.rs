@@ -10,3 +10,6 @@
 pub(crate) mod h1;
 pub(crate) mod hyper;
 pub(crate) mod tls;
+
+#[cfg(test)]
+mod clock_tests;

@@ -2,12 +2,15 @@
 //! (Pier's own HTTP/1.1 connections here; hyper's client senders in the
 //! hyper front end), in one generic shape: newest last, taken newest first,
 //! at most `--upstream-idle` per endpoint, closed after
-//! `--upstream-idle-timeout`. Pools are thread-local: no lock.
+//! `--upstream-idle-timeout` (on tokio's clock). Pools are thread-local:
+//! no lock.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{Connection, PoolKey};
 use crate::metrics::Metrics;
@@ -137,15 +140,20 @@ mod tests {
         assert_eq!(metrics.upstream_idle.load(Relaxed), 0);
     }
 
-    #[test]
-    fn expiry_closes_what_stayed_idle_too_long() {
+    #[tokio::test(start_paused = true)]
+    async fn expiry_closes_what_stayed_idle_too_long() {
         let metrics = Metrics::default();
         let mut pool = Idle::default();
         pool.put(key(1), Fake(true), 4, &metrics);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        pool.put(key(1), Fake(true), 4, &metrics);
+        tokio::time::advance(Duration::from_secs(30) - Duration::from_millis(1)).await;
         pool.expire(Duration::from_secs(60), &metrics);
-        assert_eq!(metrics.upstream_idle.load(Relaxed), 1, "still young");
-        pool.expire(Duration::ZERO, &metrics);
-        assert_eq!(metrics.upstream_idle.load(Relaxed), 0);
+        assert_eq!(metrics.upstream_idle.load(Relaxed), 2, "both still young");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        pool.expire(Duration::from_secs(60), &metrics);
+        assert_eq!(metrics.upstream_idle.load(Relaxed), 1, "the older closed");
+        assert!(pool.take(key(1), &metrics).is_some(), "the newer kept");
         assert!(pool.take(key(1), &metrics).is_none());
     }
 }
