@@ -119,12 +119,19 @@ async fn accept_loop(
             return;
         }
     };
-    let h2 = Arc::new(h2::builder(
-        protocol.max_concurrent_streams,
-        protocol.h1.max_header_size,
-    ));
-    let limits = Arc::new(protocol.h1);
-    let open = Arc::new(OpenConnections::default());
+    let worker = Arc::new(Worker {
+        h2: h2::builder(protocol.max_concurrent_streams, protocol.h1.max_header_size),
+        limits: protocol.h1,
+        timeouts: Timeouts {
+            header: protocol.h1.header_timeout,
+            idle: protocol.h1.idle_timeout,
+        },
+        acceptor,
+        drain,
+        open: OpenConnections::default(),
+        shared: Arc::clone(&shared),
+    });
+    let open = &worker.open;
     let metrics = &shared.ctx.metrics;
     // This worker's buffer pools (every 10 s) and idle upstream
     // connections (every 10 s, or the idle timeout when shorter) shrink
@@ -174,42 +181,9 @@ async fn accept_loop(
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let idle = Arc::new(AtomicBool::new(false));
-        let guard = open.enter(Arc::clone(&shared));
+        let guard = OpenGuard::enter(&worker);
         let id = guard.id;
-        let shared = Arc::clone(&shared);
-        let limits = Arc::clone(&limits);
-        let h2 = Arc::clone(&h2);
-        let shutdown = drain.clone();
-        let conn_idle = Arc::clone(&idle);
-        let acceptor = acceptor.clone();
-        let task = tokio::spawn(async move {
-            let _guard = guard;
-            let mut stream = stream;
-            let timeouts = Timeouts {
-                header: limits.header_timeout,
-                idle: limits.idle_timeout,
-            };
-            if secure {
-                // Boxed, as below: TLS state is larger still.
-                let serve = tls::serve(
-                    stream,
-                    acceptor,
-                    Arc::clone(&shared),
-                    &h2,
-                    limits.max_header_size,
-                    timeouts,
-                    shutdown,
-                );
-                Box::pin(serve).await;
-            } else if let h1::Outcome::H2(read) =
-                h1::serve(&mut stream, &shared, &limits, &conn_idle).await
-            {
-                let serve = h2::serve(stream, read, Arc::clone(&shared), &h2, timeouts, shutdown);
-                // Boxed so the HTTP/1.1 task, which most connections stay
-                // in, is not as large as hyper's connection state.
-                Box::pin(serve).await;
-            }
-        });
+        let task = tokio::spawn(connection(stream, secure, guard, Arc::clone(&idle)));
         open.track(id, task.abort_handle(), idle);
     }
     trimming.abort();
@@ -227,6 +201,68 @@ async fn accept_loop(
                 connections = open.count(),
                 "shutdown grace period over; closing the remaining connections"
             );
+        }
+    }
+}
+
+/// What a worker's connections share, behind one `Arc`: each connection's
+/// task holds this pointer and little else, so an idle one stays small.
+struct Worker {
+    shared: Arc<Shared>,
+    limits: h1::Limits,
+    timeouts: Timeouts,
+    h2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    drain: watch::Receiver<bool>,
+    open: OpenConnections,
+}
+
+/// Serves one connection: TLS (then HTTP/2 or HTTP/1.1 through hyper), or
+/// Pier's HTTP/1.1 engine, which hands HTTP/2 connections to hyper.
+/// `guard` keeps it counted and tracked until it ends.
+///
+/// An `async` block rather than an `async fn`: the block keeps what it
+/// captures in place, where a function's future holds each argument twice
+/// (once as passed, once bound), and this future is most of what an idle
+/// connection costs.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds its arguments twice"
+)]
+fn connection(
+    mut stream: TcpStream,
+    secure: bool,
+    guard: OpenGuard,
+    idle: Arc<AtomicBool>,
+) -> impl Future<Output = ()> {
+    async move {
+        let worker = &*guard.worker;
+        if secure {
+            // Boxed, as below: TLS state is larger still.
+            let serve = tls::serve(
+                stream,
+                worker.acceptor.clone(),
+                Arc::clone(&worker.shared),
+                &worker.h2,
+                worker.limits.max_header_size,
+                worker.timeouts,
+                worker.drain.clone(),
+            );
+            Box::pin(serve).await;
+        } else if let h1::Outcome::H2(read) =
+            h1::serve(&mut stream, &worker.shared, &worker.limits, &idle).await
+        {
+            let serve = h2::serve(
+                stream,
+                read,
+                Arc::clone(&worker.shared),
+                &worker.h2,
+                worker.timeouts,
+                worker.drain.clone(),
+            );
+            // Boxed so the HTTP/1.1 task, which most connections stay in,
+            // is not as large as hyper's connection state.
+            Box::pin(serve).await;
         }
     }
 }
@@ -258,19 +294,19 @@ struct Tracked {
 /// Removes its connection when the task ends, however it ends.
 struct OpenGuard {
     id: u64,
-    open: Arc<OpenConnections>,
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
+}
+
+impl OpenGuard {
+    fn enter(worker: &Arc<Worker>) -> Self {
+        Self {
+            id: worker.open.next_id.fetch_add(1, Relaxed),
+            worker: Arc::clone(worker),
+        }
+    }
 }
 
 impl OpenConnections {
-    fn enter(self: &Arc<Self>, shared: Arc<Shared>) -> OpenGuard {
-        OpenGuard {
-            id: self.next_id.fetch_add(1, Relaxed),
-            open: Arc::clone(self),
-            shared,
-        }
-    }
-
     fn track(&self, id: u64, abort: AbortHandle, idle: Arc<AtomicBool>) {
         // The task has not run yet (this runtime has one thread), so its
         // guard cannot have removed it already.
@@ -311,15 +347,12 @@ impl OpenConnections {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.shared
-            .ctx
-            .metrics
-            .connections_open
-            .fetch_sub(1, Relaxed);
-        let mut live = self.open.lock();
+        let Worker { shared, open, .. } = &*self.worker;
+        shared.ctx.metrics.connections_open.fetch_sub(1, Relaxed);
+        let mut live = open.lock();
         live.remove(&self.id);
         if live.is_empty() {
-            self.open.closed.notify_waiters();
+            open.closed.notify_waiters();
         }
     }
 }

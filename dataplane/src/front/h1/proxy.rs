@@ -431,7 +431,11 @@ impl Conn<'_> {
     /// The client's address, looked up once per connection.
     fn peer(&mut self) -> Option<SocketAddr> {
         if self.peer.is_none() {
-            self.peer = self.stream.peer_addr().ok().map(Peer::new);
+            self.peer = self
+                .stream
+                .peer_addr()
+                .ok()
+                .map(|addr| Box::new(Peer::new(addr)));
         }
         self.peer.as_ref().map(|p| p.addr)
     }
@@ -467,7 +471,7 @@ impl Conn<'_> {
         forward::upstream_fields(
             req.headers(),
             client_host,
-            self.peer.as_ref(),
+            self.peer.as_deref(),
             "http",
             self.shared.ctx.upstream.via.as_ref(),
             &phase.headers,
