@@ -19,6 +19,8 @@ DURATION=${DURATION:-10}
 if [[ ${QUICK:-0} == 1 ]]; then RUNS=1; DURATION=3; fi
 PROXY_CPU=${PROXY_CPU:-0}
 OTHER_CPU=${OTHER_CPU:-1}
+# The peers beside Pier; PEERS="" compares two builds of Pier alone.
+PEERS=${PEERS-nginx haproxy}
 
 source bench/lib/common.sh
 install_missing haproxy
@@ -89,8 +91,8 @@ CONF
 
 start_proxy() { # name -> sets PROXY_PID (the process whose CPU counts)
   case $1 in
-    pier)
-      taskset -c "$PROXY_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
+    pier | pier-before)
+      taskset -c "$PROXY_CPU" "$(pier_bin "$1")" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
         --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --log warn &
       PROXY_PID=$! ;;
     nginx)
@@ -129,7 +131,7 @@ measure() { # one run -> "rps p99_us cpu_s_per_100k"
 
 declare -A RPS P99 CPU
 for run in $(seq "$RUNS"); do
-  for proxy in pier nginx haproxy; do
+  for proxy in $(pier_servers) $PEERS; do
     start_proxy "$proxy"
     read -r rps p99 cpu < <(measure)
     stop_last
@@ -139,7 +141,7 @@ for run in $(seq "$RUNS"); do
     CPU[$proxy]+="$cpu "
   done
 done
-for proxy in pier nginx haproxy; do
+for proxy in $(pier_servers) $PEERS; do
   RPS[$proxy]=$(tr ' ' '\n' <<<"${RPS[$proxy]}" | grep . | median)
   P99[$proxy]=$(tr ' ' '\n' <<<"${P99[$proxy]}" | grep . | median)
   CPU[$proxy]=$(tr ' ' '\n' <<<"${CPU[$proxy]}" | grep . | median)
@@ -154,8 +156,9 @@ report=bench/results/proxy-$(date -u +%Y%m%dT%H%M%SZ).md
   echo
   echo "| measure | Pier | nginx | HAProxy | Pier/nginx | Pier/HAProxy |"
   echo "|---|---|---|---|---|---|"
-  echo "| req/s, 64 conns | ${RPS[pier]} | ${RPS[nginx]} | ${RPS[haproxy]} | $(ratio "${RPS[pier]}" "${RPS[nginx]}") | $(ratio "${RPS[pier]}" "${RPS[haproxy]}") |"
-  echo "| p99 (µs) | ${P99[pier]} | ${P99[nginx]} | ${P99[haproxy]} | $(ratio "${P99[pier]}" "${P99[nginx]}") | $(ratio "${P99[pier]}" "${P99[haproxy]}") |"
-  echo "| proxy CPU s per 100k requests | ${CPU[pier]} | ${CPU[nginx]} | ${CPU[haproxy]} | $(ratio "${CPU[pier]}" "${CPU[nginx]}") | $(ratio "${CPU[pier]}" "${CPU[haproxy]}") |"
+  echo "| req/s, 64 conns | ${RPS[pier]} | ${RPS[nginx]:-} | ${RPS[haproxy]:-} | $(ratio "${RPS[pier]}" "${RPS[nginx]:-}") | $(ratio "${RPS[pier]}" "${RPS[haproxy]:-}") |"
+  echo "| p99 (µs) | ${P99[pier]} | ${P99[nginx]:-} | ${P99[haproxy]:-} | $(ratio "${P99[pier]}" "${P99[nginx]:-}") | $(ratio "${P99[pier]}" "${P99[haproxy]:-}") |"
+  echo "| proxy CPU s per 100k requests | ${CPU[pier]} | ${CPU[nginx]:-} | ${CPU[haproxy]:-} | $(ratio "${CPU[pier]}" "${CPU[nginx]:-}") | $(ratio "${CPU[pier]}" "${CPU[haproxy]:-}") |"
+  before_after_rows RPS P99 CPU
 } | tee "$report"
 echo "written to $report" >&2

@@ -58,13 +58,13 @@ N=${N:-50}
 SIZE_MIB=${SIZE_MIB:-2048}
 WINDOW=${WINDOW:-60}
 DISK_MIB=${DISK_MIB:-512}
-SERVERS=${SERVERS:-pier nginx lighttpd haproxy}
-SERVERS=${SERVERS//,/ }
 PROXY_CPU=${PROXY_CPU:-0}
 OTHER_CPU=${OTHER_CPU:-1}
 MiB=$((1024 * 1024))
 
 source bench/lib/common.sh
+SERVERS=${SERVERS:-$(pier_servers) nginx lighttpd haproxy}
+SERVERS=${SERVERS//,/ }
 install_missing haproxy lighttpd
 if [[ " $SERVERS " == *" pier "* ]]; then build_pier; fi
 
@@ -161,8 +161,8 @@ start_backend() { # run directory
 
 start_proxy() { # name run-directory -> sets PROXY_PID (the first process)
   case $1 in
-    pier)
-      taskset -c "$PROXY_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
+    pier | pier-before)
+      taskset -c "$PROXY_CPU" "$(pier_bin "$1")" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
         --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --log warn --spill-dir "$WORK/spill" \
         --buffer-memory 64Mi --buffer-disk 64Gi 2>"$2/stderr" & ;;
     nginx) taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx.conf" 2>"$2/stderr" & ;;
@@ -177,7 +177,7 @@ start_proxy() { # name run-directory -> sets PROXY_PID (the first process)
 
 temp_dir() { # name -> the proxy's temp directory, if it has one
   case $1 in
-    pier) echo "$WORK/spill" ;;
+    pier | pier-before) echo "$WORK/spill" ;;
     nginx) echo "$WORK/nginx-tmp" ;;
     lighttpd) echo "$WORK/lighttpd-tmp" ;;
   esac

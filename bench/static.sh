@@ -61,8 +61,8 @@ CONF
 
 start_server() { # name -> sets SERVER_PID (the process whose RSS counts)
   case $1 in
-    pier)
-      taskset -c "$SERVER_CPU" "$PIER_BIN" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
+    pier | pier-before)
+      taskset -c "$SERVER_CPU" "$(pier_bin "$1")" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
         --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --log warn &
       SERVER_PID=$! ;;
     nginx)
@@ -123,7 +123,7 @@ measure_idle() { # -> bytes per idle keep-alive connection
 }
 
 declare -A RPS P99 MBPS IDLE
-SERVERS=(pier nginx lighttpd)
+read -ra SERVERS <<<"$(pier_servers) nginx lighttpd"
 for server in "${SERVERS[@]}"; do
   echo "== $server" >&2
   start_server "$server"
@@ -152,6 +152,7 @@ report=bench/results/static-$(date -u +%Y%m%dT%H%M%SZ).md
   echo "| 4 KiB req/s, 64 conns | ${RPS[pier]} | ${RPS[nginx]} | ${RPS[lighttpd]} | $r_rps_n | $r_rps_l | ≥ 1.0× nginx: $(verdict "$r_rps_n" ">=" 1.0) |"
   echo "| 4 KiB p99 (µs) | ${P99[pier]} | ${P99[nginx]} | ${P99[lighttpd]} | $r_p99_n | $r_p99_l | |"
   echo "| 1 GiB MB/s, one stream | ${MBPS[pier]} | ${MBPS[nginx]} | ${MBPS[lighttpd]} | $r_mb_n | $r_mb_l | ≥ 0.8× nginx: $(verdict "$r_mb_n" ">=" 0.8) |"
-  echo "| bytes per idle keep-alive conn ($IDLE_CONNS) | ${IDLE[pier]} | ${IDLE[nginx]} | ${IDLE[lighttpd]} | $r_idle_n | | < 8192: $(verdict "${IDLE[pier]}" "<=" 8191) |"
+  echo "| bytes per idle keep-alive conn ($IDLE_CONNS) | ${IDLE[pier]} | ${IDLE[nginx]} | ${IDLE[lighttpd]} | $r_idle_n | | ≤ 1024: $(verdict "${IDLE[pier]}" "<=" 1024) |"
+  before_after_rows RPS P99 MBPS IDLE
 } | tee "$report"
 echo "written to $report" >&2

@@ -27,6 +27,29 @@ build_pier() {
   fi
 }
 
+# Two builds of Pier side by side: with PIER_BEFORE_BIN set (see
+# bench/before_after.sh), the scripts also run that binary as the server
+# "pier-before", in the same run and on the same cores as "pier".
+pier_servers() { if [[ -n ${PIER_BEFORE_BIN:-} ]]; then echo "pier-before pier"; else echo pier; fi; }
+pier_bin() { if [[ $1 == pier-before ]]; then echo "$PIER_BEFORE_BIN"; else echo "$PIER_BIN"; fi; }
+
+# before_after_rows NAME...: for each measure NAME (an associative array
+# keyed by server), a row "| NAME | before | after | after/before |" when
+# pier-before ran; nothing otherwise.
+before_after_rows() {
+  [[ -n ${PIER_BEFORE_BIN:-} ]] || return 0
+  echo
+  echo "Two builds of Pier in this run: before = $PIER_BEFORE_BIN, after = $PIER_BIN."
+  echo
+  echo "| measure | before | after | after/before |"
+  echo "|---|---|---|---|"
+  local name
+  for name in "$@"; do
+    local -n values=$name
+    echo "| $name | ${values[pier-before]} | ${values[pier]} | $(awk -v a="${values[pier]}" -v b="${values[pier-before]}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }') |"
+  done
+}
+
 # A work directory (WORK) and the PIDS killed on exit.
 WORK=$(mktemp -d)
 chmod 755 "$WORK" # nginx workers run as www-data
