@@ -25,6 +25,8 @@ type Reply = Response<BoxBody<Bytes, Infallible>>;
 #[derive(Default)]
 struct ApiServer {
     static_routes: Vec<Value>,
+    /// Watch events for StaticRoutes, sent on the first watch of them.
+    static_events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Value>>>,
     /// Status patches: (route name, conditions).
     patches: Mutex<Vec<(String, Value)>>,
 }
@@ -42,6 +44,22 @@ impl ApiServer {
         let query = request.uri().query().unwrap_or_default().to_owned();
         let method = request.method().clone();
         if method == http::Method::GET && query.contains("watch=true") {
+            let events = (path == "/apis/pier.dev/v1alpha1/staticroutes")
+                .then(|| {
+                    self.static_events
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take()
+                })
+                .flatten();
+            if let Some(events) = events {
+                let stream = futures::stream::unfold(events, |mut events| async move {
+                    let event = events.recv().await?;
+                    let line = Bytes::from(format!("{event}\n"));
+                    Some((Ok(hyper::body::Frame::data(line)), events))
+                });
+                return Response::new(BoxBody::new(StreamBody::new(stream)));
+            }
             // Held open: nothing changes unless a test says so.
             let pending =
                 futures::stream::pending::<Result<hyper::body::Frame<Bytes>, Infallible>>();
@@ -272,4 +290,51 @@ async fn an_ack_sets_programmed_without_another_build() {
             "pier_controller_status_plans_total"
         ) >= 3
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_changes_becomes_one_build_at_the_end_of_the_window() {
+    let (events, static_events) = tokio::sync::mpsc::unbounded_channel();
+    let run = start(ApiServer {
+        static_routes: vec![static_route("first", "/srv/first")],
+        static_events: Mutex::new(Some(static_events)),
+        ..ApiServer::default()
+    });
+    let empty = pier_snapshot::Snapshot::empty().version;
+    let mut published = run.published.clone();
+    let first = published
+        .wait_for(|p| p.version != empty)
+        .await
+        .map(|p| p.version.clone())
+        .expect("the first build");
+
+    // Three routes arrive 100 ms apart, inside the 500 ms window.
+    let burst = tokio::time::Instant::now();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut route = static_route(name, &format!("/srv/{name}"));
+        route["metadata"]["resourceVersion"] = json!(format!("{}", i + 2));
+        events
+            .send(json!({"type": "ADDED", "object": route}))
+            .expect("the watch is open");
+    }
+    published
+        .wait_for(|p| p.version != first)
+        .await
+        .expect("a second build");
+    assert_eq!(
+        burst.elapsed(),
+        Duration::from_millis(500),
+        "built when the window after the first change closed"
+    );
+    assert_eq!(
+        counter(&run.metrics, &run.fleet, "pier_controller_reconciles_total"),
+        2,
+        "one build for the three changes"
+    );
+    for name in ["a", "b", "c"] {
+        until(|| condition(&run.api, name, "Accepted") == pair("True", "Accepted")).await;
+    }
 }
