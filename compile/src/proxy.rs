@@ -523,7 +523,7 @@ fn buffering(given: Option<&pier_crds::Buffering>) -> Result<Buffering, Invalid>
         },
         memory: field("memory", &given.memory)?.unwrap_or(Buffering::MEMORY),
         disk: field("disk", &given.disk)?.unwrap_or(Buffering::DISK),
-        request_body: given.request_body == Some(pier_crds::RequestBuffering::Buffer),
+        request_body: given.request_body != Some(pier_crds::RequestBuffering::Stream),
         max_body_size: field("maxBodySize", &given.max_body_size)?,
     })
 }

@@ -699,6 +699,7 @@ fn buffering_defaults_to_hybrid_and_sizes_take_kubernetes_suffixes() {
     assert_eq!(plain, Buffering::default());
     assert_eq!(plain.mode, BufferMode::Hybrid);
     assert_eq!((plain.memory, plain.disk), (64 << 10, 1 << 30));
+    assert!(plain.request_body, "uploads are buffered by default");
     let given = action(
         r#"{backends: [{address: "127.0.0.1:1"}], buffering: {mode: Buffer, memory: 1Mi, disk: 10G, requestBody: Buffer, maxBodySize: "4096"}}"#,
     );
@@ -706,6 +707,9 @@ fn buffering_defaults_to_hybrid_and_sizes_take_kubernetes_suffixes() {
     assert_eq!((given.memory, given.disk), (1 << 20, 10_000_000_000));
     assert!(given.request_body);
     assert_eq!(given.max_body_size, Some(4096));
+    let streamed =
+        action(r#"{backends: [{address: "127.0.0.1:1"}], buffering: {requestBody: Stream}}"#);
+    assert!(!streamed.request_body);
 }
 
 #[test]

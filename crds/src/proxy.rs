@@ -143,9 +143,10 @@ pub struct Buffering {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = SIZE_PATTERN))]
     pub disk: Option<String>,
-    /// `Buffer`: a request body is read whole (memory, then disk, within
-    /// the same limits) before the backend is contacted, so a slow upload
-    /// never holds a backend connection. Default `Stream`.
+    /// `Buffer` (the default): a request body is read whole (memory, then
+    /// disk, within the same limits) before the backend is contacted, so a
+    /// slow upload never holds a backend connection (nginx's
+    /// `proxy_request_buffering on`). `Stream` relays it as it arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_body: Option<RequestBuffering>,
     /// Largest request body accepted, such as `10Mi`; a larger one gets
@@ -174,13 +175,15 @@ pub enum BufferingMode {
     Stream,
 }
 
-/// How a request body travels from client to backend.
+/// How a request body travels from client to backend: `Buffer` (the
+/// default: read whole first, so a slow upload holds no backend) or
+/// `Stream` (relayed as it arrives).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum RequestBuffering {
-    /// Relayed as it arrives (default).
-    #[default]
+    /// Relayed as it arrives.
     Stream,
-    /// Read whole before the backend is contacted.
+    /// Read whole before the backend is contacted (default).
+    #[default]
     Buffer,
 }
 

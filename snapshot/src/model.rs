@@ -302,7 +302,8 @@ pub struct Buffering {
     pub memory: u64,
     /// Bytes of one body spilled to disk beyond `memory`.
     pub disk: u64,
-    /// Request bodies are read whole before the backend is contacted.
+    /// Request bodies are read whole before the backend is contacted
+    /// (the default).
     pub request_body: bool,
     /// Largest request body accepted (413 beyond); `None`: no limit.
     pub max_body_size: Option<u64>,
@@ -321,7 +322,7 @@ impl Default for Buffering {
             mode: BufferMode::Hybrid,
             memory: Self::MEMORY,
             disk: Self::DISK,
-            request_body: false,
+            request_body: true,
             max_body_size: None,
         }
     }
