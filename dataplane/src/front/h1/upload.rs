@@ -166,12 +166,9 @@ impl Conn<'_> {
                 let carry = std::mem::take(&mut upload.carry);
                 send_chunk(upstream, &carry, true, idle).await?;
                 let sent = upload.len + carry.len() as u64;
-                if !decoder.is_done() {
-                    let max = proxy.buffering.max_body_size;
-                    self.relay_request_chunked(upstream, &mut decoder, max, sent, proxy)
-                        .await?;
-                }
-                timed(idle, upstream.write_all(b"0\r\n\r\n")).await
+                let max = proxy.buffering.max_body_size;
+                self.relay_request_chunked(upstream, &mut decoder, max, sent, proxy)
+                    .await
             }
         }
     }
@@ -203,10 +200,10 @@ impl Conn<'_> {
             .map_err(client_side)
     }
 
-    /// Relays a chunked request body, checked chunk by chunk and counted
-    /// against `max`. From the start (`sent` 0) the framing passes as it
-    /// came; resuming after an upload that did not fit, the data is
-    /// re-chunked and the last chunk is left to the caller.
+    /// Relays a chunked request body, decoded strictly as it arrives,
+    /// counted against `max` and re-framed with Pier's own size lines (no
+    /// byte of the client's framing goes upstream); ends with the last
+    /// chunk and the checked trailers. `sent`: data bytes already sent.
     async fn relay_request_chunked(
         &mut self,
         upstream: &mut Connection,
@@ -216,9 +213,9 @@ impl Conn<'_> {
         proxy: &Proxy,
     ) -> io::Result<()> {
         let max = max.unwrap_or(u64::MAX);
-        let resumed = sent > 0;
         let mut pieces = Vec::new();
-        loop {
+        let mut frame = Vec::new();
+        while !decoder.is_done() {
             if self.buf.is_empty() && self.read_body(proxy).await? == 0 {
                 return Err(client_side(io::ErrorKind::UnexpectedEof.into()));
             }
@@ -226,25 +223,24 @@ impl Conn<'_> {
             let used = decoder
                 .feed(&self.buf, &mut pieces)
                 .map_err(|e| client_side(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            frame.clear();
             for Piece::Data(range) in &pieces {
                 sent += range.len() as u64;
-                if resumed {
-                    send_chunk(upstream, &self.buf[range.clone()], true, proxy.idle_timeout)
-                        .await?;
+                if sent > max {
+                    return Err(too_large());
                 }
+                frame_chunk(&self.buf[range.clone()], &mut frame);
             }
-            if sent > max {
-                return Err(too_large());
-            }
-            if !resumed {
-                // The framing is valid: pass it on as it came.
-                timed(proxy.idle_timeout, upstream.write_all(&self.buf[..used])).await?;
+            if !frame.is_empty() {
+                timed(proxy.idle_timeout, upstream.write_all(&frame)).await?;
             }
             self.buf.advance(used);
-            if decoder.is_done() {
-                return Ok(());
-            }
         }
+        frame.clear();
+        frame.extend_from_slice(b"0\r\n");
+        frame.extend_from_slice(decoder.trailers());
+        frame.extend_from_slice(b"\r\n");
+        timed(proxy.idle_timeout, upstream.write_all(&frame)).await
     }
 }
 
@@ -291,11 +287,20 @@ async fn send_chunk(
         return Ok(());
     }
     if chunked {
-        let size = format!("{:x}\r\n", data.len());
-        timed(idle, upstream.write_all(size.as_bytes())).await?;
-        timed(idle, upstream.write_all(data)).await?;
-        timed(idle, upstream.write_all(b"\r\n")).await
+        let mut frame = Vec::with_capacity(data.len() + 20);
+        frame_chunk(data, &mut frame);
+        timed(idle, upstream.write_all(&frame)).await
     } else {
         timed(idle, upstream.write_all(data)).await
     }
+}
+
+/// Appends `data` to `out` as one chunk: size line, data, CRLF.
+fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    chunked::size_line(data.len(), out);
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
