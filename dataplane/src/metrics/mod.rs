@@ -29,11 +29,34 @@ pub(crate) struct CacheCounters {
     pub(crate) entries: AtomicI64,
 }
 
-/// Status codes with their own counter; others count under their class.
-const CODES: [u16; 17] = [
-    200, 204, 206, 301, 304, 400, 403, 404, 405, 408, 412, 414, 416, 431, 500, 502, 503,
+/// Every status code registered with IANA (RFC 9110 and the others in
+/// use): each has its own counter and its exact `code` label. A status
+/// outside the registry (a backend may send any three digits) counts under
+/// its class (`code="2xx"` and so on), so a route's counters stay fixed in
+/// size.
+const CODES: [u16; 62] = [
+    100, 101, 102, 103, //
+    200, 201, 202, 203, 204, 205, 206, 207, 208, 226, //
+    300, 301, 302, 303, 304, 305, 307, 308, //
+    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 418,
+    421, 422, 423, 424, 425, 426, 428, 429, 431, 451, //
+    500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511, //
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The counter slot of each status from 100 to 599: an index into
+/// `CODES`, or `NONE` for the codes counted by class. Built at compile
+/// time, so counting a response is one table lookup.
+const NONE: u8 = u8::MAX;
+const SLOTS: [u8; 500] = {
+    let mut slots = [NONE; 500];
+    let mut i = 0;
+    while i < CODES.len() {
+        slots[(CODES[i] - 100) as usize] = i as u8;
+        i += 1;
+    }
+    slots
+};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -41,7 +64,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Counters of one route (or of requests no route took).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RouteMetrics {
     codes: [AtomicU64; CODES.len()],
     classes: [AtomicU64; CLASSES.len()],
@@ -49,16 +72,31 @@ pub(crate) struct RouteMetrics {
     duration: Histogram,
 }
 
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        Self {
+            codes: std::array::from_fn(|_| AtomicU64::new(0)),
+            classes: Default::default(),
+            bytes: AtomicU64::new(0),
+            duration: Histogram::default(),
+        }
+    }
+}
+
 impl RouteMetrics {
     /// Counts a finished response.
     pub(crate) fn record(&self, status: u16, elapsed: Duration) {
-        match CODES.iter().position(|&c| c == status) {
-            Some(i) => self.codes[i].fetch_add(1, Relaxed),
-            None => {
-                let class = usize::from(status / 100).clamp(1, 5) - 1;
-                self.classes[class].fetch_add(1, Relaxed)
-            }
-        };
+        let slot = status
+            .checked_sub(100)
+            .and_then(|i| SLOTS.get(usize::from(i)))
+            .copied()
+            .unwrap_or(NONE);
+        if slot == NONE {
+            let class = usize::from(status / 100).clamp(1, 5) - 1;
+            self.classes[class].fetch_add(1, Relaxed);
+        } else {
+            self.codes[usize::from(slot)].fetch_add(1, Relaxed);
+        }
         self.duration.observe(elapsed);
     }
 
@@ -273,5 +311,40 @@ impl ConnectionGauges {
                 "pier_dataplane_upstream_connections{{endpoint=\"{addr}\"}} {n}"
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_status_keeps_its_exact_code() {
+        let route = RouteMetrics::default();
+        for status in [101, 200, 308, 413, 421, 504, 511, 299, 599, 99, 600] {
+            route.record(status, Duration::ZERO);
+        }
+        let mut out = render::Rendered::default();
+        route.render_requests("requests_total", "route=\"r\"", &mut out);
+        let text = out.text;
+        for code in ["101", "200", "308", "413", "421", "504", "511"] {
+            assert!(
+                text.contains(&format!("code=\"{code}\"}} 1")),
+                "{code}: {text}"
+            );
+        }
+        // Outside the registry: by class; outside 1xx-5xx: the nearest.
+        assert!(text.contains("code=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("code=\"5xx\"} 2"), "{text}");
+        assert!(text.contains("code=\"1xx\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn the_slot_table_matches_the_code_list() {
+        for (i, code) in CODES.iter().enumerate() {
+            assert_eq!(usize::from(SLOTS[usize::from(code - 100)]), i);
+        }
+        let slotted = SLOTS.iter().filter(|s| **s != NONE).count();
+        assert_eq!(slotted, CODES.len(), "no code listed twice");
     }
 }

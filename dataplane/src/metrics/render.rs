@@ -388,7 +388,7 @@ fn allocator(out: &mut Rendered) {
 
 #[derive(Default)]
 pub(super) struct Rendered {
-    text: String,
+    pub(super) text: String,
 }
 
 impl Rendered {
