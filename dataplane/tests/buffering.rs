@@ -408,7 +408,8 @@ fn upload_backend() -> (SocketAddr, mpsc::Receiver<(Instant, String, usize)>) {
 #[test]
 fn a_buffered_upload_reaches_the_backend_only_when_complete() {
     let (backend, seen) = upload_backend();
-    let pier = start(backend, "{requestBody: Buffer, maxBodySize: 1Mi}", &[]);
+    // Buffered by default: no requestBody given.
+    let pier = start(backend, "{maxBodySize: 1Mi}", &[]);
     for chunked in [false, true] {
         let mut stream = pier.connect();
         let framing = if chunked {
