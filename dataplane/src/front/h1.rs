@@ -187,8 +187,17 @@ impl Conn<'_> {
                 // registration, so waiting costs this task no waiter node.
                 let first = std::future::poll_fn(|cx| {
                     loop {
-                        if let Poll::Ready(ready) = self.stream.poll_read_ready(cx) {
-                            return Poll::Ready(ready.and_then(|()| self.first_bytes()));
+                        match self.stream.poll_read_ready(cx) {
+                            Poll::Ready(Ok(())) => match self.first_bytes() {
+                                Ok(true) => return Poll::Ready(Ok(())),
+                                // The readiness was stale (the last read
+                                // took everything); the failed read cleared
+                                // it, so polling again waits for new bytes.
+                                Ok(false) => continue,
+                                Err(e) => return Poll::Ready(Err(e)),
+                            },
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => {}
                         }
                         ready!(timer.as_mut().poll(cx));
                         if timer.deadline() >= idle_deadline {
@@ -198,20 +207,15 @@ impl Conn<'_> {
                     }
                 })
                 .await;
-                match first {
-                    Ok(true) => {}
-                    // Not readable after all (a spurious wake-up): wait again.
-                    Ok(false) => continue,
-                    Err(e) => {
-                        if e.kind() == io::ErrorKind::TimedOut {
-                            self.shared
-                                .ctx
-                                .metrics
-                                .connections_timed_out
-                                .fetch_add(1, Relaxed);
-                        }
-                        return Outcome::Closed;
+                if let Err(e) = first {
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        self.shared
+                            .ctx
+                            .metrics
+                            .connections_timed_out
+                            .fetch_add(1, Relaxed);
                     }
+                    return Outcome::Closed;
                 }
                 self.idle.store(false, Relaxed);
             }
