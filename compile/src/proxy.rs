@@ -530,43 +530,16 @@ fn buffering(given: Option<&pier_crds::Buffering>) -> Result<Buffering, Invalid>
 
 /// A Kubernetes-style size (`64Ki`, `1Gi`, `10M`, `4096`) in bytes.
 pub(crate) fn bytes(value: &str) -> Result<u64, &'static str> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (digits, unit) = value.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| "must start with a number")?;
-    let scale: u64 = match unit {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return Err("has an unknown suffix; use Ki, Mi, Gi, Ti, k, M, G or T"),
-    };
-    n.checked_mul(scale).ok_or("is too large")
+    pier_snapshot::units::size(value).map_err(pier_snapshot::units::UnitError::reason)
 }
 
-/// `500ms`, `2s`, `1m`, `1h` as milliseconds; zero is refused.
+/// `500ms`, `2s`, `1m`, `1m30s` as milliseconds; zero is refused.
 fn millis(value: &str) -> Result<u64, &'static str> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or("needs a unit: ms, s, m or h")?;
-    let (digits, unit) = value.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| "must start with a number")?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err("has an unknown unit; use ms, s, m or h"),
-    };
-    match n.checked_mul(scale) {
-        Some(0) => Err("must be above zero"),
-        Some(ms) => Ok(ms),
-        None => Err("is too long"),
+    let duration =
+        pier_snapshot::units::duration(value).map_err(pier_snapshot::units::UnitError::reason)?;
+    match u64::try_from(duration.as_millis()) {
+        Ok(0) => Err("must be above zero"),
+        Ok(ms) => Ok(ms),
+        Err(_) => Err("is too long"),
     }
 }

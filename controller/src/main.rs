@@ -57,16 +57,18 @@ struct Args {
     #[arg(long, env = "PIER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
 
-    /// Namespace of the election Lease and the replica reports.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    lease_namespace: String,
+    /// Namespace of the election Lease and the replica reports (default:
+    /// $POD_NAMESPACE, which the chart sets, then `default`).
+    #[arg(long, env = "PIER_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
 
     /// Name of the election Lease.
     #[arg(long, env = "PIER_LEASE_NAME", default_value = "pier-controller")]
     lease_name: String,
 
-    /// This replica's identity (default: $POD_NAME, then the host name).
-    #[arg(long, env = "POD_NAME")]
+    /// This replica's identity (default: $POD_NAME, which the chart sets,
+    /// then the host name).
+    #[arg(long, env = "PIER_IDENTITY")]
     identity: Option<String>,
 
     /// How long a leader holds the Lease without renewing it.
@@ -92,18 +94,11 @@ enum LogFormat {
     Json,
 }
 
-/// `100ms`, `15s` or a plain number of seconds.
+/// `100ms`, `15s`, `1m30s` or a plain number of seconds: the parser the
+/// dataplane's flags and the route resources use too.
 fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let parsed = if let Some(ms) = s.strip_suffix("ms") {
-        ms.parse().map(Duration::from_millis)
-    } else {
-        s.strip_suffix('s')
-            .unwrap_or(s)
-            .parse()
-            .map(Duration::from_secs)
-    };
-    parsed.map_err(|_| format!("{s:?} is not a duration such as 100ms or 15s"))
+    pier_snapshot::units::duration(s)
+        .map_err(|e| format!("{s:?} {e}: a duration such as 100ms, 15s or 1m30s"))
 }
 
 #[tokio::main]
@@ -141,12 +136,16 @@ async fn main() -> anyhow::Result<()> {
             token,
             admin_listen: args.admin,
             lease: args.leader_elect.then(|| pier_controller::LeaseConfig {
-                namespace: args.lease_namespace,
+                namespace: args
+                    .lease_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| "default".to_owned()),
                 name: args.lease_name,
-                identity: args.identity.unwrap_or_else(|| {
-                    std::env::var("HOSTNAME")
-                        .unwrap_or_else(|_| format!("pier-controller-{}", std::process::id()))
-                }),
+                identity: args
+                    .identity
+                    .or_else(|| std::env::var("POD_NAME").ok())
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| format!("pier-controller-{}", std::process::id())),
                 duration: args.lease_duration,
                 renew: args.lease_renew,
             }),

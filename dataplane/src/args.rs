@@ -39,8 +39,9 @@ pub struct Args {
     #[arg(long, env = "PIER_SNAPSHOT_STORE")]
     pub snapshot_store: Option<PathBuf>,
 
-    /// This dataplane's name for the controller (default: $POD_NAME, then the host name).
-    #[arg(long, env = "POD_NAME")]
+    /// This dataplane's name for the controller (default: $POD_NAME, which
+    /// the chart sets, then the host name).
+    #[arg(long, env = "PIER_NAME")]
     pub name: Option<String>,
 
     /// Address for client traffic.
@@ -217,39 +218,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `250ms`, `10s`, `5m`, `1h` or a plain number of seconds.
+/// A duration flag: `250ms`, `10s`, `5m`, `1m30s` or a plain number of
+/// seconds (the parser the route resources use too).
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} has an unknown unit; use ms, s, m or h")),
-    }
+    pier_snapshot::units::duration(s)
+        .map_err(|e| format!("{s:?} {e}: a duration such as 500ms, 30s or 1m30s"))
 }
 
-/// Parses `4096`, `64KiB`, `64Ki`, `1MiB`, `1Mi`, `1GiB`.
+/// A size flag above zero: `4096`, `64Ki`, `64KiB`, `1Gi`, `10M` (powers
+/// of 1024 with `i`, of 1000 without, as Kubernetes quantities).
 pub(crate) fn bytes(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 4096, 64KiB, 1MiB"))?;
-    let scale: usize = match unit.trim_end_matches('B') {
-        "" => 1,
-        "Ki" | "K" => 1 << 10,
-        "Mi" | "M" => 1 << 20,
-        "Gi" | "G" => 1 << 30,
-        _ => return Err(format!("{s:?} has an unknown unit; use KiB, MiB or GiB")),
-    };
-    n.checked_mul(scale)
+    let n = pier_snapshot::units::size(s)
+        .map_err(|e| format!("{s:?} {e}: a size such as 4096, 64Ki or 1Gi"))?;
+    usize::try_from(n)
+        .ok()
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("{s:?} is out of range"))
 }
@@ -290,7 +272,8 @@ mod tests {
         assert_eq!(bytes("64Ki"), Ok(65536));
         assert_eq!(bytes("1MiB"), Ok(1 << 20));
         assert!(bytes("0").is_err());
-        assert!(bytes("1TB").is_err());
+        assert!(bytes("1PB").is_err());
+        assert_eq!(bytes("10M"), Ok(10_000_000), "decimal without the i");
         assert!(header_size("4KiB").is_err());
         assert!(header_size("2MiB").is_err());
         assert_eq!(header_size("64KiB"), Ok(64 << 10));

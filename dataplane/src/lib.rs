@@ -220,6 +220,7 @@ impl Dataplane {
             }
             (None, Some(url), Some(ca), Some(token)) => {
                 let name = name
+                    .or_else(|| std::env::var("POD_NAME").ok())
                     .or_else(|| std::env::var("HOSTNAME").ok())
                     .unwrap_or_else(|| "pier-dataplane".to_owned());
                 let upstream = controlplane::Upstream::new(

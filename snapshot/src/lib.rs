@@ -21,6 +21,7 @@ pub mod fnv;
 mod model;
 mod outcome;
 pub mod path;
+pub mod units;
 pub mod wire;
 
 pub use model::{
