@@ -25,6 +25,7 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     published: watch::Receiver<Arc<Published>>,
     ready: watch::Receiver<bool>,
+    leader: watch::Receiver<bool>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -36,13 +37,14 @@ pub(crate) async fn serve(
             }
         };
         let (fleet, metrics) = (Arc::clone(&fleet), Arc::clone(&metrics));
-        let (published, ready) = (published.clone(), ready.clone());
+        let (published, ready, leader) = (published.clone(), ready.clone(), leader.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let res = match req.uri().path() {
                     "/metrics" => {
                         let version = published.borrow().version.clone();
-                        text(StatusCode::OK, metrics.render(&fleet, &version))
+                        let leading = *leader.borrow();
+                        text(StatusCode::OK, metrics.render(&fleet, &version, leading))
                     }
                     "/healthz" => text(StatusCode::OK, "ok\n".into()),
                     "/readyz" if *ready.borrow() => text(StatusCode::OK, "ready\n".into()),

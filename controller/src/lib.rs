@@ -181,7 +181,9 @@ impl Controller {
                     }
                 }
             }),
-            tokio::spawn(admin::serve(admin, fleet, metrics, published, ready)),
+            tokio::spawn(admin::serve(
+                admin, fleet, metrics, published, ready, leader,
+            )),
         ]);
         tracing::info!(snapshots = %snapshot_addr, admin = %admin_addr, "controller started");
         Ok(Self {

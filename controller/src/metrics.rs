@@ -99,8 +99,9 @@ impl Metrics {
         self.change_to_ack.observe(latency.since_change);
     }
 
-    /// The Prometheus text of every metric.
-    pub(crate) fn render(&self, fleet: &Fleet, version: &str) -> String {
+    /// The Prometheus text of every metric. `leading`: this replica holds
+    /// the election Lease (always, without an election).
+    pub(crate) fn render(&self, fleet: &Fleet, version: &str, leading: bool) -> String {
         let mut out = String::with_capacity(4096);
         let plain = [
             (
@@ -202,6 +203,15 @@ impl Metrics {
                 dataplane.acked.as_deref().unwrap_or("")
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP pier_controller_leader 1 while this replica is the leader (writes route status).
+# TYPE pier_controller_leader gauge
+pier_controller_leader {}",
+            u8::from(leading)
+        );
+        pier_telemetry::render_process(&mut out);
+        pier_telemetry::render_build_info(&mut out, "pier-controller", env!("CARGO_PKG_VERSION"));
         out
     }
 }

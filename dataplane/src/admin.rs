@@ -80,6 +80,12 @@ fn respond(req: &Request<Incoming>, shared: &Shared, debug: bool) -> Response<Bo
                 table.routes.len(),
             );
             shared.ctx.upstream.buffers.render(&mut text);
+            pier_telemetry::render_process(&mut text);
+            pier_telemetry::render_build_info(
+                &mut text,
+                "pier-dataplane",
+                env!("CARGO_PKG_VERSION"),
+            );
             with_type(text, "text/plain; version=0.0.4; charset=utf-8")
         }
         "/healthz" => with_type("ok\n".to_owned(), "text/plain"),

@@ -199,7 +199,7 @@ fn start(api: ApiServer) -> Running {
 /// The value of a counter in the controller's metrics text.
 fn counter(metrics: &Metrics, fleet: &Fleet, name: &str) -> u64 {
     metrics
-        .render(fleet, "")
+        .render(fleet, "", true)
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} is rendered"))
@@ -278,6 +278,11 @@ async fn an_ack_sets_programmed_without_another_build() {
     run.fleet.ack(id, &version, None);
     until(|| condition(&run.api, "good", "Programmed") == pair("True", "Programmed")).await;
 
+    assert_eq!(
+        counter(&run.metrics, &run.fleet, "pier_controller_leader"),
+        1,
+        "without an election this replica leads"
+    );
     // Status followed each change of the fleet; the snapshot was built once.
     assert_eq!(
         counter(&run.metrics, &run.fleet, "pier_controller_reconciles_total"),
