@@ -148,6 +148,13 @@ async fn chart_lints_renders_and_every_object_passes_server_side_dry_run() {
         let rendered = run_helm(&helm, &cp, &template);
         let objects = documents(&rendered);
         assert!(objects.len() > 10, "{what}: only {} objects", objects.len());
+        if what.contains("all-on") {
+            let policies = objects
+                .iter()
+                .filter(|o| o["kind"] == "NetworkPolicy")
+                .count();
+            assert_eq!(policies, 2, "{what}: one NetworkPolicy per component");
+        }
 
         for ns in namespaces_of(&objects) {
             ensure_namespace(&cp, &ns).await;

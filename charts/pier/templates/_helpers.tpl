@@ -127,7 +127,7 @@ dataplanes dial and what the certificate is issued for.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- if .Values.rbac.backends }}
-# For ProxyRoute backends (not read yet).
+# For ProxyRoute backends: a Service's ports and its endpoints.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch"]
