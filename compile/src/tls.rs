@@ -231,101 +231,14 @@ pub(super) fn check(
 }
 
 /// The validity period (`notBefore`, `notAfter`, Unix seconds) of a DER
-/// X.509 certificate: `Certificate → tbsCertificate → [version], serial,
-/// signature, issuer, validity`. `None` when the structure is not that.
+/// X.509 certificate, read by `x509-parser`; `None` when it is not one.
 pub(super) fn validity(der: &[u8]) -> Option<(i64, i64)> {
-    let (cert, _) = tlv(der, 0x30)?;
-    let (tbs, _) = tlv(cert, 0x30)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest, 0xa0)?.1;
-    }
-    rest = tlv(rest, 0x02)?.1; // serialNumber
-    rest = tlv(rest, 0x30)?.1; // signature
-    rest = tlv(rest, 0x30)?.1; // issuer
-    let (validity, _) = tlv(rest, 0x30)?;
-    let (not_before, rest) = time(validity)?;
-    let (not_after, _) = time(rest)?;
-    Some((not_before, not_after))
-}
-
-/// One DER element of tag `tag`: its contents and what follows it.
-fn tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&found, rest) = input.split_first()?;
-    if found != tag {
-        return None;
-    }
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let (bytes, after) = rest.split_at_checked(count)?;
-        rest = after;
-        bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b))
-    };
-    rest.split_at_checked(len)
-}
-
-/// A `UTCTime` (`YYMMDDHHMMSSZ`, years 1950–2049) or `GeneralizedTime`
-/// (`YYYYMMDDHHMMSSZ`) as Unix seconds, and what follows it.
-fn time(input: &[u8]) -> Option<(i64, &[u8])> {
-    let (tag, short) = match input.first()? {
-        0x17 => (0x17, true),
-        0x18 => (0x18, false),
-        _ => return None,
-    };
-    let (text, rest) = tlv(input, tag)?;
-    let digits = text.strip_suffix(b"Z")?;
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        digits
-            .get(range)?
-            .iter()
-            .try_fold(0i64, |n, &d| Some(n * 10 + i64::from(d - b'0')))
-    };
-    let (year, at) = if short {
-        if digits.len() != 12 {
-            return None;
-        }
-        let yy = number(0..2)?;
-        (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
-    } else {
-        if digits.len() != 14 {
-            return None;
-        }
-        (number(0..4)?, 4)
-    };
-    let field = |i: usize| number(at + 2 * i..at + 2 * i + 2);
-    let (month, day, hour, minute, second) =
-        (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    Some((days * 86_400 + hour * 3600 + minute * 60 + second, rest))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -354,30 +267,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_convert_both_ways() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    fn dates_format_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
     }
 
     #[test]
-    fn both_time_forms_parse_and_garbage_does_not() {
-        let utc = [
-            0x17, 13, b'2', b'6', b'1', b'2', b'0', b'1', b'1', b'2', b'0', b'0', b'0', b'0', b'Z',
-        ];
+    fn a_certificate_s_validity_is_read_and_garbage_is_not() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["a.example".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2026, 12, 1);
+        params.not_after = rcgen::date_time_ymd(2050, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
         assert_eq!(
-            time(&utc).map(|(t, _)| rfc3339(t)),
-            Some("2026-12-01T12:00:00Z".into())
+            validity(cert.der()).map(|(from, to)| (rfc3339(from), rfc3339(to))),
+            Some((
+                "2026-12-01T00:00:00Z".to_owned(),
+                "2050-01-01T00:00:00Z".to_owned()
+            ))
         );
-        let generalized = b"\x18\x0f20500101000000Z";
-        assert_eq!(
-            time(generalized).map(|(t, _)| rfc3339(t)),
-            Some("2050-01-01T00:00:00Z".into())
-        );
-        assert_eq!(time(b"\x17\x0d261301120000Z"), None, "month 13");
-        assert_eq!(time(b"\x17\x0d2612011200"), None, "truncated");
         assert_eq!(validity(b"\x30\x84\xff\xff\xff\xff"), None);
         assert_eq!(validity(b""), None);
     }
