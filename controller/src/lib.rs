@@ -37,6 +37,7 @@ use crate::fleet::Fleet;
 pub use crate::lease::LeaseConfig;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
+pub use crate::stores::Class;
 use crate::writer::StatusWriter;
 
 /// What the controller needs to run.
@@ -49,6 +50,9 @@ pub struct Config {
     pub secret_namespaces: Vec<String>,
     /// Quiet time that coalesces a burst of changes into one build.
     pub coalesce: Duration,
+    /// Which routes this controller serves (`--class-name`,
+    /// `--claim-unclassed`).
+    pub class: Class,
     /// Where dataplanes connect for snapshots.
     pub snapshot_listen: SocketAddr,
     /// TLS of the snapshot service.
@@ -131,6 +135,7 @@ impl Controller {
             namespaces: config.namespaces,
             secret_namespaces: config.secret_namespaces,
             coalesce: config.coalesce,
+            class: config.class,
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
             publish,

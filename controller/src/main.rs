@@ -52,6 +52,16 @@ struct Args {
     #[arg(long, env = "PIER_COALESCE", default_value = "100ms", value_parser = duration)]
     coalesce: Duration,
 
+    /// The class of routes this controller serves: those whose
+    /// `spec.className` is this name.
+    #[arg(long, env = "PIER_CLASS_NAME", default_value = "pier")]
+    class_name: String,
+
+    /// Also serve routes that name no class (turn off in all but one of
+    /// several installations).
+    #[arg(long, env = "PIER_CLAIM_UNCLASSED", default_value_t = true, action = clap::ArgAction::Set)]
+    claim_unclassed: bool,
+
     /// Elect one status writer among replicas with a Lease (turn off only
     /// for a single replica outside a cluster).
     #[arg(long, env = "PIER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
@@ -131,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
             namespaces: args.namespaces,
             secret_namespaces: args.secret_namespaces,
             coalesce: args.coalesce,
+            class: pier_controller::Class {
+                name: args.class_name,
+                claim_unclassed: args.claim_unclassed,
+            },
             snapshot_listen: args.snapshot_listen,
             tls,
             token,

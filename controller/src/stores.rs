@@ -129,6 +129,8 @@ fn generation_of<K: kube::Resource>(object: &K) -> Option<(String, i64)> {
 /// The stores of every watched namespace.
 #[derive(Default)]
 pub(crate) struct Stores {
+    /// Which routes are this controller's.
+    pub(crate) class: Class,
     pub(crate) statics: Vec<Store<StaticRoute>>,
     pub(crate) proxies: Vec<Store<ProxyRoute>>,
     pub(crate) services: Vec<Store<Service>>,
@@ -214,9 +216,52 @@ impl RouteObject {
 }
 
 impl Stores {
-    /// Every route of the stores, both kinds.
+    /// Every route of the stores this controller claims, both kinds.
     pub(crate) fn routes(&self) -> Vec<RouteObject> {
-        RouteObject::all(&shared(&self.statics), &shared(&self.proxies))
+        RouteObject::all(&self.static_routes(), &self.proxy_routes())
+    }
+
+    /// The StaticRoutes this controller claims.
+    pub(crate) fn static_routes(&self) -> Vec<Arc<StaticRoute>> {
+        let mut routes = shared(&self.statics);
+        routes.retain(|r| self.class.claims(r.spec.class_name.as_deref()));
+        routes
+    }
+
+    /// The ProxyRoutes this controller claims.
+    pub(crate) fn proxy_routes(&self) -> Vec<Arc<ProxyRoute>> {
+        let mut routes = shared(&self.proxies);
+        routes.retain(|r| self.class.claims(r.spec.class_name.as_deref()));
+        routes
+    }
+}
+
+/// Which routes a controller serves, so that two Pier installations in one
+/// cluster do not both claim every route: those whose `className` is its
+/// `--class-name`, and those without one when it claims unclassed routes
+/// (as the default IngressClass takes Ingresses that name none). A route
+/// of another class is left alone: not compiled, no status written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// `--class-name`.
+    pub name: String,
+    /// `--claim-unclassed`.
+    pub claim_unclassed: bool,
+}
+
+impl Default for Class {
+    fn default() -> Self {
+        Self {
+            name: "pier".to_owned(),
+            claim_unclassed: true,
+        }
+    }
+}
+
+impl Class {
+    /// Whether a route naming `class` (or none) is this controller's.
+    pub fn claims(&self, class: Option<&str>) -> bool {
+        class.map_or(self.claim_unclassed, |c| c == self.name)
     }
 }
 
@@ -227,5 +272,25 @@ impl RouteObject {
         statics
             .chain(proxies.iter().cloned().map(Self::Proxy))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Class;
+
+    #[test]
+    fn a_class_claims_its_routes_and_unclassed_ones_when_told() {
+        let default = Class::default();
+        assert!(default.claims(None));
+        assert!(default.claims(Some("pier")));
+        assert!(!default.claims(Some("other")));
+        let strict = Class {
+            name: "edge".to_owned(),
+            claim_unclassed: false,
+        };
+        assert!(!strict.claims(None));
+        assert!(strict.claims(Some("edge")));
+        assert!(!strict.claims(Some("pier")));
     }
 }

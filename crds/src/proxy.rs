@@ -22,6 +22,7 @@ use crate::route::{HOST_PATTERN, PathMatch, RouteStatus, RouteTls};
     group = "pier.dev",
     version = "v1alpha1",
     kind = "ProxyRoute",
+    doc = "A ProxyRoute passes the requests it matches to backends (Services or fixed addresses), balanced, retried and buffered as its spec says. Its status reports Accepted, ResolvedRefs and Programmed.",
     plural = "proxyroutes",
     shortname = "proute",
     category = "pier",
@@ -36,6 +37,14 @@ use crate::route::{HOST_PATTERN, PathMatch, RouteStatus, RouteTls};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyRouteSpec {
+    /// Which Pier installation serves this route: the controller whose
+    /// `--class-name` equals it (default `pier`). Absent: the controllers
+    /// that claim unclassed routes (`--claim-unclassed`, the default), as
+    /// an Ingress without `ingressClassName` goes to the default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub class_name: Option<String>,
+
     /// Host names this route answers for, as for `StaticRoute`. Empty or
     /// absent: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

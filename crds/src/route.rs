@@ -23,6 +23,7 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     group = "pier.dev",
     version = "v1alpha1",
     kind = "StaticRoute",
+    doc = "A StaticRoute serves files from a directory mounted into the dataplane for the hosts and path it matches (ETag, Last-Modified, Range, precompressed siblings). Its status reports Accepted, ResolvedRefs and Programmed.",
     plural = "staticroutes",
     shortname = "sroute",
     category = "pier",
@@ -37,6 +38,14 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StaticRouteSpec {
+    /// Which Pier installation serves this route: the controller whose
+    /// `--class-name` equals it (default `pier`). Absent: the controllers
+    /// that claim unclassed routes (`--claim-unclassed`, the default), as
+    /// an Ingress without `ingressClassName` goes to the default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub class_name: Option<String>,
+
     /// Host names this route answers for. Exact names (`www.example.com`) or
     /// one leading wildcard label (`*.cdn.example.com`, matching any name
     /// below it). Empty or absent: any host.
@@ -153,5 +162,61 @@ pub enum PathMatchType {
 pub struct RouteStatus {
     /// Current conditions of the route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The schema of `status.conditions`, as Kubernetes' own types declare a
+/// `[]metav1.Condition`: a list map keyed by `type` (so server-side apply
+/// merges one condition at a time), and each field validated as
+/// `metav1.Condition` validates it.
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Current conditions of the route: Accepted, ResolvedRefs and Programmed, one of each type.",
+        "type": "array",
+        "maxItems": 8,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "description": "One aspect of the route's state (metav1.Condition).",
+            "type": "object",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {
+                    "description": "The aspect: Accepted, ResolvedRefs or Programmed.",
+                    "type": "string",
+                    "maxLength": 316,
+                    "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+                },
+                "status": {
+                    "description": "True, False or Unknown.",
+                    "type": "string",
+                    "enum": ["True", "False", "Unknown"]
+                },
+                "observedGeneration": {
+                    "description": "The metadata.generation the condition was set for: older than the route's generation means not yet reconciled.",
+                    "type": "integer",
+                    "format": "int64",
+                    "minimum": 0
+                },
+                "lastTransitionTime": {
+                    "description": "When the status last changed.",
+                    "type": "string",
+                    "format": "date-time"
+                },
+                "reason": {
+                    "description": "Why, in CamelCase: a value tools can match on.",
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 1024,
+                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+                },
+                "message": {
+                    "description": "Why, for people.",
+                    "type": "string",
+                    "maxLength": 32768
+                }
+            }
+        }
+    })
 }

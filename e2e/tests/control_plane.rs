@@ -62,6 +62,7 @@ async fn static_route_crd_is_served_and_its_schema_enforced() {
     let route = StaticRoute::new(
         "assets",
         StaticRouteSpec {
+            class_name: None,
             hosts: vec!["www.example.com".to_owned(), "*.cdn.example.com".to_owned()],
             path: Some(PathMatch {
                 kind: PathMatchType::Exact,

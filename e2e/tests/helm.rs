@@ -353,6 +353,7 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
             namespaces: Vec::new(),
             secret_namespaces: Vec::new(),
             coalesce: Duration::from_millis(50),
+            class: pier_controller::Class::default(),
             snapshot_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: pier_controller::tls_config(
                 &dir.path().join("tls.crt"),

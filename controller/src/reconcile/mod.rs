@@ -43,6 +43,8 @@ pub(crate) struct Reconciler {
     pub(crate) namespaces: Vec<String>,
     pub(crate) secret_namespaces: Vec<String>,
     pub(crate) coalesce: Duration,
+    /// Which routes are this controller's.
+    pub(crate) class: stores::Class,
     pub(crate) fleet: Arc<Fleet>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) publish: watch::Sender<Arc<Published>>,
@@ -77,7 +79,10 @@ impl Reconciler {
             self.namespaces.iter().cloned().map(Some).collect()
         };
         let alive = &self.alive;
-        let mut stores = Stores::default();
+        let mut stores = Stores {
+            class: self.class.clone(),
+            ..Stores::default()
+        };
         for scope in &scopes {
             let scope = scope.as_deref();
             let all = watcher::Config::default;
@@ -170,8 +175,8 @@ impl Reconciler {
         woke: Instant,
     ) -> Verdicts {
         let started = Instant::now();
-        let statics = shared(&stores.statics);
-        let proxies = shared(&stores.proxies);
+        let statics = stores.static_routes();
+        let proxies = stores.proxy_routes();
         let routes = RouteObject::all(&statics, &proxies);
         // The stores' objects themselves: no clone of them per build.
         let compiled = pier_compile::compile(&Resources {

@@ -139,6 +139,10 @@ struct Running {
 }
 
 fn start(api: ApiServer) -> Running {
+    start_with(api, crate::stores::Class::default())
+}
+
+fn start_with(api: ApiServer, class: crate::stores::Class) -> Running {
     let api = Arc::new(api);
     let service = tower::service_fn({
         let api = Arc::clone(&api);
@@ -163,6 +167,7 @@ fn start(api: ApiServer) -> Running {
         namespaces: Vec::new(),
         secret_namespaces: Vec::new(),
         coalesce: Duration::from_millis(500),
+        class,
         fleet: Arc::clone(&fleet),
         metrics: Arc::clone(&metrics),
         publish,
@@ -342,4 +347,34 @@ async fn a_burst_of_changes_becomes_one_build_at_the_end_of_the_window() {
     for name in ["a", "b", "c"] {
         until(|| condition(&run.api, name, "Accepted") == pair("True", "Accepted")).await;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_of_another_class_are_left_alone() {
+    let mut other = static_route("other", "/srv/other");
+    other["spec"]["className"] = json!("other");
+    let mut named = static_route("named", "/srv/named");
+    named["spec"]["className"] = json!("pier");
+    let run = start_with(
+        ApiServer {
+            static_routes: vec![static_route("unclassed", "/srv/unclassed"), other, named],
+            ..ApiServer::default()
+        },
+        crate::stores::Class {
+            name: "pier".to_owned(),
+            claim_unclassed: false,
+        },
+    );
+    until(|| condition(&run.api, "named", "Accepted") == pair("True", "Accepted")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let touched: Vec<String> = run
+        .api
+        .patches()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        touched.iter().all(|name| name == "named"),
+        "only this class's route gets status: {touched:?}"
+    );
 }

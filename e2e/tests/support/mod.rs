@@ -175,6 +175,7 @@ impl Cluster {
                 namespaces: Vec::new(),
                 secret_namespaces: vec!["default".to_owned()],
                 coalesce: Duration::from_millis(50),
+                class: pier_controller::Class::default(),
                 snapshot_listen,
                 tls,
                 token: TOKEN.to_owned(),
