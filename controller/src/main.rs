@@ -11,7 +11,13 @@ use clap::Parser;
 /// Pier's controller: watches routes, writes their status, pushes snapshots
 /// to dataplanes.
 #[derive(Debug, clap::Parser)]
-#[command(name = "pier-controller", version, about)]
+#[command(
+    name = "pier-controller",
+    version,
+    about,
+    after_help = "Durations: a whole number and a unit, 100ms, 15s, 5m, or combined as 1m30s; a bare number is seconds.\n\
+Every flag can also be set as PIER_ and its name in upper case (--coalesce: PIER_COALESCE)."
+)]
 struct Args {
     /// Namespace to watch (repeat for several); none: all namespaces.
     #[arg(long = "namespace", env = "PIER_NAMESPACES", value_delimiter = ',')]

@@ -5,9 +5,14 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How every duration and size flag is written, shown after the flags.
+pub(crate) const UNITS_HELP: &str = "Durations: a whole number and a unit, 500ms, 30s, 5m, 1h, or combined as 1m30s; a bare number is seconds.\n\
+Sizes: Kubernetes quantities, 4096, 64Ki (or 64KiB) and 1Gi in powers of 1024, 10M and 1G in powers of 1000.\n\
+Every flag can also be set as PIER_ and its name in upper case (--idle-timeout: PIER_IDLE_TIMEOUT).";
+
 /// Pier's dataplane: serves the routes of a snapshot.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "pier-dataplane", version, about)]
+#[command(name = "pier-dataplane", version, about, after_help = UNITS_HELP)]
 pub struct Args {
     /// Directory of route manifests to serve (standalone mode); watched for changes.
     #[arg(
@@ -92,8 +97,10 @@ pub struct Args {
     #[arg(long, env = "PIER_BACKLOG", default_value = "4096")]
     pub backlog: NonZeroUsize,
 
-    /// Time a new connection has to start its first request, and on HTTP/1.1
-    /// the time to receive each request head, keep-alive wait included.
+    /// Time a new connection has to send its first request head (and its
+    /// TLS handshake), and on HTTP/1.1 the time each later head may take
+    /// once its first byte arrived; the wait between requests is
+    /// `--idle-timeout`.
     #[arg(long, env = "PIER_HEADER_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub header_timeout: Duration,
 
