@@ -7,7 +7,7 @@ use pier_snapshot::{BufferMode, Buffering};
 use super::*;
 
 fn route(yaml: &str) -> StaticRoute {
-    serde_yaml::from_str(yaml).expect("test manifest parses")
+    serde_saphyr::from_str(yaml).expect("test manifest parses")
 }
 
 fn named(name: &str, spec: &str) -> StaticRoute {
@@ -168,7 +168,7 @@ fn snapshot_round_trips_through_json_and_detects_tampering() {
 }
 
 fn proxy(name: &str, spec: &str) -> ProxyRoute {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         "apiVersion: pier.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
     ))
     .expect("test manifest parses")

@@ -48,8 +48,8 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
 /// Renders a CRD the way it is committed: YAML with a leading document marker.
 ///
 /// # Errors
-/// Only when serde_yaml cannot serialise the value, which for a CRD built by
+/// Only when serde-saphyr cannot serialise the value, which for a CRD built by
 /// kube's derive would be a bug in the types.
-pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
-    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
+pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
+    Ok(format!("---\n{}", serde_saphyr::to_string(crd)?))
 }

@@ -31,7 +31,7 @@ spec:
   precompressed: true
   fallback: /index.html
 "#;
-    let route: pier_crds::StaticRoute = serde_yaml::from_str(yaml).expect("example parses");
+    let route: pier_crds::StaticRoute = serde_saphyr::from_str(yaml).expect("example parses");
     assert_eq!(route.spec.hosts.len(), 2);
     assert_eq!(route.spec.root, "/srv/site");
     assert!(route.spec.precompressed);

@@ -28,7 +28,7 @@ fn ca_file(dir: &std::path::Path) -> String {
 
 fn snapshot_for(root: &std::path::Path) -> Snapshot {
     let manifest = static_route("site", &format!("{{root: {}}}", root.display()));
-    let route: StaticRoute = serde_yaml::from_str(&manifest).expect("manifest");
+    let route: StaticRoute = serde_saphyr::from_str(&manifest).expect("manifest");
     pier_compile::compile(&Resources {
         static_routes: vec![std::sync::Arc::new(route)],
         ..Resources::default()

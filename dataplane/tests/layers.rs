@@ -201,7 +201,7 @@ const KUBERNETES: &[&str] = &[
     "pier_crds",
     "k8s_openapi",
     "kube",
-    "serde_yaml",
+    "serde_saphyr",
 ];
 
 #[test]
@@ -223,7 +223,7 @@ fn the_serving_core_links_no_kubernetes_types() {
         .nth(1)
         .and_then(|rest| rest.split("\n[").next())
         .expect("a [dependencies] table");
-    for dep in ["pier-compile", "pier-crds", "k8s-openapi", "serde_yaml"] {
+    for dep in ["pier-compile", "pier-crds", "k8s-openapi", "serde-saphyr"] {
         let line = dependencies
             .lines()
             .find(|l| l.starts_with(&format!("{dep} ")) || l.starts_with(&format!("{dep}.")))

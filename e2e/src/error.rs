@@ -111,7 +111,7 @@ pub enum HarnessError {
         path: PathBuf,
         /// The underlying error.
         #[source]
-        source: serde_yaml::Error,
+        source: serde_saphyr::SerializeError,
     },
 
     /// kube-rs could not turn a kubeconfig into a client configuration.

@@ -605,7 +605,7 @@ fn documents(yaml: &str) -> Vec<Value> {
         }
     }
     docs.iter()
-        .map(|doc| serde_yaml::from_str::<Value>(doc).expect("valid YAML"))
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).expect("valid YAML"))
         .filter(|value| !value.is_null())
         .collect()
 }

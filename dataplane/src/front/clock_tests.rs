@@ -27,7 +27,7 @@ async fn pier(routes: &[String]) -> (SocketAddr, Arc<Shared>) {
     let shared = Arc::new(Shared::new(Context::for_tests(), 100));
     let proxy_routes = routes
         .iter()
-        .map(|yaml| Arc::new(serde_yaml::from_str(yaml).expect("a ProxyRoute")))
+        .map(|yaml| Arc::new(serde_saphyr::from_str(yaml).expect("a ProxyRoute")))
         .collect();
     let compiled = pier_compile::compile(&Resources {
         proxy_routes,

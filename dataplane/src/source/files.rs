@@ -48,16 +48,26 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    /// A manifest is not valid YAML or does not match its kind's schema.
+    /// A manifest is not valid YAML.
+    #[error("{file}: {source}")]
+    Yaml {
+        /// The file.
+        file: PathBuf,
+        /// The YAML error, with line, column and the lines around them
+        /// (boxed: it is large, and rare).
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    /// A manifest's document does not match its kind's schema.
     #[error("{file}: document {document}: {source}")]
     Parse {
         /// The file.
         file: PathBuf,
         /// 1-based index of the YAML document in the file.
         document: usize,
-        /// The parse error, with line and column.
+        /// What does not match.
         #[source]
-        source: serde_yaml::Error,
+        source: serde_json::Error,
     },
 }
 
@@ -86,13 +96,17 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
             file: file.clone(),
             source,
         })?;
-        for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let documents: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).map_err(|source| LoadError::Yaml {
+                file: file.clone(),
+                source: Box::new(source),
+            })?;
+        for (i, value) in documents.into_iter().enumerate() {
             let parse_error = |source| LoadError::Parse {
                 file: file.clone(),
                 document: i + 1,
                 source,
             };
-            let value = serde_yaml::Value::deserialize(document).map_err(parse_error)?;
             if value.is_null() {
                 continue;
             }

@@ -71,10 +71,11 @@ pub(super) fn write_kubeconfig(
         current_context: Some(name),
         ..Kubeconfig::default()
     };
-    let yaml = serde_yaml::to_string(&config).map_err(|source| HarnessError::KubeconfigWrite {
-        path: path.to_owned(),
-        source,
-    })?;
+    let yaml =
+        serde_saphyr::to_string(&config).map_err(|source| HarnessError::KubeconfigWrite {
+            path: path.to_owned(),
+            source,
+        })?;
     write_file(path, &yaml)
 }
 

@@ -252,12 +252,12 @@ mod tests {
             resolv_conf: p,
             pod_logs: p,
         };
-        let kubelet: serde_yaml::Value =
-            serde_yaml::from_str(&kubelet(&NETWORK, 1, 2, files)).expect("YAML");
+        let kubelet: serde_json::Value =
+            serde_saphyr::from_str(&kubelet(&NETWORK, 1, 2, files)).expect("YAML");
         assert_eq!(kubelet["address"].as_str(), Some("10.213.0.1"));
         assert_eq!(kubelet["clusterDNS"][0].as_str(), Some("10.213.0.1"));
-        let proxy: serde_yaml::Value =
-            serde_yaml::from_str(&kube_proxy(&NETWORK, p, "node", 3, 4)).expect("YAML");
+        let proxy: serde_json::Value =
+            serde_saphyr::from_str(&kube_proxy(&NETWORK, p, "node", 3, 4)).expect("YAML");
         assert_eq!(proxy["clusterCIDR"].as_str(), Some("10.213.0.0/24"));
         assert_eq!(proxy["mode"].as_str(), Some("iptables"));
     }
