@@ -208,13 +208,7 @@ impl Conn<'_> {
                 })
                 .await;
                 if let Err(e) = first {
-                    if e.kind() == io::ErrorKind::TimedOut {
-                        self.shared
-                            .ctx
-                            .metrics
-                            .connections_timed_out
-                            .fetch_add(1, Relaxed);
-                    }
+                    self.count_timeout(&e);
                     return Outcome::Closed;
                 }
                 self.idle.store(false, Relaxed);
@@ -264,13 +258,7 @@ impl Conn<'_> {
                 Ok(0) => return Next::Close,
                 Ok(_) => {}
                 Err(e) => {
-                    if e.kind() == io::ErrorKind::TimedOut {
-                        self.shared
-                            .ctx
-                            .metrics
-                            .connections_timed_out
-                            .fetch_add(1, Relaxed);
-                    }
+                    self.count_timeout(&e);
                     return Next::Close;
                 }
             }
@@ -331,6 +319,15 @@ impl Conn<'_> {
             return Next::Close;
         }
         Next::Keep
+    }
+
+    /// Counts a connection closed because its header or idle timeout ran
+    /// out (`pier_dataplane_connections_timed_out_total`).
+    fn count_timeout(&self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::TimedOut {
+            let metrics = &self.shared.ctx.metrics;
+            metrics.connections_timed_out.fetch_add(1, Relaxed);
+        }
     }
 
     fn set_active(&mut self, active: bool) {
