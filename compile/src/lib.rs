@@ -27,7 +27,8 @@ use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 use pier_snapshot::fnv::FnvMap;
 use pier_snapshot::path::MAX_PATH_LEN;
 use pier_snapshot::{
-    Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction, path_regex,
+    Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction,
+    path_regex,
 };
 pub use pier_snapshot::{Compiled, Invalid, RouteError, Unresolved};
 
@@ -78,6 +79,7 @@ pub fn compile(resources: &Resources) -> Compiled {
                 .clone()
                 .unwrap_or_else(|| "default".to_owned()),
             name: metadata.name.clone().unwrap_or_default(),
+            rule: 0,
         };
         let generation = metadata.generation;
         match build(&key) {
@@ -237,12 +239,19 @@ fn static_route(key: &RouteKey, resource: &StaticRoute) -> Result<Route, Invalid
             why: "must name a file",
         });
     }
+    let policy = policy::of_spec(
+        spec.access.as_ref(),
+        spec.cors.as_ref(),
+        spec.redirect.as_ref(),
+        &path,
+    )?;
     Ok(Route {
         key: key.clone(),
         hosts,
         path,
         matches: Matches::default(),
         tls: None,
+        policy,
         action: Action::Static(StaticAction {
             root,
             index,
@@ -391,6 +400,7 @@ pub(crate) fn header_value(value: &str) -> Result<String, &'static str> {
     Ok(value.trim().to_owned())
 }
 
+mod policy;
 mod proxy;
 mod tls;
 

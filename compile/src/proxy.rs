@@ -10,7 +10,8 @@ use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rul
 use pier_snapshot::fnv::FnvMap;
 use pier_snapshot::{
     Action, Balance, BufferMode, Buffering, EjectionPolicy, Endpoint, HashKey, HeaderEdits,
-    Matches, PathRule, ProxyAction, ProxyTimeouts, RetryPolicy, Route, RouteKey, UpstreamTls,
+    Matches, PathRule, ProxyAction, ProxyTimeouts, RegexRewrite, RetryPolicy, Route, RouteKey,
+    UpstreamTls,
 };
 
 /// Default time limits, in milliseconds (nginx's and Envoy's order of magnitude).
@@ -238,6 +239,16 @@ pub(super) fn proxy_route(
             why,
         })?),
     };
+    let rewrite_regex = match &rewrite.regex {
+        None => None,
+        Some(_) if rewrite_prefix.is_some() => {
+            return Err(Invalid::Path {
+                value: String::new(),
+                why: "rewrite takes pathPrefix or regex, not both",
+            });
+        }
+        Some(given) => Some(regex_rewrite(&given.pattern, &given.replacement)?),
+    };
     let rewrite_host = match &rewrite.host {
         None => None,
         Some(value) => Some(host(value).map_err(|why| Invalid::Host {
@@ -267,16 +278,24 @@ pub(super) fn proxy_route(
             })
         }
     };
+    let policy = super::policy::of_spec(
+        spec.access.as_ref(),
+        spec.cors.as_ref(),
+        spec.redirect.as_ref(),
+        &path,
+    )?;
     let route = Route {
         key: key.clone(),
         hosts,
         path,
         matches: matches(spec)?,
         tls: None,
+        policy,
         action: Action::Proxy(Box::new(ProxyAction {
             endpoints,
             balancer: balance(spec.balancer.as_ref())?,
             rewrite_prefix,
+            rewrite_regex,
             rewrite_host,
             request_headers: edits(spec.request_headers.as_ref())?,
             response_headers: edits(spec.response_headers.as_ref())?,
@@ -303,6 +322,39 @@ pub(super) fn proxy_route(
             .join("; "),
     });
     Ok((route, unresolved))
+}
+
+/// A regex rewrite: an expression the dataplane can compile and a
+/// replacement that makes a path.
+pub(crate) fn regex_rewrite(pattern: &str, replacement: &str) -> Result<RegexRewrite, Invalid> {
+    let invalid = |value: &str, why| Invalid::Path {
+        value: value.to_owned(),
+        why,
+    };
+    let compiled = pier_snapshot::rewrite_regex(pattern).map_err(|why| invalid(pattern, why))?;
+    if !(replacement.starts_with('/') || replacement.starts_with('$')) {
+        return Err(invalid(replacement, "(a rewrite's replacement) must start with `/` or a group"));
+    }
+    if replacement.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#') {
+        return Err(invalid(
+            replacement,
+            "(a rewrite's replacement) must not contain spaces, control characters, `?` or `#`",
+        ));
+    }
+    // Each `$n` must name a group the expression has.
+    let groups = compiled.captures_len() - 1;
+    let bytes = replacement.as_bytes();
+    for (i, _) in replacement.match_indices('$') {
+        if let Some(digit) = bytes.get(i + 1).filter(|b| b.is_ascii_digit()) {
+            if usize::from(digit - b'0') > groups {
+                return Err(invalid(replacement, "names a group the expression does not have"));
+            }
+        }
+    }
+    Ok(RegexRewrite {
+        pattern: pattern.to_owned(),
+        replacement: replacement.to_owned(),
+    })
 }
 
 /// Methods and header matches, sorted so that equal conditions compare

@@ -221,11 +221,7 @@ mod tests {
     use super::*;
 
     fn key(name: &str) -> RouteKey {
-        RouteKey {
-            kind: RouteKind::StaticRoute,
-            namespace: "default".into(),
-            name: name.into(),
-        }
+        RouteKey::new(RouteKind::StaticRoute, "default", name)
     }
 
     #[test]

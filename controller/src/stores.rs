@@ -192,6 +192,7 @@ impl RouteObject {
             },
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
+            rule: 0,
         }
     }
 

@@ -17,13 +17,15 @@
 //! `cargo run -p pier-crds --bin crdgen -- --write`; a test fails when the
 //! committed files drift.
 
+mod policy;
 mod proxy;
 mod route;
 
+pub use policy::{Access, Cors, Redirect, RedirectPath, RedirectPathType};
 pub use proxy::{
     Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Ejection, Empty, HashOn,
     Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, RequestBuffering, Retries, RetryOn,
-    Rewrite, Sendfile, Timeouts,
+    RegexRewrite, Rewrite, Sendfile, Timeouts,
 };
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, RouteTls, StaticRoute, StaticRouteSpec, Time,

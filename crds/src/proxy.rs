@@ -79,6 +79,18 @@ pub struct ProxyRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
 
+    /// Which clients may use the route, by address (403 for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::Access>,
+
+    /// Cross-origin requests: preflights answered, responses marked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::Cors>,
+
+    /// Answer every request with a redirect instead of serving it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<crate::Redirect>,
+
     /// Headers changed on the request sent to the backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderOps>,
@@ -408,6 +420,25 @@ pub struct Rewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
     pub host: Option<String>,
+    /// Replaces the whole path when an expression finds a match in it, as
+    /// nginx's `rewrite`: `{pattern: "^/api/(.*)", replacement: "/$1"}`.
+    /// Not with `pathPrefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<RegexRewrite>,
+}
+
+/// A path rewrite by regular expression (Rust `regex` syntax).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexRewrite {
+    /// Searched for in the decoded path (unanchored: use `^` and `$`).
+    #[schemars(length(min = 1, max = 1024))]
+    pub pattern: String,
+    /// The new path, with `$1`…`$9` or `${name}` for the expression's
+    /// groups; it starts with `/`.
+    #[x_kube(validation = Rule::new("self.startsWith('/') || self.startsWith('$')").message("rewrite.regex.replacement must start with '/' or a group"))]
+    #[schemars(length(min = 1, max = 1024))]
+    pub replacement: String,
 }
 
 /// Header changes: `set` replaces, `add` appends, `remove` deletes.

@@ -89,6 +89,17 @@ pub struct StaticRouteSpec {
     /// HTTPS for the route's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
+    /// Which clients may use the route, by address (403 for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::Access>,
+
+    /// Cross-origin requests: preflights answered, responses marked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::Cors>,
+
+    /// Answer every request with a redirect instead of serving it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<crate::Redirect>,
 }
 
 /// HTTPS for a route's hosts: the certificate, and what plain HTTP gets.

@@ -15,6 +15,7 @@
 //! HTTP/1.1 engine calls [`Shared::dispatch`] directly and the future hyper
 //! polls is a ready value, with no allocation for it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -26,7 +27,7 @@ use pier_snapshot::Compiled;
 use crate::body::{Activity, Body, Done};
 use crate::context::Context;
 use crate::files::{self, FileRequest};
-use crate::filter;
+use crate::filter::{self, Decision};
 use crate::http::path::{self, PathError};
 use crate::metrics::RouteMetrics;
 use crate::routing;
@@ -108,12 +109,14 @@ impl Shared {
     }
 
     /// Answers one request, or says which proxy route takes it.
-    /// `secure`: the request came over TLS.
+    /// `secure`: the request came over TLS; `client` gives the client's
+    /// address, and is called only by a route that checks it.
     pub(crate) fn dispatch<B>(
         &self,
         req: &Request<B>,
         activity: Option<&Arc<Activity>>,
         secure: bool,
+        client: &dyn Fn() -> Option<IpAddr>,
     ) -> Dispatch {
         // Phase 1: accept.
         let started = Instant::now();
@@ -165,12 +168,21 @@ impl Shared {
         let entry = &table.routes[found.route];
 
         // Phase 4: request filters.
-        let filtered = entry
-            .filters
-            .on_request(&filter::Request { host, uri, secure });
-        if let Some(res) = filtered {
-            return Dispatch::Respond(done(Arc::clone(&entry.metrics), res));
-        }
+        let pass = match entry.filters.on_request(&filter::Request {
+            host,
+            uri,
+            method: req.method(),
+            headers: req.headers(),
+            path: &path,
+            prefix_len: found.prefix_len,
+            secure,
+            client,
+        }) {
+            Decision::Pass(pass) => pass,
+            Decision::Answer(res) => {
+                return Dispatch::Respond(done(Arc::clone(&entry.metrics), res));
+            }
+        };
 
         // Phase 5: handle.
         let mut res = match &entry.handler {
@@ -183,7 +195,7 @@ impl Shared {
                     prefix_len,
                     path: path.into_owned(),
                     started,
-                    secure,
+                    pass,
                 }));
             }
             Handler::Static(static_files) => static_files.serve(
@@ -199,7 +211,7 @@ impl Shared {
                 &self.ctx.metrics.file_cache,
             ),
         };
-        entry.filters.on_response(res.headers_mut(), secure);
+        entry.filters.on_response(res.headers_mut(), &pass);
 
         // Phase 6: log (when the body ends).
         Dispatch::Respond(done(Arc::clone(&entry.metrics), res))
@@ -228,8 +240,9 @@ pub(crate) struct ProxyTarget {
     /// The normalised request path.
     pub(crate) path: Vec<u8>,
     pub(crate) started: Instant,
-    /// The request came over TLS.
-    pub(crate) secure: bool,
+    /// What the request phase found (TLS, an allowed CORS origin), for
+    /// the response phase.
+    pub(crate) pass: filter::Pass,
 }
 
 impl ProxyTarget {

@@ -285,15 +285,12 @@ mod tests {
 
     fn conditional(name: &str, hosts: &[&str], path: PathRule, matches: Matches) -> Route {
         Route {
-            key: RouteKey {
-                kind: RouteKind::StaticRoute,
-                namespace: "default".into(),
-                name: name.into(),
-            },
+            key: RouteKey::new(RouteKind::StaticRoute, "default", name),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             path,
             matches,
             tls: None,
+            policy: Default::default(),
             action: Action::Static(StaticAction {
                 root: "/srv".into(),
                 index: "index.html".into(),

@@ -880,11 +880,11 @@ fn measure_heap(file: &Path) -> String {
     let contents: HashMap<RouteKey, i64> = objects
         .iter()
         .map(|o| {
-            let key = RouteKey {
-                kind: RouteKind::StaticRoute,
-                namespace: o.metadata.namespace.clone().unwrap_or_default(),
-                name: o.metadata.name.clone().unwrap_or_default(),
-            };
+            let key = RouteKey::new(
+                RouteKind::StaticRoute,
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name.as_deref().unwrap_or_default(),
+            );
             (key, o.metadata.generation.unwrap_or(0))
         })
         .collect();

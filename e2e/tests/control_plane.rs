@@ -74,6 +74,9 @@ async fn static_route_crd_is_served_and_its_schema_enforced() {
             precompressed: true,
             fallback: None,
             tls: None,
+            access: None,
+            cors: None,
+            redirect: None,
         },
     );
     routes

@@ -17,6 +17,7 @@
 //! depends on it alone, and only the compiler (`pier-compile`) reads
 //! `StaticRoute`, `ProxyRoute`, Services, EndpointSlices and Secrets.
 
+pub mod cidr;
 pub mod fnv;
 mod model;
 mod outcome;
@@ -25,9 +26,10 @@ pub mod units;
 pub mod wire;
 
 pub use model::{
-    Action, Balance, BufferMode, Buffering, Certificate, EjectionPolicy, Endpoint, HashKey,
-    HeaderEdits, Matches, PathRule, ProxyAction, ProxyTimeouts, REDACTED, RetryPolicy, Route,
-    RouteKey, RouteKind, RouteTls, Snapshot, StaticAction, UpstreamTls,
+    Action, Balance, BufferMode, Buffering, Certificate, Cors, EjectionPolicy, Endpoint, HashKey,
+    HeaderEdits, Matches, PathRule, Policy, ProxyAction, ProxyTimeouts, REDACTED, Redirect,
+    RedirectPath, RedirectTo, RegexRewrite, RetryPolicy, Route, RouteKey, RouteKind, RouteTls,
+    Snapshot, StaticAction, UpstreamTls,
 };
 pub use outcome::{Compiled, Invalid, RouteError, Unresolved};
-pub use path::path_regex;
+pub use path::{path_regex, rewrite_regex};

@@ -149,6 +149,8 @@ pub enum RouteKind {
     StaticRoute,
     /// A `ProxyRoute`.
     ProxyRoute,
+    /// A `networking.k8s.io/v1` `Ingress`: one route per host and path.
+    Ingress,
 }
 
 impl RouteKind {
@@ -157,6 +159,7 @@ impl RouteKind {
         match self {
             Self::StaticRoute => "StaticRoute",
             Self::ProxyRoute => "ProxyRoute",
+            Self::Ingress => "Ingress",
         }
     }
 }
@@ -170,11 +173,44 @@ pub struct RouteKey {
     pub namespace: String,
     /// Name of the resource.
     pub name: String,
+    /// Which of the resource's routes: 0 for the one route of a
+    /// `StaticRoute` or `ProxyRoute`; an Ingress numbers its host and
+    /// path pairs from 0 in the order it lists them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rule: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl RouteKey {
+    /// The key of a resource's first (or only) route.
+    pub fn new(kind: RouteKind, namespace: &str, name: &str) -> Self {
+        Self {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            rule: 0,
+        }
+    }
+
+    /// The key of the resource itself, whichever of its routes this is.
+    pub fn resource(&self) -> Self {
+        Self {
+            rule: 0,
+            ..self.clone()
+        }
+    }
 }
 
 impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)?;
+        if self.rule > 0 {
+            write!(f, " rule {}", self.rule)?;
+        }
+        Ok(())
     }
 }
 
@@ -194,8 +230,109 @@ pub struct Route {
     /// HTTPS, when the route names a certificate that resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
+    /// What is checked or answered before the action (access lists,
+    /// redirects, CORS).
+    #[serde(default, skip_serializing_if = "Policy::is_empty")]
+    pub policy: Policy,
     /// What the dataplane does with a matching request.
     pub action: Action,
+}
+
+/// The request-phase rules of a route, run in this order: access lists,
+/// CORS preflight, redirect.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    /// Client networks admitted, as [`cidr`](crate::cidr) prints them;
+    /// empty: any client. Others get 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Client networks refused with 403, checked before `allow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Cross-origin requests: preflights answered, responses marked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    /// Every request is answered with a redirect instead of the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+}
+
+impl Policy {
+    /// True when the route checks nothing before its action.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty()
+            && self.deny.is_empty()
+            && self.cors.is_none()
+            && self.redirect.is_none()
+    }
+}
+
+/// A redirect answered by the dataplane itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// Where to.
+    pub to: RedirectTo,
+}
+
+/// The `Location` of a redirect.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RedirectTo {
+    /// This URL, as it is (an absolute URL or an absolute path, checked to
+    /// be a header value).
+    Url(String),
+    /// The request's own URL with these parts replaced; the query is kept.
+    Parts {
+        /// `http` or `https`; `None`: the request's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheme: Option<String>,
+        /// `None`: the request's host, without its port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// `None`: the scheme's default port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        /// The path.
+        #[serde(default)]
+        path: RedirectPath,
+    },
+}
+
+/// The path of a [`RedirectTo::Parts`] redirect.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RedirectPath {
+    /// The request's path.
+    #[default]
+    Keep,
+    /// This path.
+    Full(String),
+    /// The route's matched prefix replaced by this (Prefix routes).
+    Prefix(String),
+}
+
+/// Cross-origin resource sharing, the way browsers check it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins allowed (`https://a.example`, `https://*.example.com`), or
+    /// `*` for any.
+    pub allow_origins: Vec<String>,
+    /// `Access-Control-Allow-Methods` of a preflight answer.
+    pub allow_methods: String,
+    /// `Access-Control-Allow-Headers` of a preflight answer.
+    pub allow_headers: String,
+    /// `Access-Control-Expose-Headers`; empty: not sent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub expose_headers: String,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+    /// How long a browser may keep a preflight answer, in seconds.
+    pub max_age: u64,
 }
 
 /// Conditions besides host and path; all must hold.
@@ -268,6 +405,9 @@ pub struct ProxyAction {
     pub balancer: Balance,
     /// Replaces the matched prefix of the path (Prefix routes only).
     pub rewrite_prefix: Option<String>,
+    /// Replaces the path when a regular expression finds a match in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_regex: Option<RegexRewrite>,
     /// The `Host` sent upstream; `None` keeps the client's.
     pub rewrite_host: Option<String>,
     /// Edits of the request sent upstream.
@@ -290,6 +430,19 @@ pub struct ProxyAction {
     /// How bodies are held between backend and client.
     #[serde(default)]
     pub buffering: Buffering,
+}
+
+/// A path rewrite by regular expression, as nginx's `rewrite` does it:
+/// when `pattern` finds a match in the decoded path, the path sent
+/// upstream becomes `replacement` with `$1`…`$9` (and `${name}`) put in;
+/// the query is kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexRewrite {
+    /// The expression, checked by [`path_regex`](crate::path_regex).
+    pub pattern: String,
+    /// The new path, starting with `/`.
+    pub replacement: String,
 }
 
 /// Body buffering of a proxy route, sizes in bytes.

@@ -138,6 +138,40 @@ pub enum Invalid {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// An access list, CORS or redirect setting is unusable.
+    #[error("{field} {value:?} {why}")]
+    Policy {
+        /// The spec field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// An Ingress annotation has a value Pier cannot use.
+    #[error("annotation {name} {value:?} {why}")]
+    Annotation {
+        /// The annotation's name.
+        name: String,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A snippet annotation: configuration text for another proxy, which
+    /// Pier never runs (injected nginx configuration was CVE-2025-1974).
+    #[error("annotation {name} is refused: Pier runs no configuration snippets; say what the snippet did with Pier's fields or annotations")]
+    Snippet {
+        /// The annotation's name.
+        name: String,
+    },
+    /// An annotation that restricts who may use the route and that Pier
+    /// does not support: serving the route without it would open it.
+    #[error("annotation {name} is not supported, and serving the Ingress without it would admit requests it refuses")]
+    UnsupportedAccess {
+        /// The annotation's name.
+        name: String,
+    },
     /// Another route already serves one of this route's host and path pairs.
     #[error("host {host:?} and path {path:?} are already served by {winner}")]
     Conflict {
@@ -165,6 +199,10 @@ impl Invalid {
             Self::Timeout { .. } => "InvalidTimeout",
             Self::Balancer { .. } => "InvalidBalancer",
             Self::Size { .. } => "InvalidBuffering",
+            Self::Policy { .. } => "InvalidPolicy",
+            Self::Annotation { .. } => "InvalidAnnotation",
+            Self::Snippet { .. } => "SnippetRefused",
+            Self::UnsupportedAccess { .. } => "UnsupportedAnnotation",
             Self::Conflict { .. } => "Conflict",
         }
     }

@@ -13,10 +13,21 @@ const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 /// validates with it and the dataplane matches with it, so both agree on
 /// what an expression means.
 pub fn path_regex(value: &str) -> Result<regex::bytes::Regex, &'static str> {
+    bounded_regex(value, &format!("^(?:{value})$"))
+}
+
+/// Compiles the pattern of a regex rewrite: unanchored (it finds a match
+/// anywhere in the decoded path, as nginx's `rewrite` does), within the
+/// same limits as [`path_regex`].
+pub fn rewrite_regex(value: &str) -> Result<regex::bytes::Regex, &'static str> {
+    bounded_regex(value, value)
+}
+
+fn bounded_regex(value: &str, pattern: &str) -> Result<regex::bytes::Regex, &'static str> {
     if value.is_empty() || value.len() > MAX_PATH_LEN {
         return Err("must be a regular expression of 1 to 1024 characters");
     }
-    regex::bytes::RegexBuilder::new(&format!("^(?:{value})$"))
+    regex::bytes::RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| match e {

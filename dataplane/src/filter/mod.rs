@@ -4,11 +4,13 @@
 //!
 //! ```text
 //!  request   before a handler or an upstream is chosen; a filter may
-//!            answer here and end the request      redirect (HTTPS)
+//!            answer here and end the request      access (403), redirect
+//!                                                 (HTTPS), cors (preflight),
+//!                                                 redirect (the route's)
 //!  upstream  what a proxied request sends: path and Host rewrites,
 //!            header edits, applied in the one pass that writes the
 //!            upstream head                        rewrite, headers
-//!  response  the response head, whoever built it  headers, hsts
+//!  response  the response head, whoever built it  headers, hsts, cors
 //!  log       when the body ends (the `Done` guard in `body`)
 //! ```
 //!
@@ -16,11 +18,15 @@
 //! [`Filters::compile`] and, for the request and response phases, one
 //! variant of [`RequestFilter`] or [`ResponseFilter`].
 
+mod access;
+mod cors;
 mod hsts;
 mod redirect;
 mod rewrite;
 
-use http::{HeaderMap, Response, Uri};
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use pier_snapshot::{Action, Route};
 
 pub(crate) use self::rewrite::Rewrite;
@@ -38,8 +44,14 @@ pub(crate) struct Filters {
 /// A filter of the request phase.
 #[derive(Debug)]
 enum RequestFilter {
+    /// Clients outside the route's networks get 403.
+    Access(access::Access),
     /// Plain-HTTP requests get a 308 to HTTPS.
     HttpsRedirect,
+    /// Preflights answered; allowed origins noted for the response phase.
+    Cors(cors::Cors),
+    /// Every request answered with the route's redirect.
+    Redirect(redirect::Redirect),
 }
 
 /// A filter of the response phase.
@@ -49,6 +61,9 @@ enum ResponseFilter {
     Headers(Edits),
     /// `Strict-Transport-Security` on HTTPS responses.
     Hsts(hsts::Hsts),
+    /// `Access-Control-Allow-Origin` and the rest, for an allowed origin;
+    /// the settings are the request filter's (its index in `request`).
+    Cors(usize),
 }
 
 /// The upstream phase of a proxy route: applied by the writer of the
@@ -62,24 +77,69 @@ pub(crate) struct Upstream {
 }
 
 /// What request-phase filters look at.
-#[derive(Debug)]
 pub(crate) struct Request<'a> {
     /// The authority of an absolute-form target, or the `Host` field.
     pub(crate) host: &'a str,
     pub(crate) uri: &'a Uri,
+    pub(crate) method: &'a Method,
+    pub(crate) headers: &'a HeaderMap,
+    /// The normalised path, and how many of its bytes the route matched.
+    pub(crate) path: &'a [u8],
+    pub(crate) prefix_len: usize,
     /// The request came over TLS.
     pub(crate) secure: bool,
+    /// The client's address, asked for only by a filter that needs it
+    /// (the HTTP/1.1 engine learns it with a system call).
+    pub(crate) client: &'a dyn Fn() -> Option<IpAddr>,
+}
+
+/// What the request phase hands the response phase of the same request.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pass {
+    /// The request came over TLS.
+    pub(crate) secure: bool,
+    /// The `Access-Control-Allow-Origin` its responses carry.
+    cors_origin: Option<HeaderValue>,
+}
+
+impl Pass {
+    /// What a request that ran no request filter passes on.
+    pub(crate) fn plain(secure: bool) -> Self {
+        Self {
+            secure,
+            cors_origin: None,
+        }
+    }
+}
+
+/// How the request phase ended.
+pub(crate) enum Decision {
+    /// On to the handler.
+    Pass(Pass),
+    /// A filter answered.
+    Answer(Response<Body>),
 }
 
 impl Filters {
     /// Compiles a route's filters.
     pub(crate) fn compile(route: &Route) -> Self {
         let tls = route.tls.as_ref();
+        let policy = &route.policy;
         let mut request = Vec::new();
+        let mut response = Vec::new();
+        if let Some(access) = access::Access::new(&policy.allow, &policy.deny) {
+            request.push(RequestFilter::Access(access));
+        }
         if tls.is_some_and(|t| t.redirect) {
             request.push(RequestFilter::HttpsRedirect);
         }
-        let mut response = Vec::new();
+        if let Some(cors) = policy.cors.as_ref().and_then(cors::Cors::new) {
+            response.push(ResponseFilter::Cors(request.len()));
+            request.push(RequestFilter::Cors(cors));
+        }
+        if let Some(redirect) = &policy.redirect {
+            request.push(RequestFilter::Redirect(redirect::Redirect::new(redirect)));
+        }
         let mut upstream = Upstream::default();
         if let Action::Proxy(action) = &route.action {
             upstream.rewrite = Rewrite::new(action);
@@ -100,17 +160,36 @@ impl Filters {
     }
 
     /// The request phase: a response when a filter answers the request
-    /// itself, `None` to go on to the handler.
-    pub(crate) fn on_request(&self, req: &Request<'_>) -> Option<Response<Body>> {
+    /// itself, or what the response phase needs to know.
+    pub(crate) fn on_request(&self, req: &Request<'_>) -> Decision {
+        let mut pass = Pass::plain(req.secure);
         for filter in &self.request {
             match filter {
+                RequestFilter::Access(access) => {
+                    if !access.admits((req.client)()) {
+                        let mut res = Response::new(Body::empty());
+                        *res.status_mut() = StatusCode::FORBIDDEN;
+                        return Decision::Answer(res);
+                    }
+                }
                 RequestFilter::HttpsRedirect if !req.secure => {
-                    return Some(redirect::to_https(req.host, req.uri));
+                    return Decision::Answer(redirect::to_https(req.host, req.uri));
                 }
                 RequestFilter::HttpsRedirect => {}
+                RequestFilter::Cors(cors) => match cors.check(req.method, req.headers) {
+                    cors::Verdict::Foreign => {}
+                    cors::Verdict::Preflight(res) => return Decision::Answer(res),
+                    cors::Verdict::Allowed(origin) => pass.cors_origin = Some(origin),
+                },
+                RequestFilter::Redirect(redirect) => {
+                    let mut res = redirect.answer(req);
+                    // A redirect from an allowed origin is a response too.
+                    self.on_response(res.headers_mut(), &pass);
+                    return Decision::Answer(res);
+                }
             }
         }
-        None
+        Decision::Pass(pass)
     }
 
     /// The upstream phase of a proxy route.
@@ -121,21 +200,29 @@ impl Filters {
     /// Whether the response phase changes anything for a request: when it
     /// does not, the HTTP/1.1 engine copies a backend's fields as they
     /// came, without making a header map of them.
-    pub(crate) fn edits_response(&self, secure: bool) -> bool {
+    pub(crate) fn edits_response(&self, pass: &Pass) -> bool {
         self.response.iter().any(|filter| match filter {
             ResponseFilter::Headers(_) => true,
-            ResponseFilter::Hsts(_) => secure,
+            ResponseFilter::Hsts(_) => pass.secure,
+            ResponseFilter::Cors(_) => pass.cors_origin.is_some(),
         })
     }
 
     /// The response phase, on any response of the route (files, a
-    /// backend's, an X-Sendfile file).
-    pub(crate) fn on_response(&self, headers: &mut HeaderMap, secure: bool) {
+    /// backend's, an X-Sendfile file, a filter's answer).
+    pub(crate) fn on_response(&self, headers: &mut HeaderMap, pass: &Pass) {
         for filter in &self.response {
             match filter {
                 ResponseFilter::Headers(edits) => edits.apply(headers),
-                ResponseFilter::Hsts(hsts) if secure => hsts.apply(headers),
+                ResponseFilter::Hsts(hsts) if pass.secure => hsts.apply(headers),
                 ResponseFilter::Hsts(_) => {}
+                ResponseFilter::Cors(at) => {
+                    if let (Some(origin), Some(RequestFilter::Cors(cors))) =
+                        (&pass.cors_origin, self.request.get(*at))
+                    {
+                        cors.mark(headers, origin);
+                    }
+                }
             }
         }
     }

@@ -6,15 +6,12 @@ use super::*;
 
 fn route(tls: Option<RouteTls>) -> Route {
     Route {
-        key: RouteKey {
-            kind: RouteKind::StaticRoute,
-            namespace: "default".into(),
-            name: "site".into(),
-        },
+        key: RouteKey::new(RouteKind::StaticRoute, "default", "site"),
         hosts: vec!["example.com".into()],
         path: PathRule::Prefix("/".into()),
         matches: Default::default(),
         tls,
+        policy: Default::default(),
         action: Action::Static(StaticAction {
             root: "/srv".into(),
             index: "index.html".into(),

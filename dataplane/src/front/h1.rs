@@ -264,7 +264,9 @@ impl Conn<'_> {
             }
         };
 
-        let res = match self.shared.dispatch(&head.request, None, false) {
+        let stream = &*self.stream;
+        let client = || stream.peer_addr().ok().map(|a| a.ip());
+        let res = match self.shared.dispatch(&head.request, None, false, &client) {
             Dispatch::Respond(res) => res,
             Dispatch::Proxy(target) => {
                 let keep = head.keep_alive && !self.shared.draining.load(Relaxed);

@@ -232,25 +232,49 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// How a route changes the path it sends upstream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PathRewrite<'a> {
+    /// As the client sent it.
+    Keep,
+    /// The matched prefix replaced by this.
+    Prefix(&'a [u8]),
+    /// When the expression finds a match in the decoded path, the whole
+    /// path becomes the replacement with its `${n}` groups put in.
+    Regex(&'a regex::bytes::Regex, &'a [u8]),
+}
+
 /// The path sent upstream: the matched prefix replaced when the route
 /// rewrites it. The request target's own encoding is kept when its raw path
 /// starts with the matched prefix; otherwise the decoded path is
-/// re-encoded.
+/// re-encoded. A regex rewrite works on the decoded path, and its result
+/// is encoded once.
 pub(crate) fn upstream_path(
     raw_path: &str,
     query: Option<&str>,
     normalized: &[u8],
     prefix_len: usize,
-    rewrite: Option<&[u8]>,
+    rewrite: PathRewrite<'_>,
     out: &mut Vec<u8>,
 ) {
     match rewrite {
-        None => out.extend_from_slice(raw_path.as_bytes()),
-        Some(prefix) => {
+        PathRewrite::Keep => out.extend_from_slice(raw_path.as_bytes()),
+        PathRewrite::Regex(regex, replacement) => match regex.captures(normalized) {
+            Some(groups) => {
+                let mut path = Vec::with_capacity(replacement.len() + normalized.len());
+                groups.expand(replacement, &mut path);
+                if !path.starts_with(b"/") {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(&encode_path(&path));
+            }
+            None => out.extend_from_slice(raw_path.as_bytes()),
+        },
+        PathRewrite::Prefix(prefix) => {
             let matched = &normalized[..prefix_len.min(normalized.len())];
             let rest: Vec<u8> = match raw_path.as_bytes().strip_prefix(matched) {
                 Some(rest) => rest.to_vec(),
-                None => encode(&normalized[matched.len()..]),
+                None => encode_path(&normalized[matched.len()..]),
             };
             if prefix == b"/" && rest.starts_with(b"/") {
                 out.extend_from_slice(&rest);
@@ -270,7 +294,7 @@ pub(crate) fn upstream_path(
 }
 
 /// Percent-encodes what may not appear raw in a path.
-fn encode(path: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_path(path: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len());
     for &b in path {
         if b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b) {
@@ -300,14 +324,11 @@ mod tests {
     fn path(raw: &str, query: Option<&str>, prefix_len: usize, rewrite: Option<&str>) -> String {
         let normalized = super::super::path::normalize(raw).expect("valid path");
         let mut out = Vec::new();
-        upstream_path(
-            raw,
-            query,
-            &normalized,
-            prefix_len,
-            rewrite.map(str::as_bytes),
-            &mut out,
-        );
+        let rewrite = match rewrite {
+            None => PathRewrite::Keep,
+            Some(prefix) => PathRewrite::Prefix(prefix.as_bytes()),
+        };
+        upstream_path(raw, query, &normalized, prefix_len, rewrite, &mut out);
         String::from_utf8(out).expect("ASCII")
     }
 
@@ -319,6 +340,28 @@ mod tests {
         assert_eq!(path("/api", None, 4, Some("/v2")), "/v2");
         assert_eq!(path("/api/x", None, 4, Some("/")), "/x");
         assert_eq!(path("/%61pi/x y", None, 4, Some("/v2")), "/v2/x%20y");
+    }
+
+    #[test]
+    fn regex_rewrites_replace_the_whole_path_with_its_groups() {
+        let rewrite = |raw: &str, pattern: &str, replacement: &str| {
+            let regex = pier_snapshot::rewrite_regex(pattern).expect("valid");
+            let normalized = super::super::path::normalize(raw).expect("valid path");
+            let mut out = Vec::new();
+            let how = PathRewrite::Regex(&regex, replacement.as_bytes());
+            upstream_path(raw, Some("q=1"), &normalized, 0, how, &mut out);
+            String::from_utf8(out).expect("ASCII")
+        };
+        // ingress-nginx's own example: `/something(/|$)(.*)` to `/$2`.
+        let nginx = "(?i)/something(/|$)(.*)";
+        assert_eq!(rewrite("/something/new", nginx, "/${2}"), "/new?q=1");
+        assert_eq!(rewrite("/something", nginx, "/${2}"), "/?q=1");
+        assert_eq!(rewrite("/SomeThing/a/b", nginx, "/${2}"), "/a/b?q=1");
+        // No match: the path goes as it came, encoding and all.
+        assert_eq!(rewrite("/other/x%20y", nginx, "/${2}"), "/other/x%20y?q=1");
+        // Groups are decoded text; the result is encoded once.
+        assert_eq!(rewrite("/api/a%20b", "^/api/(.*)", "/v2/${1}"), "/v2/a%20b?q=1");
+        assert_eq!(rewrite("/api/x", "^/api/(.*)", "${1}"), "/x?q=1");
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl Conn<'_> {
         loop {
             let mut try_ = tried.next(proxy, &choice)?;
             let retry_left = tried.retry_left(&proxy.retries);
-            let edits = target.entry().filters.edits_response(target.secure);
+            let edits = target.entry().filters.edits_response(&target.pass);
             match self
                 .attempt(&try_, request, head, upload.as_deref_mut(), proxy, !edits)
                 .await
@@ -236,7 +236,7 @@ impl Conn<'_> {
             let headers = fields(&read[..response.len]).map_err(bad_head)?;
             read.drain(..response.len);
             let filters = &target.entry().filters;
-            let tunnel = self.tunnel(upstream, headers, read, &protocol, filters, target.secure);
+            let tunnel = self.tunnel(upstream, headers, read, &protocol, filters, &target.pass);
             tunnel.await.map_err(|e| {
                 tracing::debug!(%addr, error = %e, "tunnel ended");
                 Failure::After
@@ -310,7 +310,7 @@ impl Conn<'_> {
             target
                 .entry()
                 .filters
-                .on_response(&mut headers, target.secure);
+                .on_response(&mut headers, &target.pass);
             for (name, value) in &headers {
                 write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
             }
@@ -461,7 +461,7 @@ impl Conn<'_> {
             req.uri().query(),
             &target.path,
             target.prefix_len,
-            phase.rewrite.prefix.as_deref(),
+            phase.rewrite.path(),
             &mut out,
         );
         out.extend_from_slice(b" HTTP/1.1\r\n");

@@ -68,7 +68,7 @@ impl Conn<'_> {
         target
             .entry()
             .filters
-            .on_response(res.headers_mut(), target.secure);
+            .on_response(res.headers_mut(), &target.pass);
         let (parts, mut body) = res.into_parts();
         let persist = Persist::new(keep, req.version());
         self.out.clear();
@@ -203,10 +203,10 @@ impl Conn<'_> {
         leftover: Pooled,
         protocol: &HeaderValue,
         filters: &Filters,
-        secure: bool,
+        pass: &crate::filter::Pass,
     ) -> io::Result<()> {
         strip_hop_by_hop(&mut headers);
-        filters.on_response(&mut headers, secure);
+        filters.on_response(&mut headers, pass);
         self.out.clear();
         write_status_line(&mut self.out, StatusCode::SWITCHING_PROTOCOLS);
         for (name, value) in &headers {

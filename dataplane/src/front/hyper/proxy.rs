@@ -157,7 +157,7 @@ async fn exchange(
         &parts.headers,
         client_host.as_ref(),
         peer,
-        if target.secure { "https" } else { "http" },
+        if target.pass.secure { "https" } else { "http" },
         ctx.upstream.via.as_ref(),
         &phase.headers,
         &mut headers,
@@ -168,7 +168,7 @@ async fn exchange(
         parts.uri.query(),
         &target.path,
         target.prefix_len,
-        phase.rewrite.prefix.as_deref(),
+        phase.rewrite.path(),
         &mut path,
     );
     let uri = Uri::from_maybe_shared(Bytes::from(path)).map_err(|_| StatusCode::BAD_REQUEST)?;
@@ -213,7 +213,7 @@ async fn exchange(
                 }
                 let client = (&parts.method, &parts.headers);
                 let answer = (response, sender, try_);
-                return respond(ctx, client, answer, proxy, (filters, target.secure)).await;
+                return respond(ctx, client, answer, proxy, (filters, &target.pass)).await;
             }
             Err(Failed::Upstream(e)) => {
                 if try_.failed(e, retry_left, metrics) {
@@ -289,7 +289,7 @@ async fn respond(
     (method, client): (&Method, &http::HeaderMap),
     (response, sender, mut try_): (Response<Incoming>, Sender, Try),
     proxy: &Proxy,
-    (filters, secure): (&Filters, bool),
+    (filters, pass): (&Filters, &crate::filter::Pass),
 ) -> Result<Response<Body>, StatusCode> {
     let (mut head, incoming) = response.into_parts();
     let ended = http_body::Body::is_end_stream(&incoming);
@@ -301,7 +301,7 @@ async fn respond(
         }
         drop(try_);
         let mut res = sendfile::respond(handoff, method, client, head.headers, ctx)?;
-        filters.on_response(res.headers_mut(), secure);
+        filters.on_response(res.headers_mut(), pass);
         return Ok(res);
     }
     let length = head.headers.get(CONTENT_LENGTH).cloned();
@@ -309,7 +309,7 @@ async fn respond(
     if let Some(via) = &ctx.upstream.via {
         forward::append_via(&mut head.headers, via);
     }
-    filters.on_response(&mut head.headers, secure);
+    filters.on_response(&mut head.headers, pass);
     head.version = Version::HTTP_2;
     let status = std::mem::replace(&mut try_.status, 502);
     let mut exchange = Exchange {

@@ -54,7 +54,9 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         match self
             .shared
-            .dispatch(&req, Some(&self.activity), self.secure)
+            .dispatch(&req, Some(&self.activity), self.secure, &|| {
+                self.peer.as_ref().map(|p| p.addr.ip())
+            })
         {
             Dispatch::Respond(res) => Answer::Ready(Some(res)),
             Dispatch::Proxy(target) => Answer::Proxy(Box::pin(super::proxy::forward(
