@@ -21,16 +21,16 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
 use pier_snapshot::fnv::FnvMap;
 use pier_snapshot::path::MAX_PATH_LEN;
 use pier_snapshot::{
-    Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction,
-    path_regex,
+    Action, Matches, PathRule, Route, RouteKey, RouteKind, Snapshot, StaticAction, path_regex,
 };
-pub use pier_snapshot::{Compiled, Invalid, RouteError, Unresolved};
+pub use pier_snapshot::{Compiled, Invalid, RouteError, Unresolved, Warning};
 
 /// Longest host name DNS allows.
 const MAX_HOST_LEN: usize = 253;
@@ -45,6 +45,8 @@ pub struct Resources {
     pub static_routes: Vec<Arc<StaticRoute>>,
     /// Every `ProxyRoute` in scope.
     pub proxy_routes: Vec<Arc<ProxyRoute>>,
+    /// The Ingresses this Pier serves (see [`ingress::claims`]).
+    pub ingresses: Vec<Arc<Ingress>>,
     /// Services that ProxyRoutes may name.
     pub services: Vec<Arc<Service>>,
     /// Their EndpointSlices (`discovery.k8s.io/v1`).
@@ -115,6 +117,15 @@ pub fn compile(resources: &Resources) -> Compiled {
             &|key| proxy::proxy_route(key, resource, &backends, &secrets),
         );
     }
+    let mut warnings = Vec::new();
+    ingresses(
+        &resources.ingresses,
+        &backends,
+        &secrets,
+        &mut candidates,
+        &mut errors,
+        &mut warnings,
+    );
 
     // Older routes claim their host/path pairs first.
     candidates.sort_by(|a, b| {
@@ -134,7 +145,7 @@ pub fn compile(resources: &Resources) -> Compiled {
         for host in &hosts {
             if let Some(winner) = claimed.get(&(*host, &route.path, &route.matches)) {
                 errors.push(RouteError {
-                    key: route.key.clone(),
+                    key: route.key.resource(),
                     generation: candidate.generation,
                     invalid: Invalid::Conflict {
                         host: (*host).to_owned(),
@@ -182,13 +193,114 @@ pub fn compile(resources: &Resources) -> Compiled {
         unresolved.extend(problem);
         routes.push(route);
     }
-    unresolved.sort_by(|a, b| a.key.cmp(&b.key));
+    let unresolved = by_resource(unresolved);
     errors.sort_by(|a, b| a.key.cmp(&b.key));
+    warnings.sort_by(|a, b| a.key.cmp(&b.key));
     Compiled {
         snapshot: Snapshot::with_certificates(routes, certificates.into_used()),
         errors,
         unresolved,
+        warnings,
     }
+}
+
+/// Lowers the Ingresses and compiles their routes as `ProxyRoute`s. An
+/// Ingress is taken whole or not at all: one bad path refuses it (as
+/// ingress-nginx's admission check would), with the reason.
+fn ingresses(
+    given: &[Arc<Ingress>],
+    backends: &proxy::Backends<'_>,
+    secrets: &tls::Secrets<'_>,
+    candidates: &mut Vec<Candidate>,
+    errors: &mut Vec<RouteError>,
+    warnings: &mut Vec<Warning>,
+) {
+    let mut lowered = Vec::with_capacity(given.len());
+    let mut meta = Vec::with_capacity(given.len());
+    for resource in given {
+        let metadata = &resource.metadata;
+        let key = RouteKey::new(
+            RouteKind::Ingress,
+            metadata.namespace.as_deref().unwrap_or("default"),
+            metadata.name.as_deref().unwrap_or_default(),
+        );
+        let generation = metadata.generation;
+        let result = if key.name.is_empty() {
+            Err(Invalid::Unnamed)
+        } else {
+            ingress::lower(&key, resource, backends)
+        };
+        match result {
+            Ok(l) => {
+                meta.push((generation, metadata.creation_timestamp.clone()));
+                lowered.push((key, l));
+            }
+            Err(invalid) => errors.push(RouteError {
+                key,
+                generation,
+                invalid,
+            }),
+        }
+    }
+    ingress::merge_canaries(&mut lowered);
+    for ((key, l), (generation, created)) in lowered.into_iter().zip(meta) {
+        warnings.extend(l.warnings.into_iter().map(|message| Warning {
+            key: key.clone(),
+            reason: if message.starts_with("no main Ingress") {
+                "CanaryUnmatched"
+            } else {
+                "UnsupportedAnnotation"
+            },
+            message,
+        }));
+        let built: Result<Vec<_>, Invalid> = l
+            .pieces
+            .into_iter()
+            .map(|piece| {
+                let tls = piece.spec.tls.clone();
+                let resource = ProxyRoute::new(&key.name, piece.spec);
+                proxy::proxy_route(&piece.key, &resource, backends, secrets)
+                    .map(|(route, problem)| (route, problem, tls))
+            })
+            .collect();
+        match built {
+            Ok(routes) => {
+                candidates.extend(routes.into_iter().map(|(route, problem, tls)| Candidate {
+                    unresolved: problem,
+                    created: created.clone(),
+                    generation,
+                    tls,
+                    route,
+                }))
+            }
+            Err(invalid) => errors.push(RouteError {
+                key,
+                generation,
+                invalid,
+            }),
+        }
+    }
+}
+
+/// One unresolved entry per resource: an Ingress's routes each report
+/// theirs, and its status has one place for them.
+fn by_resource(mut unresolved: Vec<Unresolved>) -> Vec<Unresolved> {
+    for u in &mut unresolved {
+        u.key = u.key.resource();
+    }
+    unresolved.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out: Vec<Unresolved> = Vec::with_capacity(unresolved.len());
+    for u in unresolved {
+        match out.last_mut() {
+            Some(last) if last.key == u.key => {
+                if !last.message.split("; ").any(|m| m == u.message) {
+                    last.message = format!("{}; {}", last.message, u.message);
+                }
+            }
+            _ => out.push(u),
+        }
+    }
+    out
 }
 
 /// A route compiled from one resource, with what did not resolve.
@@ -400,6 +512,7 @@ pub(crate) fn header_value(value: &str) -> Result<String, &'static str> {
     Ok(value.trim().to_owned())
 }
 
+pub mod ingress;
 mod policy;
 mod proxy;
 mod tls;

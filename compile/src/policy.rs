@@ -154,7 +154,9 @@ pub(crate) fn redirect_url(field: &'static str, value: &str) -> Result<String, I
     let url = header_value(value).map_err(invalid)?;
     let absolute = url.starts_with("http://") || url.starts_with("https://");
     if !(absolute || url.starts_with('/')) || url.contains(' ') {
-        return Err(invalid("must be an http(s) URL or a path starting with `/`, without spaces"));
+        return Err(invalid(
+            "must be an http(s) URL or a path starting with `/`, without spaces",
+        ));
     }
     Ok(url)
 }
@@ -168,6 +170,12 @@ pub(crate) fn redirect(
         return Ok(None);
     };
     let status = redirect_status("redirect.statusCode", given.status_code.unwrap_or(302))?;
+    if let Some(url) = &given.url {
+        return Ok(Some(Redirect {
+            status,
+            to: RedirectTo::Url(redirect_url("redirect.url", url)?),
+        }));
+    }
     let scheme = match given.scheme.as_deref() {
         None => None,
         Some(s @ ("http" | "https")) => Some(s.to_owned()),
@@ -233,4 +241,124 @@ pub(crate) fn of_spec(
         cors: cors(cors_spec)?,
         redirect: redirect(redirect_spec, path)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pier_snapshot::{PathRule, RedirectPath, RedirectTo};
+
+    use crate::{Action, Resources, compile};
+
+    fn proxy(spec: &str) -> crate::Compiled {
+        let route: pier_crds::ProxyRoute = serde_saphyr::from_str(&format!(
+            "apiVersion: pier.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {{name: r, namespace: default}}\nspec: {spec}\n"
+        ))
+        .expect("test manifest parses");
+        compile(&Resources {
+            proxy_routes: vec![Arc::new(route)],
+            ..Resources::default()
+        })
+    }
+
+    const TO: &str = r#"backends: [{address: "127.0.0.1:80"}]"#;
+
+    #[test]
+    fn route_policies_compile_normalised() {
+        let out = proxy(&format!(
+            r#"{{{TO}, path: {{value: /old}},
+                access: {{allow: ["10.0.0.0/8", "10.0.0.0/8", "2001:db8::/32"], deny: [10.1.2.3]}},
+                cors: {{allowOrigins: ["https://App.example.com"], allowMethods: [GET, POST], maxAge: 10m}},
+                redirect: {{scheme: https, hostname: New.Example.com, path: {{type: ReplacePrefixMatch, value: /new}}, statusCode: 301}}}}"#
+        ));
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let policy = &out.snapshot.routes[0].policy;
+        assert_eq!(policy.allow, ["10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(policy.deny, ["10.1.2.3/32"]);
+        let cors = policy.cors.as_ref().expect("cors");
+        assert_eq!(cors.allow_origins, ["https://app.example.com"]);
+        assert_eq!(cors.allow_methods, "GET, POST");
+        assert_eq!(cors.allow_headers, super::CORS_HEADERS);
+        assert_eq!(cors.max_age, 600);
+        let redirect = policy.redirect.as_ref().expect("redirect");
+        assert_eq!(redirect.status, 301);
+        assert_eq!(
+            redirect.to,
+            RedirectTo::Parts {
+                scheme: Some("https".into()),
+                host: Some("new.example.com".into()),
+                port: None,
+                path: RedirectPath::Prefix("/new".into()),
+            }
+        );
+        let out = proxy(&format!(
+            r#"{{{TO}, redirect: {{url: "https://x.example/y"}}}}"#
+        ));
+        let redirect = out.snapshot.routes[0]
+            .policy
+            .redirect
+            .as_ref()
+            .expect("redirect");
+        assert_eq!(
+            (redirect.status, &redirect.to),
+            (302, &RedirectTo::Url("https://x.example/y".into()))
+        );
+    }
+
+    #[test]
+    fn regex_rewrites_compile_and_check_their_groups() {
+        let out = proxy(&format!(
+            r#"{{{TO}, path: {{type: RegularExpression, value: "/api/.*"}}, rewrite: {{regex: {{pattern: "^/api/(.*)", replacement: "/v2/$1"}}}}}}"#
+        ));
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert!(matches!(out.snapshot.routes[0].path, PathRule::Regex(_)));
+        let Action::Proxy(action) = &out.snapshot.routes[0].action else {
+            panic!("proxy");
+        };
+        assert_eq!(
+            action.rewrite_regex.as_ref().expect("rewrite").replacement,
+            "/v2/$1"
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_reported_with_their_reason() {
+        for (spec, reason) in [
+            (r#"access: {allow: ["10.0.0.1/8"]}"#, "InvalidPolicy"),
+            (r#"access: {deny: [example.com]}"#, "InvalidPolicy"),
+            (
+                r#"cors: {allowOrigins: ["app.example.com"]}"#,
+                "InvalidPolicy",
+            ),
+            (
+                r#"cors: {allowOrigins: ["https://a.example/path"]}"#,
+                "InvalidPolicy",
+            ),
+            (r#"cors: {allowHeaders: ["X Bad"]}"#, "InvalidPolicy"),
+            (r#"cors: {maxAge: forever}"#, "InvalidPolicy"),
+            (r#"redirect: {statusCode: 200}"#, "InvalidPolicy"),
+            (r#"redirect: {url: "ftp://x"}"#, "InvalidPolicy"),
+            (
+                r#"redirect: {path: {type: ReplacePrefixMatch, value: /x}}, path: {type: Exact, value: /a}"#,
+                "InvalidPolicy",
+            ),
+            (
+                r#"rewrite: {regex: {pattern: "(", replacement: /x}}"#,
+                "InvalidPath",
+            ),
+            (
+                r#"rewrite: {regex: {pattern: "^/(a)", replacement: "/$2"}}"#,
+                "InvalidPath",
+            ),
+            (
+                r#"rewrite: {pathPrefix: /p, regex: {pattern: "a", replacement: /b}}"#,
+                "InvalidPath",
+            ),
+        ] {
+            let out = proxy(&format!("{{{TO}, {spec}}}"));
+            assert_eq!(out.errors.len(), 1, "{spec}");
+            assert_eq!(out.errors[0].invalid.reason(), reason, "{spec}");
+        }
+    }
 }

@@ -79,6 +79,20 @@ impl<'a> Backends<'a> {
         index
     }
 
+    /// The number of the port named `port` of Service `namespace/name`
+    /// (an Ingress may name a Service port instead of giving its number).
+    pub(super) fn port_named(&self, namespace: &str, name: &str, port: &str) -> Option<u16> {
+        self.services
+            .get(&(namespace, name))?
+            .spec
+            .as_ref()?
+            .ports
+            .as_ref()?
+            .iter()
+            .find(|p| p.name.as_deref() == Some(port))
+            .and_then(|p| u16::try_from(p.port).ok())
+    }
+
     /// The ready endpoints of `port` of Service `namespace/name`, each with
     /// its pod name (or address) as identity.
     fn resolve(
@@ -333,9 +347,15 @@ pub(crate) fn regex_rewrite(pattern: &str, replacement: &str) -> Result<RegexRew
     };
     let compiled = pier_snapshot::rewrite_regex(pattern).map_err(|why| invalid(pattern, why))?;
     if !(replacement.starts_with('/') || replacement.starts_with('$')) {
-        return Err(invalid(replacement, "(a rewrite's replacement) must start with `/` or a group"));
+        return Err(invalid(
+            replacement,
+            "(a rewrite's replacement) must start with `/` or a group",
+        ));
     }
-    if replacement.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#') {
+    if replacement
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+    {
         return Err(invalid(
             replacement,
             "(a rewrite's replacement) must not contain spaces, control characters, `?` or `#`",
@@ -347,7 +367,10 @@ pub(crate) fn regex_rewrite(pattern: &str, replacement: &str) -> Result<RegexRew
     for (i, _) in replacement.match_indices('$') {
         if let Some(digit) = bytes.get(i + 1).filter(|b| b.is_ascii_digit()) {
             if usize::from(digit - b'0') > groups {
-                return Err(invalid(replacement, "names a group the expression does not have"));
+                return Err(invalid(
+                    replacement,
+                    "names a group the expression does not have",
+                ));
             }
         }
     }

@@ -24,8 +24,8 @@ mod route;
 pub use policy::{Access, Cors, Redirect, RedirectPath, RedirectPathType};
 pub use proxy::{
     Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Ejection, Empty, HashOn,
-    Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, RequestBuffering, Retries, RetryOn,
-    RegexRewrite, Rewrite, Sendfile, Timeouts,
+    Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, RegexRewrite, RequestBuffering,
+    Retries, RetryOn, Rewrite, Sendfile, Timeouts,
 };
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, RouteTls, StaticRoute, StaticRouteSpec, Time,

@@ -64,11 +64,17 @@ pub struct Cors {
     pub max_age: Option<String>,
 }
 
-/// Answer every request of the route with a redirect (Gateway API's
-/// `RequestRedirect`). Absent parts keep the request's.
+/// Answer every request of the route with a redirect: to a fixed `url`
+/// (nginx's `return 301 URL`), or to the request's URL with the parts
+/// given replaced (Gateway API's `RequestRedirect`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.url) || !(has(self.scheme) || has(self.hostname) || has(self.port) || has(self.path))").message("a redirect gives a url or the parts to replace, not both"))]
 pub struct Redirect {
+    /// The whole new URL (`https://example.com/new`) or an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: Option<String>,
     /// `http` or `https`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 'http' || self == 'https'").message("scheme must be http or https"))]

@@ -17,7 +17,7 @@ use crate::route::{HOST_PATTERN, PathMatch, RouteStatus, RouteTls};
 /// The matched path prefix can be replaced (`rewrite.pathPrefix`) and the
 /// upstream `Host` set (`rewrite.host`); `X-Forwarded-For`, `-Proto` and
 /// `-Host` are added, hop-by-hop headers removed both ways.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
     group = "pier.dev",
     version = "v1alpha1",

@@ -237,6 +237,7 @@ impl Dataplane {
                         snapshot: stored,
                         errors: Vec::new(),
                         unresolved: Vec::new(),
+                        warnings: Vec::new(),
                     });
                 }
                 Source::Controller(Box::new(upstream))

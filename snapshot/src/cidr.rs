@@ -98,7 +98,10 @@ mod tests {
         let net = Cidr::parse("10.0.0.0/8").expect("valid");
         assert!(net.contains(ip("10.255.1.2")));
         assert!(!net.contains(ip("11.0.0.1")));
-        assert!(net.contains(ip("::ffff:10.1.1.1")), "IPv4-mapped counts as IPv4");
+        assert!(
+            net.contains(ip("::ffff:10.1.1.1")),
+            "IPv4-mapped counts as IPv4"
+        );
         assert!(!net.contains(ip("2001:db8::1")));
         let one = Cidr::parse("192.0.2.7").expect("valid");
         assert_eq!(one.to_string(), "192.0.2.7/32");
@@ -112,7 +115,15 @@ mod tests {
 
     #[test]
     fn malformed_networks_are_refused() {
-        for bad in ["", "10.0.0.0/33", "10.1.2.3/8", "example.com", "10.0.0.0/", "::1/129", "1.2.3.4/-1"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.1.2.3/8",
+            "example.com",
+            "10.0.0.0/",
+            "::1/129",
+            "1.2.3.4/-1",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -31,5 +31,5 @@ pub use model::{
     RedirectPath, RedirectTo, RegexRewrite, RetryPolicy, Route, RouteKey, RouteKind, RouteTls,
     Snapshot, StaticAction, UpstreamTls,
 };
-pub use outcome::{Compiled, Invalid, RouteError, Unresolved};
+pub use outcome::{Compiled, Invalid, RouteError, Unresolved, Warning};
 pub use path::{path_regex, rewrite_regex};

@@ -14,6 +14,21 @@ pub struct Compiled {
     /// Routes in the snapshot with references that did not resolve (a
     /// missing Service, no ready endpoints), in key order.
     pub unresolved: Vec<Unresolved>,
+    /// What resources ask for and are served without (an unsupported
+    /// Ingress annotation), in key order.
+    pub warnings: Vec<Warning>,
+}
+
+/// Something a resource asks for that Pier serves it without: worth an
+/// Event, never silence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// The resource (rule 0).
+    pub key: RouteKey,
+    /// `UnsupportedAnnotation`, or `CanaryUnmatched`.
+    pub reason: &'static str,
+    /// What is left out.
+    pub message: String,
 }
 
 /// A route whose references did not all resolve: it is served, with what
@@ -160,14 +175,18 @@ pub enum Invalid {
     },
     /// A snippet annotation: configuration text for another proxy, which
     /// Pier never runs (injected nginx configuration was CVE-2025-1974).
-    #[error("annotation {name} is refused: Pier runs no configuration snippets; say what the snippet did with Pier's fields or annotations")]
+    #[error(
+        "annotation {name} is refused: Pier runs no configuration snippets; say what the snippet did with Pier's fields or annotations"
+    )]
     Snippet {
         /// The annotation's name.
         name: String,
     },
     /// An annotation that restricts who may use the route and that Pier
     /// does not support: serving the route without it would open it.
-    #[error("annotation {name} is not supported, and serving the Ingress without it would admit requests it refuses")]
+    #[error(
+        "annotation {name} is not supported, and serving the Ingress without it would admit requests it refuses"
+    )]
     UnsupportedAccess {
         /// The annotation's name.
         name: String,

@@ -360,7 +360,10 @@ mod tests {
         // No match: the path goes as it came, encoding and all.
         assert_eq!(rewrite("/other/x%20y", nginx, "/${2}"), "/other/x%20y?q=1");
         // Groups are decoded text; the result is encoded once.
-        assert_eq!(rewrite("/api/a%20b", "^/api/(.*)", "/v2/${1}"), "/v2/a%20b?q=1");
+        assert_eq!(
+            rewrite("/api/a%20b", "^/api/(.*)", "/v2/${1}"),
+            "/v2/a%20b?q=1"
+        );
         assert_eq!(rewrite("/api/x", "^/api/(.*)", "${1}"), "/x?q=1");
     }
 

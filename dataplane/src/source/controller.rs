@@ -331,6 +331,7 @@ fn apply(upstream: &Upstream, shared: &Shared, snapshot: Snapshot) -> Ack {
             snapshot,
             errors: Vec::new(),
             unresolved: Vec::new(),
+            warnings: Vec::new(),
         });
     }
     Ack {

@@ -56,8 +56,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             .shared
             .dispatch(&req, Some(&self.activity), self.secure, &|| {
                 self.peer.as_ref().map(|p| p.addr.ip())
-            })
-        {
+            }) {
             Dispatch::Respond(res) => Answer::Ready(Some(res)),
             Dispatch::Proxy(target) => Answer::Proxy(Box::pin(super::proxy::forward(
                 Arc::clone(&self.shared.ctx),

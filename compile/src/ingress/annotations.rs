@@ -1,0 +1,661 @@
+//! ingress-nginx's annotations (`nginx.ingress.kubernetes.io/…`): which
+//! ones Pier reads and what each becomes, in one table ([`TABLE`]) that
+//! the README's support table is checked against.
+//!
+//! An annotation Pier does not support is never silently dropped:
+//! - a snippet (`*-snippet`) refuses the Ingress: Pier runs no
+//!   configuration text (injected nginx configuration was CVE-2025-1974);
+//! - one that restricts access (authentication, rate limits, WAF) refuses
+//!   the Ingress too, since serving it without would admit what it refuses;
+//! - any other is reported as a warning (an Event on the Ingress) and the
+//!   Ingress is served without it.
+
+use std::collections::BTreeMap;
+
+use pier_crds::{BalancerType, BufferingMode, Cors, HashOn};
+
+use crate::policy;
+use pier_snapshot::Invalid;
+
+/// The prefix of every ingress-nginx annotation.
+pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// How Pier treats an annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Read, with the meaning ingress-nginx gives it.
+    Supported,
+    /// Not supported: reported in an Event, the Ingress served without it.
+    Ignored,
+    /// Not supported, and it restricts access: the Ingress is refused.
+    Refused,
+}
+
+/// Every ingress-nginx annotation Pier knows, with how it treats it and a
+/// note for the README. Any other `nginx.ingress.kubernetes.io/` name is
+/// `Ignored` (reported as unknown), and any `*-snippet` is refused.
+pub const TABLE: &[(&str, Support, &str)] = &[
+    ("app-root", Supported, "`/` answers 302 to the path"),
+    (
+        "backend-protocol",
+        Supported,
+        "`HTTP`, `HTTPS` (verified: needs `proxy-ssl-secret`); `GRPC`, `GRPCS`, `FCGI`, `AUTO_HTTP` refuse the Ingress",
+    ),
+    (
+        "canary",
+        Supported,
+        "merged into the main Ingress of the same host and path",
+    ),
+    (
+        "canary-by-header",
+        Supported,
+        "the header set to `always` (or `canary-by-header-value`) goes to the canary",
+    ),
+    (
+        "canary-by-header-value",
+        Supported,
+        "the value that selects the canary",
+    ),
+    (
+        "canary-weight",
+        Supported,
+        "share of requests for the canary",
+    ),
+    ("canary-weight-total", Supported, "default 100"),
+    ("canary-by-cookie", Ignored, ""),
+    ("canary-by-header-pattern", Ignored, ""),
+    ("cors-allow-credentials", Supported, "default `true`"),
+    ("cors-allow-headers", Supported, ""),
+    ("cors-allow-methods", Supported, ""),
+    (
+        "cors-allow-origin",
+        Supported,
+        "comma-separated; `https://*.example.com` wildcards",
+    ),
+    ("cors-expose-headers", Supported, ""),
+    ("cors-max-age", Supported, "seconds, default 1728000"),
+    (
+        "enable-cors",
+        Supported,
+        "preflights answered by the dataplane",
+    ),
+    ("denylist-source-range", Supported, "403 for these networks"),
+    (
+        "whitelist-source-range",
+        Supported,
+        "403 for other networks",
+    ),
+    (
+        "allowlist-source-range",
+        Supported,
+        "the newer name of `whitelist-source-range`",
+    ),
+    (
+        "force-ssl-redirect",
+        Supported,
+        "308 to HTTPS; needs the Ingress's TLS on Pier",
+    ),
+    (
+        "ssl-redirect",
+        Supported,
+        "default `true` for hosts with TLS",
+    ),
+    (
+        "load-balance",
+        Supported,
+        "`round_robin`; `ewma` as least-request",
+    ),
+    (
+        "permanent-redirect",
+        Supported,
+        "301 (or `permanent-redirect-code`) to the URL",
+    ),
+    ("permanent-redirect-code", Supported, ""),
+    (
+        "temporal-redirect",
+        Supported,
+        "302 (or `temporal-redirect-code`) to the URL",
+    ),
+    ("temporal-redirect-code", Supported, ""),
+    (
+        "proxy-body-size",
+        Supported,
+        "413 beyond; default `1m` as in ingress-nginx; `0` is unlimited",
+    ),
+    (
+        "proxy-buffering",
+        Supported,
+        "`off` streams; `on` (and absent) is Pier's hybrid buffering",
+    ),
+    (
+        "proxy-request-buffering",
+        Supported,
+        "`off` streams request bodies",
+    ),
+    ("proxy-connect-timeout", Supported, "seconds"),
+    (
+        "proxy-read-timeout",
+        Supported,
+        "seconds: the wait for the response head and the longest silence",
+    ),
+    (
+        "proxy-send-timeout",
+        Supported,
+        "seconds: the longest silence, with `proxy-read-timeout`",
+    ),
+    (
+        "proxy-next-upstream-tries",
+        Supported,
+        "tries in all, first included",
+    ),
+    (
+        "proxy-ssl-secret",
+        Supported,
+        "`namespace/name` whose `ca.crt` verifies HTTPS backends",
+    ),
+    (
+        "proxy-ssl-name",
+        Supported,
+        "the name verified in backend certificates",
+    ),
+    (
+        "proxy-ssl-verify",
+        Supported,
+        "Pier always verifies; `off` is reported",
+    ),
+    (
+        "rewrite-target",
+        Supported,
+        "nginx `rewrite` with `$1`…`$9`; makes the paths regular expressions",
+    ),
+    (
+        "use-regex",
+        Supported,
+        "paths are case-insensitive regular expressions anchored at the start",
+    ),
+    (
+        "upstream-hash-by",
+        Supported,
+        "`$request_uri`, `$uri`, `$remote_addr`, `$http_NAME`, `$cookie_NAME`",
+    ),
+    ("upstream-vhost", Supported, "the `Host` sent upstream"),
+    ("affinity", Ignored, "cookie affinity is not built yet"),
+    ("affinity-mode", Ignored, ""),
+    ("session-cookie-name", Ignored, ""),
+    ("session-cookie-path", Ignored, ""),
+    ("session-cookie-max-age", Ignored, ""),
+    ("session-cookie-expires", Ignored, ""),
+    ("session-cookie-samesite", Ignored, ""),
+    ("session-cookie-secure", Ignored, ""),
+    (
+        "client-body-buffer-size",
+        Ignored,
+        "Pier's buffering sizes are per route (`buffering.memory`)",
+    ),
+    ("custom-http-errors", Ignored, ""),
+    (
+        "default-backend",
+        Ignored,
+        "use the Ingress's `defaultBackend`",
+    ),
+    ("enable-access-log", Ignored, ""),
+    ("from-to-www-redirect", Ignored, ""),
+    ("mirror-target", Ignored, ""),
+    ("mirror-request-body", Ignored, ""),
+    ("proxy-buffer-size", Ignored, "see `buffering.memory`"),
+    ("proxy-buffers-number", Ignored, ""),
+    ("proxy-cookie-domain", Ignored, ""),
+    ("proxy-cookie-path", Ignored, ""),
+    (
+        "proxy-http-version",
+        Ignored,
+        "Pier speaks HTTP/1.1 to backends",
+    ),
+    ("proxy-max-temp-file-size", Ignored, "see `buffering.disk`"),
+    (
+        "proxy-next-upstream",
+        Ignored,
+        "Pier retries connection failures",
+    ),
+    ("proxy-next-upstream-timeout", Ignored, ""),
+    ("proxy-redirect-from", Ignored, ""),
+    ("proxy-redirect-to", Ignored, ""),
+    ("server-alias", Ignored, ""),
+    (
+        "service-upstream",
+        Ignored,
+        "Pier balances across endpoints",
+    ),
+    ("ssl-passthrough", Ignored, ""),
+    ("x-forwarded-prefix", Ignored, ""),
+    (
+        "auth-url",
+        Refused,
+        "forward authentication is not built yet",
+    ),
+    ("auth-signin", Refused, ""),
+    ("auth-method", Refused, ""),
+    ("auth-response-headers", Refused, ""),
+    ("auth-request-redirect", Refused, ""),
+    (
+        "auth-type",
+        Refused,
+        "basic authentication is not built yet",
+    ),
+    ("auth-secret", Refused, ""),
+    ("auth-secret-type", Refused, ""),
+    ("auth-realm", Refused, ""),
+    (
+        "auth-tls-secret",
+        Refused,
+        "client certificates are not built yet",
+    ),
+    ("auth-tls-verify-client", Refused, ""),
+    ("auth-tls-verify-depth", Refused, ""),
+    ("auth-tls-pass-certificate-to-upstream", Refused, ""),
+    ("limit-rps", Refused, "rate limits are not built yet"),
+    ("limit-rpm", Refused, ""),
+    ("limit-connections", Refused, ""),
+    ("limit-burst-multiplier", Refused, ""),
+    ("limit-whitelist", Refused, ""),
+    ("limit-allowlist", Refused, ""),
+    ("global-rate-limit", Refused, ""),
+    ("enable-modsecurity", Refused, ""),
+    ("enable-owasp-core-rules", Refused, ""),
+    ("satisfy", Refused, ""),
+];
+
+use Support::{Ignored, Refused, Supported};
+
+/// How an Ingress's annotations are treated: the name (without the
+/// prefix) and its support. `*-snippet` names are refused.
+pub fn support(name: &str) -> Option<Support> {
+    if name.ends_with("-snippet") {
+        return Some(Refused);
+    }
+    TABLE
+        .iter()
+        .find(|(known, ..)| *known == name)
+        .map(|(_, support, _)| *support)
+}
+
+/// What an Ingress's annotations ask for, checked.
+#[derive(Debug, Default)]
+pub(crate) struct Annotations {
+    /// Paths are regular expressions (`use-regex`, or implied by
+    /// `rewrite-target`).
+    pub(crate) regex: bool,
+    pub(crate) rewrite_target: Option<String>,
+    /// `Some(false)`: no redirect to HTTPS even with TLS.
+    pub(crate) ssl_redirect: Option<bool>,
+    pub(crate) force_ssl_redirect: bool,
+    /// A fixed redirect: URL and status.
+    pub(crate) redirect: Option<(String, u16)>,
+    pub(crate) app_root: Option<String>,
+    /// `None`: no limit (`0`).
+    pub(crate) body_size: Option<u64>,
+    pub(crate) buffering: Option<BufferingMode>,
+    pub(crate) request_buffering: Option<bool>,
+    pub(crate) connect_s: Option<u64>,
+    pub(crate) read_s: Option<u64>,
+    pub(crate) send_s: Option<u64>,
+    pub(crate) tries: Option<u32>,
+    pub(crate) balancer: Option<BalancerType>,
+    pub(crate) hash_on: Option<HashOn>,
+    pub(crate) allow: Vec<String>,
+    pub(crate) deny: Vec<String>,
+    pub(crate) cors: Option<Cors>,
+    pub(crate) backend_https: bool,
+    /// `proxy-ssl-secret`: namespace (when given) and name.
+    pub(crate) ssl_secret: Option<(Option<String>, String)>,
+    pub(crate) ssl_name: Option<String>,
+    pub(crate) upstream_vhost: Option<String>,
+    pub(crate) canary: Option<Canary>,
+    /// What is served without: one line per annotation.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// A canary Ingress's selection.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Canary {
+    /// Share of `total` sent to the canary.
+    pub(crate) weight: u32,
+    pub(crate) total: u32,
+    /// Requests with this header and value go to the canary.
+    pub(crate) header: Option<(String, String)>,
+}
+
+/// ingress-nginx's default `proxy-body-size`: 1 MiB.
+pub(crate) const BODY_SIZE: u64 = 1 << 20;
+
+/// Reads an Ingress's annotations.
+pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotations, Invalid> {
+    let mut out = Annotations {
+        body_size: Some(BODY_SIZE),
+        ..Annotations::default()
+    };
+    let Some(all) = all else {
+        return Ok(out);
+    };
+    let found = Found(all);
+    let ours = |name: &str| found.get(name);
+    // Refusals first, so the reason given is the one that matters.
+    for full in all.keys() {
+        let Some(name) = full.strip_prefix(PREFIX) else {
+            continue;
+        };
+        match support(name) {
+            Some(Refused) if name.ends_with("-snippet") => {
+                return Err(Invalid::Snippet { name: full.clone() });
+            }
+            Some(Refused) => return Err(Invalid::UnsupportedAccess { name: full.clone() }),
+            Some(Ignored) => out.warnings.push(format!(
+                "annotation {full} is not supported; the Ingress is served without it"
+            )),
+            None => out.warnings.push(format!(
+                "annotation {full} is unknown to Pier; the Ingress is served without it"
+            )),
+            Some(Supported) => {}
+        }
+    }
+    let bad = |name: &str, value: &str, why: &'static str| Invalid::Annotation {
+        name: format!("{PREFIX}{name}"),
+        value: value.to_owned(),
+        why,
+    };
+    let flag = |name: &str| -> Result<Option<bool>, Invalid> {
+        match ours(name) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(bad(name, other, "must be \"true\" or \"false\"")),
+        }
+    };
+    let on_off = |name: &str| -> Result<Option<bool>, Invalid> {
+        match ours(name) {
+            None => Ok(None),
+            Some("on") => Ok(Some(true)),
+            Some("off") => Ok(Some(false)),
+            Some(other) => Err(bad(name, other, "must be \"on\" or \"off\"")),
+        }
+    };
+    let seconds = |name: &str| -> Result<Option<u64>, Invalid> {
+        ours(name)
+            .map(|v| match v.parse::<u64>() {
+                Ok(s) if s > 0 => Ok(s),
+                _ => Err(bad(name, v, "must be a whole number of seconds above 0")),
+            })
+            .transpose()
+    };
+    let code = |name: &str, default: u16| -> Result<u16, Invalid> {
+        match ours(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| policy::redirect_status("", c).ok())
+                .ok_or_else(|| bad(name, v, "must be 301, 302, 303, 307 or 308")),
+        }
+    };
+
+    out.regex = flag("use-regex")?.unwrap_or(false);
+    if let Some(target) = ours("rewrite-target") {
+        out.rewrite_target = Some(target.to_owned());
+        out.regex = true;
+    }
+    out.ssl_redirect = flag("ssl-redirect")?;
+    out.force_ssl_redirect = flag("force-ssl-redirect")?.unwrap_or(false);
+    if let Some(url) = ours("permanent-redirect") {
+        let status = code("permanent-redirect-code", 301)?;
+        out.redirect = Some((policy::redirect_url("permanent-redirect", url)?, status));
+    } else if let Some(url) = ours("temporal-redirect") {
+        let status = code("temporal-redirect-code", 302)?;
+        out.redirect = Some((policy::redirect_url("temporal-redirect", url)?, status));
+    }
+    if let Some(root) = ours("app-root") {
+        if !root.starts_with('/') || root == "/" || root.contains(['?', '#', ' ']) {
+            return Err(bad("app-root", root, "must be a path other than `/`"));
+        }
+        out.app_root = Some(root.to_owned());
+    }
+    if let Some(size) = ours("proxy-body-size") {
+        out.body_size = match nginx_size(size) {
+            Some(0) => None,
+            Some(bytes) => Some(bytes),
+            None => {
+                return Err(bad(
+                    "proxy-body-size",
+                    size,
+                    "must be a size such as 8m, 512k or 0",
+                ));
+            }
+        };
+    }
+    out.buffering = on_off("proxy-buffering")?.map(|on| {
+        if on {
+            BufferingMode::Hybrid
+        } else {
+            BufferingMode::Stream
+        }
+    });
+    out.request_buffering = on_off("proxy-request-buffering")?;
+    out.connect_s = seconds("proxy-connect-timeout")?;
+    out.read_s = seconds("proxy-read-timeout")?;
+    out.send_s = seconds("proxy-send-timeout")?;
+    if let Some(tries) = ours("proxy-next-upstream-tries") {
+        out.tries = Some(
+            tries
+                .parse::<u32>()
+                .map_err(|_| bad("proxy-next-upstream-tries", tries, "must be a whole number"))?,
+        );
+    }
+    out.balancer = match ours("load-balance") {
+        None | Some("round_robin") => None,
+        Some("ewma") => Some(BalancerType::LeastRequest),
+        Some(other) => return Err(bad("load-balance", other, "must be round_robin or ewma")),
+    };
+    if let Some(by) = ours("upstream-hash-by") {
+        out.hash_on = Some(hash_by(by).ok_or_else(|| {
+            bad(
+                "upstream-hash-by",
+                by,
+                "must be one of $request_uri, $uri, $remote_addr, $binary_remote_addr, $http_NAME, $cookie_NAME",
+            )
+        })?);
+    }
+    let ranges = |name: &'static str| -> Result<Vec<String>, Invalid> {
+        match ours(name) {
+            None => Ok(Vec::new()),
+            Some(list) => policy::networks(name, list.split(',').filter(|s| !s.trim().is_empty())),
+        }
+    };
+    out.allow = ranges("whitelist-source-range")?;
+    out.allow.extend(ranges("allowlist-source-range")?);
+    out.deny = ranges("denylist-source-range")?;
+    if flag("enable-cors")?.unwrap_or(false) {
+        out.cors = Some(cors(&found, &flag)?);
+    }
+    match ours("backend-protocol")
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("HTTP") => {}
+        Some("HTTPS") => out.backend_https = true,
+        Some(other) => {
+            return Err(bad(
+                "backend-protocol",
+                other,
+                "is not supported yet (HTTP and HTTPS are); serving it as HTTP would fail every request",
+            ));
+        }
+    }
+    if let Some(secret) = ours("proxy-ssl-secret") {
+        out.ssl_secret = Some(match secret.split_once('/') {
+            Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
+            None => (None, secret.to_owned()),
+        });
+    }
+    out.ssl_name = ours("proxy-ssl-name").map(str::to_owned);
+    if on_off("proxy-ssl-verify")? == Some(false) {
+        out.warnings.push(format!(
+            "annotation {PREFIX}proxy-ssl-verify is \"off\", but Pier always verifies backend certificates"
+        ));
+    }
+    out.upstream_vhost = ours("upstream-vhost").map(str::to_owned);
+    if flag("canary")?.unwrap_or(false) {
+        let number = |name: &str, default: u32| -> Result<u32, Invalid> {
+            ours(name).map_or(Ok(default), |v| {
+                v.parse::<u32>()
+                    .map_err(|_| bad(name, v, "must be a whole number"))
+            })
+        };
+        let total = number("canary-weight-total", 100)?;
+        let weight = number("canary-weight", 0)?;
+        if total == 0 || weight > total {
+            return Err(bad(
+                "canary-weight",
+                &weight.to_string(),
+                "must lie between 0 and canary-weight-total (above 0)",
+            ));
+        }
+        let header = ours("canary-by-header").map(|name| {
+            let value = ours("canary-by-header-value").unwrap_or("always");
+            (name.to_owned(), value.to_owned())
+        });
+        out.canary = Some(Canary {
+            weight,
+            total,
+            header,
+        });
+    }
+    Ok(out)
+}
+
+/// An Ingress's annotations, read by their names without the prefix.
+struct Found<'a>(&'a BTreeMap<String, String>);
+
+impl<'a> Found<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(&format!("{PREFIX}{name}")).map(|v| v.trim())
+    }
+}
+
+/// `enable-cors`'s options, with ingress-nginx's defaults.
+fn cors(
+    found: &Found<'_>,
+    flag: &dyn Fn(&str) -> Result<Option<bool>, Invalid>,
+) -> Result<Cors, Invalid> {
+    let ours = |name: &str| found.get(name);
+    let list = |name: &str| -> Vec<String> {
+        ours(name)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let max_age = match ours("cors-max-age") {
+        None => "1728000s".to_owned(),
+        Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => format!("{v}s"),
+        Some(v) => {
+            return Err(Invalid::Annotation {
+                name: format!("{PREFIX}cors-max-age"),
+                value: v.to_owned(),
+                why: "must be a whole number of seconds",
+            });
+        }
+    };
+    Ok(Cors {
+        allow_origins: list("cors-allow-origin"),
+        allow_methods: list("cors-allow-methods"),
+        allow_headers: list("cors-allow-headers"),
+        expose_headers: list("cors-expose-headers"),
+        allow_credentials: flag("cors-allow-credentials")?.unwrap_or(true),
+        max_age: Some(max_age),
+    })
+}
+
+/// nginx's size syntax: digits with an optional `k`, `m` or `g` (powers of
+/// 1024).
+fn nginx_size(value: &str) -> Option<u64> {
+    let lower = value.to_ascii_lowercase();
+    let (digits, shift) = match lower.as_bytes().last()? {
+        b'k' => (&lower[..lower.len() - 1], 10),
+        b'm' => (&lower[..lower.len() - 1], 20),
+        b'g' => (&lower[..lower.len() - 1], 30),
+        _ => (lower.as_str(), 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// `upstream-hash-by`'s variables that name one request property.
+fn hash_by(value: &str) -> Option<HashOn> {
+    let empty = Some(pier_crds::Empty {});
+    match value {
+        "$request_uri" | "$uri" => Some(HashOn {
+            uri: empty,
+            ..HashOn::default()
+        }),
+        "$remote_addr" | "$binary_remote_addr" => Some(HashOn {
+            source_ip: empty,
+            ..HashOn::default()
+        }),
+        _ => {
+            let name = |rest: &str| {
+                (!rest.is_empty()
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+                .then(|| rest.to_owned())
+            };
+            if let Some(header) = value.strip_prefix("$http_") {
+                // nginx spells `X-User` as `$http_x_user`.
+                Some(HashOn {
+                    header: Some(name(header)?.replace('_', "-")),
+                    ..HashOn::default()
+                })
+            } else if let Some(cookie) = value.strip_prefix("$cookie_") {
+                Some(HashOn {
+                    cookie: Some(name(cookie)?),
+                    ..HashOn::default()
+                })
+            } else {
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_sizes_are_powers_of_1024() {
+        assert_eq!(nginx_size("8m"), Some(8 << 20));
+        assert_eq!(nginx_size("512K"), Some(512 << 10));
+        assert_eq!(nginx_size("1g"), Some(1 << 30));
+        assert_eq!(nginx_size("4096"), Some(4096));
+        assert_eq!(nginx_size("0"), Some(0));
+        for bad in ["", "m", "1.5m", "-1", "8mb", "99999999999999999999g"] {
+            assert_eq!(nginx_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_name_in_the_table_is_listed_once() {
+        let mut names: Vec<&str> = TABLE.iter().map(|(n, ..)| *n).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a name is listed twice");
+        assert_eq!(support("configuration-snippet"), Some(Refused));
+        assert_eq!(support("anything-snippet"), Some(Refused));
+        assert_eq!(support("no-such-thing"), None);
+    }
+}
