@@ -85,6 +85,14 @@ impl Shared {
                 "route reference unresolved"
             );
         }
+        for warning in &compiled.warnings {
+            tracing::warn!(
+                route = %warning.key,
+                reason = warning.reason,
+                message = %warning.message,
+                "route served without part of what it asks for"
+            );
+        }
         let version = compiled.snapshot.version.clone();
         let routes = compiled.snapshot.routes.len();
         let previous = self.table.load();

@@ -1,9 +1,11 @@
-//! Standalone mode: route manifests and `kubernetes.io/tls` Secrets from a
-//! directory (the same YAML a user would `kubectl apply`), compiled by the
-//! same pure function the controller uses, and watched for changes.
+//! Standalone mode: route manifests (StaticRoute, ProxyRoute, Ingress),
+//! the Services and EndpointSlices they name and `kubernetes.io/tls`
+//! Secrets from a directory (the same YAML a user would `kubectl apply`),
+//! compiled by the same pure function the controller uses, and watched for
+//! changes.
 //!
 //! ```text
-//!  DIR/*.yaml ──parse──► StaticRoute / ProxyRoute ──pier_compile::compile──► Shared::apply
+//!  DIR/*.yaml ──parse──► StaticRoute / ProxyRoute / Ingress ──pier_compile::compile──► Shared::apply
 //!      ▲                                                                      │
 //!      └──────────── poll every --watch-interval (name, size, mtime) ─────────┘
 //! ```
@@ -19,6 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use pier_compile::Resources;
 use pier_crds::{ProxyRoute, StaticRoute};
 use pier_snapshot::Compiled;
@@ -111,34 +116,36 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
                 continue;
             }
             let meta = TypeMeta::deserialize(&value).map_err(parse_error)?;
+            let r = &mut resources;
             match (meta.api_version.as_str(), meta.kind.as_str()) {
                 ("pier.dev/v1alpha1", "StaticRoute") => {
-                    let mut route = StaticRoute::deserialize(value).map_err(parse_error)?;
-                    route
-                        .metadata
-                        .namespace
-                        .get_or_insert_with(|| "default".to_owned());
+                    let mut route: StaticRoute =
+                        parse::<StaticRoute, _>(value).map_err(parse_error)?;
                     if !route.spec.root.starts_with('/') {
                         route.spec.root = relative_to(&file, &route.spec.root);
                     }
-                    resources.static_routes.push(Arc::new(route));
+                    r.static_routes.push(Arc::new(route));
                 }
                 ("pier.dev/v1alpha1", "ProxyRoute") => {
-                    let mut route = ProxyRoute::deserialize(value).map_err(parse_error)?;
-                    route
-                        .metadata
-                        .namespace
-                        .get_or_insert_with(|| "default".to_owned());
-                    resources.proxy_routes.push(Arc::new(route));
+                    r.proxy_routes
+                        .push(parse::<ProxyRoute, _>(value).map_err(parse_error)?);
                 }
-                ("v1", "Secret") => {
-                    let mut secret = k8s_openapi::api::core::v1::Secret::deserialize(value)
-                        .map_err(parse_error)?;
-                    secret
-                        .metadata
-                        .namespace
-                        .get_or_insert_with(|| "default".to_owned());
-                    resources.secrets.push(Arc::new(secret));
+                // Every Ingress is served, whatever its class: standalone
+                // mode is the only controller there is.
+                ("networking.k8s.io/v1", "Ingress") => {
+                    r.ingresses
+                        .push(parse::<Ingress, _>(value).map_err(parse_error)?);
+                }
+                ("networking.k8s.io/v1", "IngressClass") => {}
+                ("v1", "Secret") => r
+                    .secrets
+                    .push(parse::<Secret, _>(value).map_err(parse_error)?),
+                ("v1", "Service") => r
+                    .services
+                    .push(parse::<Service, _>(value).map_err(parse_error)?),
+                ("discovery.k8s.io/v1", "EndpointSlice") => {
+                    r.endpoint_slices
+                        .push(parse::<EndpointSlice, _>(value).map_err(parse_error)?);
                 }
                 (api_version, kind) => tracing::warn!(
                     file = %file.display(),
@@ -151,6 +158,19 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
         }
     }
     Ok(pier_compile::compile(&resources))
+}
+
+/// A namespaced object from its manifest, in `default` when it names no
+/// namespace (as `kubectl apply` would put it).
+fn parse<K, T>(mut value: serde_json::Value) -> Result<T, serde_json::Error>
+where
+    K: serde::de::DeserializeOwned,
+    T: From<K>,
+{
+    if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.entry("namespace").or_insert_with(|| "default".into());
+    }
+    serde_json::from_value::<K>(value).map(T::from)
 }
 
 /// Resolves a relative `root` against the manifest's directory, collapsing

@@ -1,0 +1,229 @@
+//! Ingress manifests with ingress-nginx annotations, served from a routes
+//! directory by the standalone dataplane: the same YAML a cluster would
+//! take, through the same compiler, over real sockets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+
+use support::{Response, Running, send};
+
+/// A backend that answers each request with its request line's target,
+/// then closes.
+fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let target = head.split(' ').nth(1).unwrap_or("?");
+            let body = format!("target={target}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Service `web` (port 80, `http`) with one ready endpoint: the backend.
+fn service(backend: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {}}}]
+endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}}}]
+",
+        backend.port(),
+        backend.ip()
+    )
+}
+
+fn ingress(name: &str, host: &str, annotations: &str, path: &str, kind: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  annotations: {{{annotations}}}
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: {host}
+    http:
+      paths:
+      - path: \"{path}\"
+        pathType: {kind}
+        backend: {{service: {{name: web, port: {{name: http}}}}}}
+"
+    )
+}
+
+fn ask(pier: &Running, host: &str, method: &str, path: &str, headers: &[&str]) -> Response {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let mut stream = pier.connect();
+    send(&mut stream, &req)
+}
+
+#[test]
+fn ingress_nginx_manifests_are_served_with_their_annotations() {
+    let manifests = [
+        service(backend()),
+        ingress(
+            "api",
+            "api.test",
+            r#"nginx.ingress.kubernetes.io/rewrite-target: "/$2",
+               nginx.ingress.kubernetes.io/enable-cors: "true",
+               nginx.ingress.kubernetes.io/cors-allow-origin: "https://ui.test""#,
+            "/api(/|$)(.*)",
+            "ImplementationSpecific",
+        ),
+        ingress(
+            "blocked",
+            "blocked.test",
+            r#"nginx.ingress.kubernetes.io/denylist-source-range: "127.0.0.0/8""#,
+            "/",
+            "Prefix",
+        ),
+        ingress(
+            "allowed",
+            "allowed.test",
+            r#"nginx.ingress.kubernetes.io/whitelist-source-range: "127.0.0.1/32""#,
+            "/",
+            "Prefix",
+        ),
+        ingress(
+            "moved",
+            "moved.test",
+            r#"nginx.ingress.kubernetes.io/permanent-redirect: "https://new.test/""#,
+            "/",
+            "Prefix",
+        ),
+        ingress(
+            "rooted",
+            "rooted.test",
+            "nginx.ingress.kubernetes.io/app-root: /app",
+            "/",
+            "Prefix",
+        ),
+        ingress(
+            "snippet",
+            "snippet.test",
+            r#"nginx.ingress.kubernetes.io/configuration-snippet: "return 200 'owned';""#,
+            "/",
+            "Prefix",
+        ),
+    ]
+    .concat();
+    let pier = Running::start(&[("ingress.yaml", &manifests)], &[]);
+
+    // rewrite-target with a capture group.
+    let res = ask(&pier, "api.test", "GET", "/API/users/7?x=1", &[]);
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.text(), "target=/users/7?x=1");
+    assert_eq!(
+        ask(&pier, "api.test", "GET", "/api", &[]).text(),
+        "target=/"
+    );
+    assert_eq!(ask(&pier, "api.test", "GET", "/apix", &[]).status, 404);
+
+    // CORS: the preflight never reaches the backend; responses are marked.
+    let preflight = ask(
+        &pier,
+        "api.test",
+        "OPTIONS",
+        "/api/users",
+        &[
+            "Origin: https://ui.test",
+            "Access-Control-Request-Method: PUT",
+        ],
+    );
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://ui.test")
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert!(
+        preflight
+            .header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("PUT"))
+    );
+    let simple = ask(
+        &pier,
+        "api.test",
+        "GET",
+        "/api/x",
+        &["Origin: https://ui.test"],
+    );
+    assert_eq!(
+        simple.header("access-control-allow-origin"),
+        Some("https://ui.test")
+    );
+    assert_eq!(simple.text(), "target=/x");
+    let foreign = ask(
+        &pier,
+        "api.test",
+        "GET",
+        "/api/x",
+        &["Origin: https://evil.test"],
+    );
+    assert_eq!(foreign.header("access-control-allow-origin"), None);
+
+    // Source ranges: this test's client is 127.0.0.1.
+    assert_eq!(ask(&pier, "blocked.test", "GET", "/", &[]).status, 403);
+    assert_eq!(
+        ask(&pier, "allowed.test", "GET", "/x", &[]).text(),
+        "target=/x"
+    );
+
+    // Redirects answered by the dataplane.
+    let moved = ask(&pier, "moved.test", "GET", "/anything", &[]);
+    assert_eq!(
+        (moved.status, moved.header("location")),
+        (301, Some("https://new.test/"))
+    );
+    let rooted = ask(&pier, "rooted.test", "GET", "/", &[]);
+    assert_eq!(rooted.status, 302);
+    assert_eq!(rooted.header("location"), Some("http://rooted.test/app"));
+    assert_eq!(
+        ask(&pier, "rooted.test", "GET", "/app/page", &[]).text(),
+        "target=/app/page"
+    );
+
+    // The snippet refused its Ingress, and only its Ingress.
+    assert_eq!(ask(&pier, "snippet.test", "GET", "/", &[]).status, 404);
+    let metrics = pier.admin("/metrics").text();
+    assert!(
+        metrics.contains("pier_dataplane_snapshot_invalid_routes 1"),
+        "{metrics}"
+    );
+}
