@@ -14,6 +14,7 @@
 mod admin;
 mod channel;
 mod fleet;
+mod ingress;
 mod lease;
 mod metrics;
 mod reconcile;
@@ -64,6 +65,37 @@ pub struct Config {
     /// Leader election among replicas; `None`: this replica always leads
     /// (a single replica).
     pub lease: Option<LeaseConfig>,
+    /// Ingress support; `None`: Ingresses and IngressClasses are not
+    /// watched.
+    pub ingress: Option<IngressConfig>,
+}
+
+/// How the controller serves `networking.k8s.io/v1` Ingresses.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// The `spec.controller` of the IngressClasses it serves
+    /// (`pier.dev/ingress-controller`).
+    pub controller: String,
+    /// The dataplane's Service (`namespace`, `name`), whose addresses go
+    /// into every served Ingress's `status.loadBalancer`; `None`: that
+    /// status is not written.
+    pub publish_service: Option<(String, String)>,
+}
+
+impl IngressConfig {
+    /// Pier's own IngressClass controller, publishing no status.
+    pub fn new() -> Self {
+        Self {
+            controller: pier_compile::ingress::CONTROLLER.to_owned(),
+            publish_service: None,
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Why the controller cannot start.
@@ -145,6 +177,7 @@ impl Controller {
             status: status_tx,
             changed: Arc::clone(&changed),
             lease: config.lease.clone(),
+            ingress: config.ingress,
         };
         let writer = StatusWriter {
             client: client.clone(),

@@ -68,6 +68,20 @@ struct Args {
     #[arg(long, env = "PIER_CLAIM_UNCLASSED", default_value_t = true, action = clap::ArgAction::Set)]
     claim_unclassed: bool,
 
+    /// Serve `networking.k8s.io/v1` Ingresses of the IngressClasses whose
+    /// controller is --ingress-controller.
+    #[arg(long, env = "PIER_INGRESS", default_value_t = true, action = clap::ArgAction::Set)]
+    ingress: bool,
+
+    /// The `spec.controller` of the IngressClasses this controller serves.
+    #[arg(long, env = "PIER_INGRESS_CONTROLLER", default_value = pier_compile::ingress::CONTROLLER)]
+    ingress_controller: String,
+
+    /// NAMESPACE/NAME of the dataplane's Service: its addresses go into
+    /// each served Ingress's status.loadBalancer (none: not written).
+    #[arg(long, env = "PIER_PUBLISH_SERVICE", value_parser = namespaced_name)]
+    publish_service: Option<(String, String)>,
+
     /// Elect one status writer among replicas with a Lease (turn off only
     /// for a single replica outside a cluster).
     #[arg(long, env = "PIER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
@@ -155,6 +169,10 @@ async fn main() -> anyhow::Result<()> {
             tls,
             token,
             admin_listen: args.admin,
+            ingress: args.ingress.then_some(pier_controller::IngressConfig {
+                controller: args.ingress_controller,
+                publish_service: args.publish_service,
+            }),
             lease: args.leader_elect.then(|| pier_controller::LeaseConfig {
                 namespace: args
                     .lease_namespace
@@ -180,4 +198,14 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("stopping");
     controller.stop().await;
     Ok(())
+}
+
+/// `NAMESPACE/NAME`.
+fn namespaced_name(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("{value:?} is not NAMESPACE/NAME")),
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::Api;
 use kube::Resource;
@@ -136,6 +137,12 @@ pub(crate) struct Stores {
     pub(crate) services: Vec<Store<Service>>,
     pub(crate) slices: Vec<Store<EndpointSlice>>,
     pub(crate) secrets: Vec<Store<Secret>>,
+    /// Ingresses, when this controller serves them.
+    pub(crate) ingresses: Vec<Store<Ingress>>,
+    /// The cluster's IngressClasses (one store, or none without Ingress).
+    pub(crate) ingress_classes: Vec<Store<IngressClass>>,
+    /// The `spec.controller` of the IngressClasses this controller serves.
+    pub(crate) ingress_controller: Option<String>,
 }
 
 /// Waits until each store listed its resources once; false when one closed.
@@ -165,14 +172,19 @@ impl Stores {
             && all_ready(&self.services).await
             && all_ready(&self.slices).await
             && all_ready(&self.secrets).await
+            && all_ready(&self.ingresses).await
+            && all_ready(&self.ingress_classes).await
     }
 }
 
-/// A route resource of either kind.
+/// A route resource of any kind.
 #[derive(Clone, Debug)]
 pub(crate) enum RouteObject {
     Static(Arc<StaticRoute>),
     Proxy(Arc<ProxyRoute>),
+    /// Its status has no conditions: they become Events, and the writer
+    /// writes `status.loadBalancer`.
+    Ingress(Arc<Ingress>),
 }
 
 impl RouteObject {
@@ -180,6 +192,7 @@ impl RouteObject {
         match self {
             Self::Static(r) => &r.metadata,
             Self::Proxy(r) => &r.metadata,
+            Self::Ingress(r) => &r.metadata,
         }
     }
 
@@ -189,6 +202,7 @@ impl RouteObject {
             kind: match self {
                 Self::Static(_) => RouteKind::StaticRoute,
                 Self::Proxy(_) => RouteKind::ProxyRoute,
+                Self::Ingress(_) => RouteKind::Ingress,
             },
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -204,6 +218,7 @@ impl RouteObject {
         let status = match self {
             Self::Static(r) => r.status.as_ref(),
             Self::Proxy(r) => r.status.as_ref(),
+            Self::Ingress(_) => None,
         };
         status.map(|s| s.conditions.as_slice()).unwrap_or_default()
     }
@@ -212,14 +227,30 @@ impl RouteObject {
         match self {
             Self::Static(r) => r.object_ref(&()),
             Self::Proxy(r) => r.object_ref(&()),
+            Self::Ingress(r) => r.object_ref(&()),
         }
     }
 }
 
 impl Stores {
-    /// Every route of the stores this controller claims, both kinds.
+    /// Every route of the stores this controller claims, all kinds.
     pub(crate) fn routes(&self) -> Vec<RouteObject> {
-        RouteObject::all(&self.static_routes(), &self.proxy_routes())
+        RouteObject::all(
+            &self.static_routes(),
+            &self.proxy_routes(),
+            &self.ingresses(),
+        )
+    }
+
+    /// The Ingresses of this controller's IngressClasses.
+    pub(crate) fn ingresses(&self) -> Vec<Arc<Ingress>> {
+        let Some(controller) = &self.ingress_controller else {
+            return Vec::new();
+        };
+        let classes = shared(&self.ingress_classes);
+        let mut ingresses = shared(&self.ingresses);
+        ingresses.retain(|i| pier_compile::ingress::claims(i, &classes, controller));
+        ingresses
     }
 
     /// The StaticRoutes this controller claims.
@@ -268,10 +299,15 @@ impl Class {
 
 impl RouteObject {
     /// Both kinds of route in one list.
-    pub(crate) fn all(statics: &[Arc<StaticRoute>], proxies: &[Arc<ProxyRoute>]) -> Vec<Self> {
+    pub(crate) fn all(
+        statics: &[Arc<StaticRoute>],
+        proxies: &[Arc<ProxyRoute>],
+        ingresses: &[Arc<Ingress>],
+    ) -> Vec<Self> {
         let statics = statics.iter().cloned().map(Self::Static);
         statics
             .chain(proxies.iter().cloned().map(Self::Proxy))
+            .chain(ingresses.iter().cloned().map(Self::Ingress))
             .collect()
     }
 }

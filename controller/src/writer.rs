@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -30,6 +31,10 @@ pub(crate) struct Verdicts {
     pub(crate) compiled: HashMap<RouteKey, i64>,
     errors: HashMap<RouteKey, RouteError>,
     unresolved: HashMap<RouteKey, Unresolved>,
+    /// What each resource is served without, as (reason, message).
+    warnings: HashMap<RouteKey, Vec<(String, String)>>,
+    /// The served Ingresses' `status.loadBalancer`; `None`: not written.
+    pub(crate) load_balancer: Option<IngressLoadBalancerStatus>,
 }
 
 impl Verdicts {
@@ -40,13 +45,23 @@ impl Verdicts {
             errors: compiled
                 .errors
                 .into_iter()
-                .map(|e| (e.key.clone(), e))
+                .map(|e| (e.key.resource(), e))
                 .collect(),
             unresolved: compiled
                 .unresolved
                 .into_iter()
-                .map(|u| (u.key.clone(), u))
+                .map(|u| (u.key.resource(), u))
                 .collect(),
+            warnings: compiled.warnings.into_iter().fold(
+                HashMap::new(),
+                |mut all: HashMap<RouteKey, Vec<(String, String)>>, w| {
+                    all.entry(w.key.resource())
+                        .or_default()
+                        .push((w.reason.to_owned(), w.message));
+                    all
+                },
+            ),
+            load_balancer: None,
         }
     }
 }
@@ -81,12 +96,25 @@ pub(crate) fn plan(
                 .map(|u| (u.reason, u.message.as_str()));
             let desired =
                 status::desired(Some(generation), &verdict, refs, programming, current, now);
-            if status::differs(current, &desired) {
+            let ingress = match route {
+                RouteObject::Ingress(ingress) => Some(IngressStatus {
+                    load_balancer: verdicts
+                        .load_balancer
+                        .clone()
+                        .filter(|lb| Some(lb) != current_load_balancer(ingress)),
+                    warnings: verdicts.warnings.get(&key).cloned().unwrap_or_default(),
+                }),
+                _ => None,
+            };
+            // An Ingress has no conditions to compare with: the writer
+            // compares with what it last planned.
+            if ingress.is_some() || status::differs(current, &desired) {
                 batch.writes.push(Arc::new(StatusWrite {
                     transitions: status::transitions(current, &desired),
                     route: route.clone(),
                     key: key.clone(),
                     desired,
+                    ingress,
                 }));
             }
         }
@@ -116,6 +144,32 @@ pub(crate) struct StatusWrite {
     pub(crate) key: RouteKey,
     pub(crate) desired: Vec<Condition>,
     pub(crate) transitions: Vec<status::Transition>,
+    /// For an Ingress: what its status and Events say instead.
+    pub(crate) ingress: Option<IngressStatus>,
+}
+
+/// An Ingress's status has no conditions: its conditions become Events
+/// (on each change of what the writer last planned), and its status says
+/// where clients reach the dataplane.
+#[derive(Debug, PartialEq)]
+pub(crate) struct IngressStatus {
+    /// `status.loadBalancer` to write; `None`: it is as it should be.
+    pub(crate) load_balancer: Option<IngressLoadBalancerStatus>,
+    /// Warnings (reason, message), each an Event when new.
+    pub(crate) warnings: Vec<(String, String)>,
+}
+
+impl StatusWrite {
+    /// Whether this write says something `done` did not.
+    fn news_after(&self, done: Option<&StatusWrite>) -> bool {
+        done.is_none_or(|done| {
+            status::differs(&done.desired, &self.desired) || done.ingress != self.ingress
+        })
+    }
+}
+
+fn current_load_balancer(ingress: &Ingress) -> Option<&IngressLoadBalancerStatus> {
+    ingress.status.as_ref()?.load_balancer.as_ref()
 }
 
 /// Writes status apart from the reconcile loop, so publishing a snapshot
@@ -144,21 +198,17 @@ impl StatusWriter {
             }
             let batch = Arc::clone(&batches.borrow_and_update());
             written.retain(|key, _| batch.live.contains(key));
-            let todo: Vec<Arc<StatusWrite>> = batch
+            let todo: Vec<(Arc<StatusWrite>, Option<Arc<StatusWrite>>)> = batch
                 .writes
                 .iter()
-                .filter(|w| {
-                    written
-                        .get(&w.key)
-                        .is_none_or(|done| done.desired != w.desired)
-                })
-                .cloned()
+                .filter(|w| w.news_after(written.get(&w.key).map(|d| &**d)))
+                .map(|w| (Arc::clone(w), written.get(&w.key).cloned()))
                 .collect();
             let outcomes: Vec<(Arc<StatusWrite>, bool)> = futures::stream::iter(todo)
-                .map(|w| {
+                .map(|(w, done)| {
                     let this = Arc::clone(&this);
                     async move {
-                        let ok = this.write(&w).await;
+                        let ok = this.write(&w, done.as_deref()).await;
                         (w, ok)
                     }
                 })
@@ -185,8 +235,11 @@ impl StatusWriter {
     }
 
     /// Patches one route's status (server-side apply); true when done or
-    /// moot (the route is gone).
-    async fn write(&self, write: &StatusWrite) -> bool {
+    /// moot (the route is gone). `done`: what was last written for it.
+    async fn write(&self, write: &StatusWrite, done: Option<&StatusWrite>) -> bool {
+        if let Some(ingress) = &write.ingress {
+            return self.write_ingress(write, ingress, done).await;
+        }
         let patch = serde_json::json!({
             "apiVersion": "pier.dev/v1alpha1",
             "kind": write.key.kind.as_str(),
@@ -203,6 +256,7 @@ impl StatusWriter {
                 .patch_status(name, &params, &Patch::Apply(&patch))
                 .await
                 .map(drop),
+            RouteKind::Ingress => return true,
         };
         match patched {
             Ok(_) => {
@@ -221,6 +275,52 @@ impl StatusWriter {
 }
 
 impl StatusWriter {
+    /// An Ingress: `status.loadBalancer` when it changed, then Events for
+    /// the conditions that changed since the last write and for new
+    /// warnings.
+    async fn write_ingress(
+        &self,
+        write: &StatusWrite,
+        ingress: &IngressStatus,
+        done: Option<&StatusWrite>,
+    ) -> bool {
+        if let Some(lb) = &ingress.load_balancer {
+            let patch = serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "status": { "loadBalancer": lb },
+            });
+            let params = PatchParams::apply(MANAGER).force();
+            let api = Api::<Ingress>::namespaced(self.client.clone(), &write.key.namespace);
+            match api
+                .patch_status(&write.key.name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => self.metrics.status_written(),
+                Err(kube::Error::Api(e)) if e.code == 404 => return true,
+                Err(e) => {
+                    tracing::warn!(route = %write.key, error = %e, "status write failed");
+                    return false;
+                }
+            }
+        }
+        let before = done.map_or(&[][..], |d| d.desired.as_slice());
+        let mut transitions = status::transitions(before, &write.desired);
+        let known = done.and_then(|d| d.ingress.as_ref()).map(|i| &i.warnings);
+        for (reason, message) in &ingress.warnings {
+            if known.is_none_or(|k| !k.iter().any(|(_, m)| m == message)) {
+                transitions.push(status::Transition {
+                    kind: "Served".to_owned(),
+                    ok: false,
+                    reason: reason.clone(),
+                    message: message.clone(),
+                });
+            }
+        }
+        self.announce(&write.route, &transitions).await;
+        true
+    }
+
     /// One Event per condition transition: `Normal` when it became true,
     /// `Warning` when it became false. A failure is logged, never retried:
     /// Events are best effort, status is the record.

@@ -188,7 +188,7 @@ impl Shared {
         }) {
             Decision::Pass(pass) => pass,
             Decision::Answer(res) => {
-                return Dispatch::Respond(done(Arc::clone(&entry.metrics), res));
+                return Dispatch::Respond(done(Arc::clone(&entry.metrics), *res));
             }
         };
 

@@ -369,6 +369,11 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
                 duration: Duration::from_secs(15),
                 renew: Duration::from_secs(5),
             }),
+            // What the chart's RBAC grants, publish Service and all.
+            ingress: Some(pier_controller::IngressConfig {
+                controller: pier_compile::ingress::CONTROLLER.to_owned(),
+                publish_service: Some((NAMESPACE.into(), "pier-dataplane".into())),
+            }),
         },
     )
     .await

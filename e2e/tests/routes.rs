@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pier_crds::{ProxyRoute, StaticRoute};
 use serde_json::json;
-use support::{Cluster, eventually};
+use support::{Cluster, eventually, local_address, tiny_backend, tiny_backend_on};
 
 fn route(name: &str, spec: serde_json::Value) -> StaticRoute {
     serde_json::from_value(json!({
@@ -274,43 +274,6 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
     .await;
 }
 
-/// A backend answering every request on its connections with `body`.
-fn tiny_backend(body: &'static str) -> std::net::SocketAddr {
-    tiny_backend_at(([127, 0, 0, 1], 0).into(), body)
-}
-
-fn tiny_backend_at(at: std::net::SocketAddr, body: &'static str) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind(at).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if conn.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_routes_are_served_through_the_controller() {
     let cluster = Cluster::start().await;
@@ -551,30 +514,6 @@ async fn service_backends_follow_their_endpoint_slices() {
         })
     })
     .await;
-}
-
-/// A non-loopback IPv4 address of this machine: the source address the
-/// kernel picks towards a few destinations (a UDP `connect` sends
-/// nothing).
-fn local_address() -> Option<std::net::IpAddr> {
-    [
-        "192.0.2.1:9",
-        "10.255.255.254:9",
-        "172.31.255.254:9",
-        "8.8.8.8:9",
-    ]
-    .iter()
-    .find_map(|to| {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-        socket.connect(to).ok()?;
-        let ip = socket.local_addr().ok()?.ip();
-        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
-    })
-}
-
-/// [`tiny_backend`] on a given address.
-fn tiny_backend_on(ip: std::net::IpAddr, body: &'static str) -> std::net::SocketAddr {
-    tiny_backend_at(std::net::SocketAddr::new(ip, 0), body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

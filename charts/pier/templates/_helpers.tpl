@@ -126,6 +126,15 @@ dataplanes dial and what the certificate is issued for.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.ingress.enabled }}
+# Ingresses: read them, write their status.loadBalancer.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- if .Values.rbac.backends }}
 # For ProxyRoute backends: a Service's ports and its endpoints.
 - apiGroups: [""]

@@ -470,12 +470,9 @@ fn a_conflict_between_ingresses_goes_to_the_older_and_is_reported_on_the_resourc
         "{{rules: [{}]}}",
         rule("a.example.com", &[("/", "Prefix"), ("/x", "Prefix")])
     );
+    let older_rule = rule("a.example.com", &[("/x", "Prefix")]);
     let older = ingress(&format!(
-        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: zz-older, namespace: default, creationTimestamp: \"2026-01-01T00:00:00Z\"}}\nspec: {}\n",
-        format!(
-            "{{rules: [{}]}}",
-            rule("a.example.com", &[("/x", "Prefix")])
-        )
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: zz-older, namespace: default, creationTimestamp: \"2026-01-01T00:00:00Z\"}}\nspec: {{rules: [{older_rule}]}}\n"
     ));
     let out = compile_ingresses(vec![named("newer", "", &spec), older]);
     assert_eq!(out.errors.len(), 1);

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::networking::v1::{IngressClass, IngressLoadBalancerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -59,6 +60,8 @@ pub(crate) struct Reconciler {
     pub(crate) status: watch::Sender<Arc<Batch>>,
     /// Also wakes the loop (watch events, status retries).
     pub(crate) changed: Arc<Notify>,
+    /// Ingress support, when on.
+    pub(crate) ingress: Option<crate::IngressConfig>,
 }
 
 /// Why the loop woke.
@@ -81,6 +84,7 @@ impl Reconciler {
         let alive = &self.alive;
         let mut stores = Stores {
             class: self.class.clone(),
+            ingress_controller: self.ingress.as_ref().map(|i| i.controller.clone()),
             ..Stores::default()
         };
         for scope in &scopes {
@@ -95,6 +99,15 @@ impl Reconciler {
                 .push(stores::watch(self.api(scope), all(), changed, alive));
             s.slices
                 .push(stores::watch(self.api(scope), all(), changed, alive));
+            if self.ingress.is_some() {
+                s.ingresses
+                    .push(stores::watch_specs(self.api(scope), changed, alive));
+            }
+        }
+        if self.ingress.is_some() {
+            let classes = Api::<IngressClass>::all(self.client.clone());
+            let classes = stores::watch(classes, watcher::Config::default(), changed, alive);
+            stores.ingress_classes.push(classes);
         }
         for namespace in &self.secret_namespaces {
             // Only TLS Secrets, and only where the chart grants reading them.
@@ -177,11 +190,13 @@ impl Reconciler {
         let started = Instant::now();
         let statics = stores.static_routes();
         let proxies = stores.proxy_routes();
-        let routes = RouteObject::all(&statics, &proxies);
+        let ingresses = stores.ingresses();
+        let routes = RouteObject::all(&statics, &proxies, &ingresses);
         // The stores' objects themselves: no clone of them per build.
         let compiled = pier_compile::compile(&Resources {
             static_routes: statics,
             proxy_routes: proxies,
+            ingresses,
             services: shared(&stores.services),
             endpoint_slices: shared(&stores.slices),
             secrets: shared(&stores.secrets),
@@ -192,9 +207,26 @@ impl Reconciler {
         });
         self.metrics.reconciled(started.elapsed());
         self.publish(&compiled, &routes, woke);
-        let verdicts = Verdicts::new(compiled, &routes);
+        let mut verdicts = Verdicts::new(compiled, &routes);
+        verdicts.load_balancer = self.load_balancer(stores);
         self.plan_status(&verdicts, &routes, reports);
         verdicts
+    }
+
+    /// What the served Ingresses' `status.loadBalancer` says: the
+    /// addresses of the dataplane's Service, once it is seen.
+    fn load_balancer(&self, stores: &Stores) -> Option<IngressLoadBalancerStatus> {
+        let (namespace, name) = self.ingress.as_ref()?.publish_service.as_ref()?;
+        let found = stores.services.iter().find_map(|store| {
+            store.state().into_iter().find(|s| {
+                s.metadata.namespace.as_deref() == Some(namespace.as_str())
+                    && s.metadata.name.as_deref() == Some(name.as_str())
+            })
+        });
+        if found.is_none() {
+            tracing::debug!(%namespace, %name, "the publish Service is not (yet) seen");
+        }
+        Some(crate::ingress::load_balancer(&*found?))
     }
 
     /// Hands the status writes the routes need now to the writer, when
@@ -246,7 +278,11 @@ impl Reconciler {
         let contents: Contents = snapshot
             .routes
             .iter()
-            .filter_map(|r| Some((r.key.clone(), *generations.get(&r.key)?)))
+            .filter_map(|r| {
+                let key = r.key.resource();
+                let generation = *generations.get(&key)?;
+                Some((key, generation))
+            })
             .collect();
         self.fleet
             .published(&snapshot.version, Arc::new(contents), woke);

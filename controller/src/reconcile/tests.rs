@@ -29,11 +29,32 @@ struct ApiServer {
     static_events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Value>>>,
     /// Status patches: (route name, conditions).
     patches: Mutex<Vec<(String, Value)>>,
+    ingresses: Vec<Value>,
+    ingress_classes: Vec<Value>,
+    services: Vec<Value>,
+    /// Ingress status patches: (name, status).
+    ingress_patches: Mutex<Vec<(String, Value)>>,
+    /// Events created: (regarding name, reason).
+    events: Mutex<Vec<(String, String)>>,
 }
 
 impl ApiServer {
     fn patches(&self) -> Vec<(String, Value)> {
         self.patches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn ingress_patches(&self) -> Vec<(String, Value)> {
+        self.ingress_patches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn events(&self) -> Vec<(String, String)> {
+        self.events
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -73,7 +94,58 @@ impl ApiServer {
             ("GET", "/apis/pier.dev/v1alpha1/proxyroutes") => {
                 list("ProxyRouteList", "pier.dev/v1alpha1", &[])
             }
-            ("GET", "/api/v1/services") => list("ServiceList", "v1", &[]),
+            ("GET", "/api/v1/services") => list("ServiceList", "v1", &self.services),
+            ("GET", "/apis/networking.k8s.io/v1/ingresses") => {
+                list("IngressList", "networking.k8s.io/v1", &self.ingresses)
+            }
+            ("GET", "/apis/networking.k8s.io/v1/ingressclasses") => list(
+                "IngressClassList",
+                "networking.k8s.io/v1",
+                &self.ingress_classes,
+            ),
+            ("PATCH", p)
+                if p.starts_with("/apis/networking.k8s.io/v1/namespaces/")
+                    && p.ends_with("/status") =>
+            {
+                let name = p
+                    .trim_end_matches("/status")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let bytes = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let patch: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                self.ingress_patches
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((name.clone(), patch["status"].clone()));
+                self.ingresses
+                    .iter()
+                    .find(|r| r["metadata"]["name"] == name.as_str())
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            ("POST", p) if p.ends_with("/events") => {
+                let bytes = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let event: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let regarding = event["regarding"]["name"].as_str().unwrap_or_default();
+                let reason = event["reason"].as_str().unwrap_or_default();
+                self.events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((regarding.to_owned(), reason.to_owned()));
+                event
+            }
             ("GET", "/apis/discovery.k8s.io/v1/endpointslices") => {
                 list("EndpointSliceList", "discovery.k8s.io/v1", &[])
             }
@@ -177,6 +249,10 @@ fn start_with(api: ApiServer, class: crate::stores::Class) -> Running {
         lease: None,
         status,
         changed: Arc::clone(&changed),
+        ingress: Some(crate::IngressConfig {
+            controller: pier_compile::ingress::CONTROLLER.to_owned(),
+            publish_service: Some(("pier".into(), "pier-dataplane".into())),
+        }),
     };
     let writer = StatusWriter {
         client: client.clone(),
@@ -376,5 +452,59 @@ async fn routes_of_another_class_are_left_alone() {
     assert!(
         touched.iter().all(|name| name == "named"),
         "only this class's route gets status: {touched:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_served_ingress_gets_the_dataplane_addresses_and_one_event_per_warning() {
+    let ingress = |name: &str, class: &str| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {
+                "name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "generation": 1, "resourceVersion": "1",
+                "annotations": {"nginx.ingress.kubernetes.io/affinity": "cookie"},
+            },
+            "spec": {"ingressClassName": class, "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+        })
+    };
+    let run = start(ApiServer {
+        ingresses: vec![ingress("ours", "pier"), ingress("theirs", "nginx")],
+        ingress_classes: vec![
+            json!({"metadata": {"name": "pier"}, "spec": {"controller": pier_compile::ingress::CONTROLLER}}),
+            json!({"metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}}),
+        ],
+        services: vec![json!({
+            "metadata": {"name": "pier-dataplane", "namespace": "pier"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.9"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}},
+        })],
+        ..ApiServer::default()
+    });
+    until(|| !run.api.ingress_patches().is_empty()).await;
+    let has = |reason: &str| {
+        let events = run.api.events();
+        events
+            .iter()
+            .filter(|(n, r)| n == "ours" && r == reason)
+            .count()
+    };
+    until(|| has("UnsupportedAnnotation") == 1).await;
+    // Later plans (an ack, a rebuild) repeat neither the write nor the Event.
+    run.fleet
+        .published("again", Arc::default(), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let patches = run.api.ingress_patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(patches[0].0, "ours");
+    assert_eq!(
+        patches[0].1,
+        json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}})
+    );
+    assert_eq!(has("UnsupportedAnnotation"), 1);
+    assert!(
+        run.api.events().iter().all(|(n, _)| n != "theirs"),
+        "another class's Ingress is left alone"
     );
 }

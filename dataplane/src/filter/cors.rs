@@ -27,20 +27,29 @@ pub(super) struct Cors {
 #[derive(Debug)]
 enum Origins {
     Any,
-    /// Exact origins, and `scheme://*.` wildcards as (scheme and `://`,
-    /// the suffix after `*`).
+    /// Exact origins, and `scheme://*.` wildcards.
     Listed {
         exact: Box<[Box<[u8]>]>,
-        wildcard: Box<[(Box<[u8]>, Box<[u8]>)]>,
+        wildcard: Box<[Wildcard]>,
     },
+}
+
+/// `https://*.example.com`: any origin of that scheme below the suffix.
+#[derive(Debug)]
+struct Wildcard {
+    /// `https://`.
+    scheme: Box<[u8]>,
+    /// `.example.com`.
+    suffix: Box<[u8]>,
 }
 
 /// What a request's origin earned it.
 pub(super) enum Verdict {
     /// No `Origin`, or one not allowed: nothing to do.
     Foreign,
-    /// A preflight from an allowed origin: answered here.
-    Preflight(Response<Body>),
+    /// A preflight from an allowed origin: answered here (boxed: the
+    /// rare case).
+    Preflight(Box<Response<Body>>),
     /// An allowed origin: its responses carry this `Allow-Origin`.
     Allowed(HeaderValue),
 }
@@ -57,10 +66,10 @@ impl Cors {
             let mut wildcard = Vec::new();
             for origin in &cors.allow_origins {
                 match origin.split_once("://*.") {
-                    Some((scheme, rest)) => wildcard.push((
-                        format!("{scheme}://").into_bytes().into(),
-                        format!(".{rest}").into_bytes().into(),
-                    )),
+                    Some((scheme, rest)) => wildcard.push(Wildcard {
+                        scheme: format!("{scheme}://").into_bytes().into(),
+                        suffix: format!(".{rest}").into_bytes().into(),
+                    }),
                     None => exact.push(origin.as_bytes().into()),
                 }
             }
@@ -88,7 +97,7 @@ impl Cors {
             Origins::Any => true,
             Origins::Listed { exact, wildcard } => {
                 exact.iter().any(|o| **o == *origin)
-                    || wildcard.iter().any(|(scheme, suffix)| {
+                    || wildcard.iter().any(|Wildcard { scheme, suffix }| {
                         origin.strip_prefix(&**scheme).is_some_and(|host| {
                             // At least one label before the suffix; a port
                             // may follow it.
@@ -122,7 +131,7 @@ impl Cors {
             out.insert(ACCESS_CONTROL_ALLOW_HEADERS, self.headers.clone());
             out.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
             self.mark(out, &allow);
-            return Verdict::Preflight(res);
+            return Verdict::Preflight(Box::new(res));
         }
         Verdict::Allowed(allow)
     }

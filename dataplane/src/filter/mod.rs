@@ -116,8 +116,9 @@ impl Pass {
 pub(crate) enum Decision {
     /// On to the handler.
     Pass(Pass),
-    /// A filter answered.
-    Answer(Response<Body>),
+    /// A filter answered (boxed: the rare case, and the common one stays
+    /// small).
+    Answer(Box<Response<Body>>),
 }
 
 impl Filters {
@@ -169,11 +170,11 @@ impl Filters {
                     if !access.admits((req.client)()) {
                         let mut res = Response::new(Body::empty());
                         *res.status_mut() = StatusCode::FORBIDDEN;
-                        return Decision::Answer(res);
+                        return Decision::Answer(Box::new(res));
                     }
                 }
                 RequestFilter::HttpsRedirect if !req.secure => {
-                    return Decision::Answer(redirect::to_https(req.host, req.uri));
+                    return Decision::Answer(Box::new(redirect::to_https(req.host, req.uri)));
                 }
                 RequestFilter::HttpsRedirect => {}
                 RequestFilter::Cors(cors) => match cors.check(req.method, req.headers) {
@@ -185,7 +186,7 @@ impl Filters {
                     let mut res = redirect.answer(req);
                     // A redirect from an allowed origin is a response too.
                     self.on_response(res.headers_mut(), &pass);
-                    return Decision::Answer(res);
+                    return Decision::Answer(Box::new(res));
                 }
             }
         }

@@ -93,7 +93,7 @@ impl Asked {
 
     fn answer(&self, filters: &Filters, secure: bool) -> Response<Body> {
         match self.run(filters, secure) {
-            Decision::Answer(res) => res,
+            Decision::Answer(res) => *res,
             Decision::Pass(_) => panic!("passed, not answered"),
         }
     }
