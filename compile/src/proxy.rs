@@ -366,12 +366,13 @@ pub(crate) fn regex_rewrite(pattern: &str, replacement: &str) -> Result<RegexRew
     let bytes = replacement.as_bytes();
     for (i, _) in replacement.match_indices('$') {
         if let Some(digit) = bytes.get(i + 1).filter(|b| b.is_ascii_digit())
-            && usize::from(digit - b'0') > groups {
-                return Err(invalid(
-                    replacement,
-                    "names a group the expression does not have",
-                ));
-            }
+            && usize::from(digit - b'0') > groups
+        {
+            return Err(invalid(
+                replacement,
+                "names a group the expression does not have",
+            ));
+        }
     }
     Ok(RegexRewrite {
         pattern: pattern.to_owned(),

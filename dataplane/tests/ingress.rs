@@ -227,3 +227,25 @@ fn ingress_nginx_manifests_are_served_with_their_annotations() {
         "{metrics}"
     );
 }
+
+#[test]
+fn the_example_manifests_compile_without_errors_or_warnings() {
+    for dir in ["routes", "ingress"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(dir);
+        let compiled = pier_dataplane::standalone::load(&path).expect("the examples load");
+        assert!(compiled.errors.is_empty(), "{dir}: {:?}", compiled.errors);
+        assert!(
+            compiled.warnings.is_empty(),
+            "{dir}: {:?}",
+            compiled.warnings
+        );
+        assert!(
+            compiled.unresolved.is_empty(),
+            "{dir}: {:?}",
+            compiled.unresolved
+        );
+        assert!(!compiled.snapshot.routes.is_empty(), "{dir}");
+    }
+}

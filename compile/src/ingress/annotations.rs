@@ -648,6 +648,22 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_table_says_what_the_code_does() {
+        let readme = include_str!("../../../README.md");
+        for (name, support, _) in TABLE {
+            let said = match support {
+                Supported => "supported",
+                Ignored => "not yet: reported, served without",
+                Refused => "not yet: the Ingress is refused",
+            };
+            assert!(
+                readme.contains(&format!("| `{name}` | {said} |")),
+                "README.md's annotation table has no row `| `{name}` | {said} |`"
+            );
+        }
+    }
+
+    #[test]
     fn every_name_in_the_table_is_listed_once() {
         let mut names: Vec<&str> = TABLE.iter().map(|(n, ..)| *n).collect();
         names.sort_unstable();
