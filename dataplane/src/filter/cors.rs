@@ -91,19 +91,26 @@ impl Cors {
         })
     }
 
+    /// Compared without case and without allocating (the compiler
+    /// lower-cased the allowed origins).
     fn allows(&self, origin: &[u8]) -> bool {
-        let origin = origin.to_ascii_lowercase();
         match &self.origins {
             Origins::Any => true,
             Origins::Listed { exact, wildcard } => {
-                exact.iter().any(|o| **o == *origin)
+                exact.iter().any(|o| o.eq_ignore_ascii_case(origin))
                     || wildcard.iter().any(|Wildcard { scheme, suffix }| {
-                        origin.strip_prefix(&**scheme).is_some_and(|host| {
-                            // At least one label before the suffix; a port
-                            // may follow it.
-                            let host = host.split(|&b| b == b':').next().unwrap_or(host);
-                            host.len() > suffix.len() && host.ends_with(suffix)
-                        })
+                        let Some(host) = origin
+                            .get(..scheme.len())
+                            .filter(|s| s.eq_ignore_ascii_case(scheme))
+                            .map(|_| &origin[scheme.len()..])
+                        else {
+                            return false;
+                        };
+                        // At least one label before the suffix; a port
+                        // may follow it.
+                        let host = host.split(|&b| b == b':').next().unwrap_or(host);
+                        host.len() > suffix.len()
+                            && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
                     })
             }
         }

@@ -113,10 +113,22 @@ pub(crate) fn serve<'a>(
         buf: BytesMut::new(),
         out: Vec::new(),
         active: false,
-        peer: None,
+        peer: std::sync::OnceLock::new(),
     };
     // A block, not an `async fn`: the connection's state is held once.
     async move { conn.run().await }
+}
+
+/// The connection's client, looked up on first use and kept.
+fn peer_of<'a>(
+    cell: &'a std::sync::OnceLock<Box<crate::http::forward::Peer>>,
+    stream: &TcpStream,
+) -> Option<&'a crate::http::forward::Peer> {
+    if cell.get().is_none() {
+        let addr = stream.peer_addr().ok()?;
+        let _ = cell.set(Box::new(crate::http::forward::Peer::new(addr)));
+    }
+    cell.get().map(|p| &**p)
 }
 
 /// What becomes of a connection after a request.
@@ -140,8 +152,9 @@ struct Conn<'a> {
     out: Vec<u8>,
     /// Holds buffers (counted in `connections_active`).
     active: bool,
-    /// The client's address, once a proxy route asked for it.
-    peer: Option<Box<crate::http::forward::Peer>>,
+    /// The client's address, once a route asked for it (a proxy, an
+    /// access list): one `getpeername` per connection.
+    peer: std::sync::OnceLock<Box<crate::http::forward::Peer>>,
 }
 
 impl Drop for Conn<'_> {
@@ -264,9 +277,13 @@ impl Conn<'_> {
             }
         };
 
-        let stream = &*self.stream;
-        let client = || stream.peer_addr().ok().map(|a| a.ip());
-        let res = match self.shared.dispatch(&head.request, None, false, &client) {
+        let dispatched = {
+            // Borrowed only here: the connection's future stays `Send`.
+            let (stream, peer) = (&*self.stream, &self.peer);
+            let client = || peer_of(peer, stream).map(|p| p.addr.ip());
+            self.shared.dispatch(&head.request, None, false, &client)
+        };
+        let res = match dispatched {
             Dispatch::Respond(res) => res,
             Dispatch::Proxy(target) => {
                 let keep = head.keep_alive && !self.shared.draining.load(Relaxed);

@@ -31,7 +31,7 @@ use super::relay::Framed;
 use super::upload::{Upload, client_status};
 use crate::balance::Choice;
 use crate::dispatch::ProxyTarget;
-use crate::http::forward::{self, Peer, strip_hop_by_hop, upgrade_of};
+use crate::http::forward::{self, strip_hop_by_hop, upgrade_of};
 use crate::http::head::{Framing, Head};
 use crate::http::response::{self, Persist};
 use crate::http::upstream::{
@@ -429,15 +429,8 @@ impl Conn<'_> {
     }
 
     /// The client's address, looked up once per connection.
-    fn peer(&mut self) -> Option<SocketAddr> {
-        if self.peer.is_none() {
-            self.peer = self
-                .stream
-                .peer_addr()
-                .ok()
-                .map(|addr| Box::new(Peer::new(addr)));
-        }
-        self.peer.as_ref().map(|p| p.addr)
+    fn peer(&self) -> Option<SocketAddr> {
+        super::peer_of(&self.peer, self.stream).map(|p| p.addr)
     }
 
     /// The request head sent upstream, through the route's upstream phase
@@ -471,7 +464,7 @@ impl Conn<'_> {
         forward::upstream_fields(
             req.headers(),
             client_host,
-            self.peer.as_deref(),
+            self.peer.get().map(|p| &**p),
             "http",
             self.shared.ctx.upstream.via.as_ref(),
             &phase.headers,
