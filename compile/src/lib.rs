@@ -107,7 +107,7 @@ pub fn compile(resources: &Resources) -> Compiled {
             &|key| static_route(key, resource).map(|route| (route, None)),
         );
     }
-    let backends = proxy::Backends::index(&resources.services, &resources.endpoint_slices);
+    let backends = backends::Backends::index(&resources.services, &resources.endpoint_slices);
     let secrets = tls::Secrets::index(&resources.secrets);
     for resource in &resources.proxy_routes {
         add(
@@ -209,7 +209,7 @@ pub fn compile(resources: &Resources) -> Compiled {
 /// ingress-nginx's admission check would), with the reason.
 fn ingresses(
     given: &[Arc<Ingress>],
-    backends: &proxy::Backends<'_>,
+    backends: &backends::Backends<'_>,
     secrets: &tls::Secrets<'_>,
     candidates: &mut Vec<Candidate>,
     errors: &mut Vec<RouteError>,
@@ -512,6 +512,7 @@ pub(crate) fn header_value(value: &str) -> Result<String, &'static str> {
     Ok(value.trim().to_owned())
 }
 
+mod backends;
 pub mod ingress;
 mod policy;
 mod proxy;

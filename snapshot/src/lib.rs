@@ -22,14 +22,15 @@ pub mod fnv;
 mod model;
 mod outcome;
 pub mod path;
+mod policy;
 pub mod units;
 pub mod wire;
 
 pub use model::{
-    Action, Balance, BufferMode, Buffering, Certificate, Cors, EjectionPolicy, Endpoint, HashKey,
-    HeaderEdits, Matches, PathRule, Policy, ProxyAction, ProxyTimeouts, REDACTED, Redirect,
-    RedirectPath, RedirectTo, RegexRewrite, RetryPolicy, Route, RouteKey, RouteKind, RouteTls,
-    Snapshot, StaticAction, UpstreamTls,
+    Action, Balance, BufferMode, Buffering, Certificate, EjectionPolicy, Endpoint, HashKey,
+    HeaderEdits, Matches, PathRule, ProxyAction, ProxyTimeouts, REDACTED, RegexRewrite,
+    RetryPolicy, Route, RouteKey, RouteKind, RouteTls, Snapshot, StaticAction, UpstreamTls,
 };
 pub use outcome::{Compiled, Invalid, RouteError, Unresolved, Warning};
 pub use path::{path_regex, rewrite_regex};
+pub use policy::{Cors, Policy, Redirect, RedirectPath, RedirectTo};

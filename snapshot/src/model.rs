@@ -5,6 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::policy::Policy;
+
 /// Every compiled route and the certificates they serve, immutable once
 /// built, with a version that is a hash of its content: two snapshots with
 /// the same routes and certificates have the same version.
@@ -236,103 +238,6 @@ pub struct Route {
     pub policy: Policy,
     /// What the dataplane does with a matching request.
     pub action: Action,
-}
-
-/// The request-phase rules of a route, run in this order: access lists,
-/// CORS preflight, redirect.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Policy {
-    /// Client networks admitted, as [`cidr`](crate::cidr) prints them;
-    /// empty: any client. Others get 403.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<String>,
-    /// Client networks refused with 403, checked before `allow`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deny: Vec<String>,
-    /// Cross-origin requests: preflights answered, responses marked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cors: Option<Cors>,
-    /// Every request is answered with a redirect instead of the action.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<Redirect>,
-}
-
-impl Policy {
-    /// True when the route checks nothing before its action.
-    pub fn is_empty(&self) -> bool {
-        self.allow.is_empty()
-            && self.deny.is_empty()
-            && self.cors.is_none()
-            && self.redirect.is_none()
-    }
-}
-
-/// A redirect answered by the dataplane itself.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Redirect {
-    /// 301, 302, 303, 307 or 308.
-    pub status: u16,
-    /// Where to.
-    pub to: RedirectTo,
-}
-
-/// The `Location` of a redirect.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum RedirectTo {
-    /// This URL, as it is (an absolute URL or an absolute path, checked to
-    /// be a header value).
-    Url(String),
-    /// The request's own URL with these parts replaced; the query is kept.
-    Parts {
-        /// `http` or `https`; `None`: the request's.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        scheme: Option<String>,
-        /// `None`: the request's host, without its port.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        host: Option<String>,
-        /// `None`: the scheme's default port.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        port: Option<u16>,
-        /// The path.
-        #[serde(default)]
-        path: RedirectPath,
-    },
-}
-
-/// The path of a [`RedirectTo::Parts`] redirect.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum RedirectPath {
-    /// The request's path.
-    #[default]
-    Keep,
-    /// This path.
-    Full(String),
-    /// The route's matched prefix replaced by this (Prefix routes).
-    Prefix(String),
-}
-
-/// Cross-origin resource sharing, the way browsers check it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Cors {
-    /// Origins allowed (`https://a.example`, `https://*.example.com`), or
-    /// `*` for any.
-    pub allow_origins: Vec<String>,
-    /// `Access-Control-Allow-Methods` of a preflight answer.
-    pub allow_methods: String,
-    /// `Access-Control-Allow-Headers` of a preflight answer.
-    pub allow_headers: String,
-    /// `Access-Control-Expose-Headers`; empty: not sent.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub expose_headers: String,
-    /// `Access-Control-Allow-Credentials: true`.
-    pub allow_credentials: bool,
-    /// How long a browser may keep a preflight answer, in seconds.
-    pub max_age: u64,
 }
 
 /// Conditions besides host and path; all must hold.

@@ -21,6 +21,7 @@
 //! that header match.
 
 pub mod annotations;
+mod table;
 
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ use pier_crds::{
 use pier_snapshot::{Invalid, RouteKey};
 
 use self::annotations::{Annotations, Canary};
-use super::proxy::Backends;
+use super::backends::Backends;
 
 /// The `spec.controller` of Pier's IngressClass.
 pub const CONTROLLER: &str = "pier.dev/ingress-controller";

@@ -119,18 +119,6 @@ pub(crate) fn serve<'a>(
     async move { conn.run().await }
 }
 
-/// The connection's client, looked up on first use and kept.
-fn peer_of<'a>(
-    cell: &'a std::sync::OnceLock<Box<crate::http::forward::Peer>>,
-    stream: &TcpStream,
-) -> Option<&'a crate::http::forward::Peer> {
-    if cell.get().is_none() {
-        let addr = stream.peer_addr().ok()?;
-        let _ = cell.set(Box::new(crate::http::forward::Peer::new(addr)));
-    }
-    cell.get().map(|p| &**p)
-}
-
 /// What becomes of a connection after a request.
 enum Next {
     Keep,
@@ -280,7 +268,7 @@ impl Conn<'_> {
         let dispatched = {
             // Borrowed only here: the connection's future stays `Send`.
             let (stream, peer) = (&*self.stream, &self.peer);
-            let client = || peer_of(peer, stream).map(|p| p.addr.ip());
+            let client = || proxy::peer_of(peer, stream).map(|p| p.addr.ip());
             self.shared.dispatch(&head.request, None, false, &client)
         };
         let res = match dispatched {

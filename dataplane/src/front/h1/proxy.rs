@@ -430,7 +430,7 @@ impl Conn<'_> {
 
     /// The client's address, looked up once per connection.
     fn peer(&self) -> Option<SocketAddr> {
-        super::peer_of(&self.peer, self.stream).map(|p| p.addr)
+        peer_of(&self.peer, self.stream).map(|p| p.addr)
     }
 
     /// The request head sent upstream, through the route's upstream phase
@@ -548,4 +548,16 @@ impl Conn<'_> {
             }
         }
     }
+}
+
+/// The connection's client, looked up on first use and kept.
+pub(super) fn peer_of<'a>(
+    cell: &'a std::sync::OnceLock<Box<crate::http::forward::Peer>>,
+    stream: &tokio::net::TcpStream,
+) -> Option<&'a crate::http::forward::Peer> {
+    if cell.get().is_none() {
+        let addr = stream.peer_addr().ok()?;
+        let _ = cell.set(Box::new(crate::http::forward::Peer::new(addr)));
+    }
+    cell.get().map(|p| &**p)
 }
