@@ -98,9 +98,24 @@ impl Table {
     }
 }
 
+/// The `route` label of a route's series: `namespace/name` for Pier's
+/// own kinds, `ingress:namespace/name#rule` for an Ingress's routes, so
+/// that no two routes of a snapshot share a series (an Ingress has one
+/// route per path, and may share its name with a ProxyRoute it replaces).
 fn label(key: &RouteKey) -> Box<str> {
-    let mut out = String::with_capacity(key.namespace.len() + key.name.len() + 1);
-    for c in key.namespace.chars().chain(['/']).chain(key.name.chars()) {
+    let mut raw = String::with_capacity(key.namespace.len() + key.name.len() + 16);
+    if key.kind == pier_snapshot::RouteKind::Ingress {
+        raw.push_str("ingress:");
+    }
+    raw.push_str(&key.namespace);
+    raw.push('/');
+    raw.push_str(&key.name);
+    if key.kind == pier_snapshot::RouteKind::Ingress {
+        raw.push('#');
+        raw.push_str(&key.rule.to_string());
+    }
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
@@ -109,4 +124,27 @@ fn label(key: &RouteKey) -> Box<str> {
         }
     }
     out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use pier_snapshot::{RouteKey, RouteKind};
+
+    #[test]
+    fn every_route_of_a_snapshot_has_its_own_label() {
+        let ingress = |rule| RouteKey {
+            rule,
+            ..RouteKey::new(RouteKind::Ingress, "shop", "web")
+        };
+        let labels = [
+            super::label(&RouteKey::new(RouteKind::ProxyRoute, "shop", "web")),
+            super::label(&ingress(0)),
+            super::label(&ingress(1)),
+            super::label(&RouteKey::new(RouteKind::StaticRoute, "a\"b", "c")),
+        ];
+        assert_eq!(&*labels[0], "shop/web");
+        assert_eq!(&*labels[1], "ingress:shop/web#0");
+        assert_eq!(&*labels[2], "ingress:shop/web#1");
+        assert_eq!(&*labels[3], "a\\\"b/c", "escaped for the text format");
+    }
 }

@@ -226,6 +226,12 @@ fn ingress_nginx_manifests_are_served_with_their_annotations() {
         metrics.contains("pier_dataplane_snapshot_invalid_routes 1"),
         "{metrics}"
     );
+    // Each path of an Ingress counts under a label of its own.
+    assert!(
+        metrics
+            .contains(r#"pier_dataplane_requests_total{route="ingress:default/api#0",code="200"}"#),
+        "{metrics}"
+    );
 }
 
 #[test]
