@@ -78,7 +78,7 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
     let Some(all) = all else {
         return Ok(out);
     };
-    let found = Found(all);
+    let found = Found::new(all);
     let ours = |name: &str| found.get(name);
     // Refusals first, so the reason given is the one that matters.
     for full in all.keys() {
@@ -273,11 +273,20 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
 }
 
 /// An Ingress's annotations, read by their names without the prefix.
-struct Found<'a>(&'a BTreeMap<String, String>);
+/// Built once per Ingress: a lookup allocates nothing.
+struct Found<'a>(BTreeMap<&'a str, &'a str>);
 
 impl<'a> Found<'a> {
+    fn new(all: &'a BTreeMap<String, String>) -> Self {
+        Self(
+            all.iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?, v.trim())))
+                .collect(),
+        )
+    }
+
     fn get(&self, name: &str) -> Option<&'a str> {
-        self.0.get(&format!("{PREFIX}{name}")).map(|v| v.trim())
+        self.0.get(name).copied()
     }
 }
 

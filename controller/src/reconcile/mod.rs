@@ -217,12 +217,9 @@ impl Reconciler {
     /// addresses of the dataplane's Service, once it is seen.
     fn load_balancer(&self, stores: &Stores) -> Option<IngressLoadBalancerStatus> {
         let (namespace, name) = self.ingress.as_ref()?.publish_service.as_ref()?;
-        let found = stores.services.iter().find_map(|store| {
-            store.state().into_iter().find(|s| {
-                s.metadata.namespace.as_deref() == Some(namespace.as_str())
-                    && s.metadata.name.as_deref() == Some(name.as_str())
-            })
-        });
+        // A lookup by key in the stores, not a scan of every Service.
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+        let found = stores.services.iter().find_map(|store| store.get(&key));
         if found.is_none() {
             tracing::debug!(%namespace, %name, "the publish Service is not (yet) seen");
         }

@@ -107,19 +107,8 @@ impl ApiServer {
                 if p.starts_with("/apis/networking.k8s.io/v1/namespaces/")
                     && p.ends_with("/status") =>
             {
-                let name = p
-                    .trim_end_matches("/status")
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let bytes = request
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let patch: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let name = status_of(p);
+                let patch = json_body(request).await;
                 self.ingress_patches
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -131,13 +120,7 @@ impl ApiServer {
                     .unwrap_or_default()
             }
             ("POST", p) if p.ends_with("/events") => {
-                let bytes = request
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let event: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let event = json_body(request).await;
                 let regarding = event["regarding"]["name"].as_str().unwrap_or_default();
                 let reason = event["reason"].as_str().unwrap_or_default();
                 self.events
@@ -153,19 +136,8 @@ impl ApiServer {
                 if p.starts_with("/apis/pier.dev/v1alpha1/namespaces/")
                     && p.ends_with("/status") =>
             {
-                let name = p
-                    .trim_end_matches("/status")
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let bytes = request
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let patch: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let name = status_of(p);
+                let patch = json_body(request).await;
                 self.patches
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -186,6 +158,26 @@ impl ApiServer {
         };
         Response::new(BoxBody::new(Full::new(Bytes::from(body.to_string()))))
     }
+}
+
+/// The object name of a `…/NAME/status` path.
+fn status_of(path: &str) -> String {
+    path.trim_end_matches("/status")
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A request's JSON body (`null` when it is not JSON).
+async fn json_body(request: Request<kube::client::Body>) -> Value {
+    let bytes = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or_default()
 }
 
 fn static_route(name: &str, root: &str) -> Value {
