@@ -19,10 +19,11 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use pier_crds::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use pier_crds::{PathMatchType, ProxyRoute, StaticRoute, Time};
 
 use pier_snapshot::fnv::FnvMap;
@@ -53,6 +54,16 @@ pub struct Resources {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// `kubernetes.io/tls` Secrets that routes may name in `tls`.
     pub secrets: Vec<Arc<Secret>>,
+    /// Pier's GatewayClasses (see [`gateway::ours`]).
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    /// Gateways; those of Pier's classes are served.
+    pub gateways: Vec<Arc<Gateway>>,
+    /// HTTPRoutes; those attached to Pier's Gateways are served.
+    pub http_routes: Vec<Arc<HTTPRoute>>,
+    /// ReferenceGrants, for references into other namespaces.
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
+    /// Namespaces, for listeners that select routes by namespace labels.
+    pub namespaces: Vec<Arc<Namespace>>,
     /// The time certificates are checked against (Unix seconds); `None`
     /// checks no validity period. Passed in: the compiler reads no clock.
     pub now: Option<i64>,
@@ -90,6 +101,7 @@ pub fn compile(resources: &Resources) -> Compiled {
                 created: metadata.creation_timestamp.clone(),
                 generation,
                 tls: tls_spec,
+                tls_namespace: None,
                 route,
             }),
             Err(invalid) => errors.push(RouteError {
@@ -118,14 +130,15 @@ pub fn compile(resources: &Resources) -> Compiled {
         );
     }
     let mut warnings = Vec::new();
-    ingresses(
-        &resources.ingresses,
-        &backends,
-        &secrets,
-        &mut candidates,
-        &mut errors,
-        &mut warnings,
-    );
+    let mut out = lowered::Out {
+        backends: &backends,
+        secrets: &secrets,
+        candidates: &mut candidates,
+        errors: &mut errors,
+    };
+    lowered::ingresses(&resources.ingresses, &mut out, &mut warnings);
+    let (routes, _) = gateway::lower(resources, &secrets);
+    lowered::http_routes(routes, &mut out);
 
     // Older routes claim their host/path pairs first.
     candidates.sort_by(|a, b| {
@@ -173,7 +186,8 @@ pub fn compile(resources: &Resources) -> Compiled {
         let mut route = candidate.route;
         let mut problem = candidate.unresolved;
         if let Some(spec) = &candidate.tls {
-            match certificates.resolve(&route, spec) {
+            let namespace = candidate.tls_namespace.as_deref();
+            match certificates.resolve(&route, namespace.unwrap_or(&route.key.namespace), spec) {
                 Ok(tls) => route.tls = Some(tls),
                 Err(message) => {
                     problem = Some(match problem {
@@ -201,84 +215,6 @@ pub fn compile(resources: &Resources) -> Compiled {
         errors,
         unresolved,
         warnings,
-    }
-}
-
-/// Lowers the Ingresses and compiles their routes as `ProxyRoute`s. An
-/// Ingress is taken whole or not at all: one bad path refuses it (as
-/// ingress-nginx's admission check would), with the reason.
-fn ingresses(
-    given: &[Arc<Ingress>],
-    backends: &backends::Backends<'_>,
-    secrets: &tls::Secrets<'_>,
-    candidates: &mut Vec<Candidate>,
-    errors: &mut Vec<RouteError>,
-    warnings: &mut Vec<Warning>,
-) {
-    let mut lowered = Vec::with_capacity(given.len());
-    let mut meta = Vec::with_capacity(given.len());
-    for resource in given {
-        let metadata = &resource.metadata;
-        let key = RouteKey::new(
-            RouteKind::Ingress,
-            metadata.namespace.as_deref().unwrap_or("default"),
-            metadata.name.as_deref().unwrap_or_default(),
-        );
-        let generation = metadata.generation;
-        let result = if key.name.is_empty() {
-            Err(Invalid::Unnamed)
-        } else {
-            ingress::lower(&key, resource, backends)
-        };
-        match result {
-            Ok(l) => {
-                meta.push((generation, metadata.creation_timestamp.clone()));
-                lowered.push((key, l));
-            }
-            Err(invalid) => errors.push(RouteError {
-                key,
-                generation,
-                invalid,
-            }),
-        }
-    }
-    ingress::merge_canaries(&mut lowered);
-    for ((key, l), (generation, created)) in lowered.into_iter().zip(meta) {
-        warnings.extend(l.warnings.into_iter().map(|message| Warning {
-            key: key.clone(),
-            reason: if message.starts_with("no main Ingress") {
-                "CanaryUnmatched"
-            } else {
-                "UnsupportedAnnotation"
-            },
-            message,
-        }));
-        let built: Result<Vec<_>, Invalid> = l
-            .pieces
-            .into_iter()
-            .map(|piece| {
-                let tls = piece.spec.tls.clone();
-                let resource = ProxyRoute::new(&key.name, piece.spec);
-                proxy::proxy_route(&piece.key, &resource, backends, secrets)
-                    .map(|(route, problem)| (route, problem, tls))
-            })
-            .collect();
-        match built {
-            Ok(routes) => {
-                candidates.extend(routes.into_iter().map(|(route, problem, tls)| Candidate {
-                    unresolved: problem,
-                    created: created.clone(),
-                    generation,
-                    tls,
-                    route,
-                }))
-            }
-            Err(invalid) => errors.push(RouteError {
-                key,
-                generation,
-                invalid,
-            }),
-        }
     }
 }
 
@@ -312,6 +248,8 @@ struct Candidate {
     generation: Option<i64>,
     /// The route's `tls`, resolved once conflicts are settled.
     tls: Option<pier_crds::RouteTls>,
+    /// Where its Secret is when not in the route's namespace (a Gateway's).
+    tls_namespace: Option<String>,
     route: Route,
 }
 
@@ -513,7 +451,9 @@ pub(crate) fn header_value(value: &str) -> Result<String, &'static str> {
 }
 
 mod backends;
+pub mod gateway;
 pub mod ingress;
+mod lowered;
 mod policy;
 mod proxy;
 mod tls;

@@ -41,6 +41,19 @@ pub(super) fn proxy_route(
     backends: &Backends<'_>,
     secrets: &super::tls::Secrets<'_>,
 ) -> Result<(Route, Option<Unresolved>), Invalid> {
+    proxy_route_in(key, resource, &[], backends, secrets)
+}
+
+/// [`proxy_route`] with the namespace of each backend's Service when it is
+/// not the route's (`namespaces[i]` for `backends[i]`): a Gateway API
+/// route's, once a ReferenceGrant allowed it.
+pub(super) fn proxy_route_in(
+    key: &RouteKey,
+    resource: &ProxyRoute,
+    namespaces: &[Option<String>],
+    backends: &Backends<'_>,
+    secrets: &super::tls::Secrets<'_>,
+) -> Result<(Route, Option<Unresolved>), Invalid> {
     if key.name.is_empty() {
         return Err(Invalid::Unnamed);
     }
@@ -48,7 +61,7 @@ pub(super) fn proxy_route(
     let hosts = hosts(&spec.hosts)?;
     let path = path_rule(spec.path.as_ref())?;
     super::tls::check_spec(spec.tls.as_ref())?;
-    if spec.backends.iter().all(|b| b.weight == Some(0)) {
+    if !spec.backends.is_empty() && spec.backends.iter().all(|b| b.weight == Some(0)) {
         return Err(Invalid::Backend {
             value: String::new(),
             why: "list has no backend with a weight above 0",
@@ -56,7 +69,13 @@ pub(super) fn proxy_route(
     }
     let mut endpoints = Vec::new();
     let mut problems: Vec<(&'static str, String)> = Vec::new();
-    for backend in &spec.backends {
+    if spec.backends.is_empty() {
+        problems.push((
+            "BackendNotFound",
+            "no backend to send requests to".to_owned(),
+        ));
+    }
+    for (i, backend) in spec.backends.iter().enumerate() {
         let weight = u64::from(backend.weight.unwrap_or(1));
         match (&backend.service, backend.port, &backend.address) {
             (None, _, Some(address)) => {
@@ -77,7 +96,11 @@ pub(super) fn proxy_route(
                 });
             }
             (Some(service), Some(port), None) => {
-                match backends.resolve(&key.namespace, service, port) {
+                let namespace = namespaces
+                    .get(i)
+                    .and_then(Option::as_deref)
+                    .unwrap_or(&key.namespace);
+                match backends.resolve(namespace, service, port) {
                     Ok(resolved) => {
                         let n = resolved.len() as u64;
                         for (address, identity) in resolved {
@@ -273,7 +296,32 @@ fn matches(spec: &pier_crds::ProxyRouteSpec) -> Result<Matches, Invalid> {
     }
     headers.sort();
     headers.dedup();
-    Ok(Matches { methods, headers })
+    let mut query = Vec::with_capacity(spec.query_params.len());
+    for q in &spec.query_params {
+        let bad = |b: u8| b.is_ascii_whitespace() || b.is_ascii_control() || b"&#".contains(&b);
+        if q.name.is_empty() || q.name.bytes().any(|b| bad(b) || b == b'=') {
+            return Err(Invalid::Policy {
+                field: "queryParams.name",
+                value: q.name.clone(),
+                why: "must be non-empty, without `&`, `=`, `#`, spaces or control characters",
+            });
+        }
+        if q.value.bytes().any(bad) {
+            return Err(Invalid::Policy {
+                field: "queryParams.value",
+                value: q.value.clone(),
+                why: "must not contain `&`, `#`, spaces or control characters",
+            });
+        }
+        query.push((q.name.clone(), q.value.clone()));
+    }
+    query.sort();
+    query.dedup();
+    Ok(Matches {
+        methods,
+        headers,
+        query,
+    })
 }
 
 /// The X-Sendfile roots of an enabled `sendfile`; none when it is off.

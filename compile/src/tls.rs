@@ -49,6 +49,22 @@ impl<'a> Secrets<'a> {
         self.0.get(&(namespace, name)).copied()
     }
 
+    /// Whether Secret `namespace/name` holds a certificate and key that
+    /// can be served at `now`, or why not.
+    pub(super) fn usable(
+        &self,
+        namespace: &str,
+        name: &str,
+        now: Option<i64>,
+    ) -> Result<(), String> {
+        check(
+            &format!("{namespace}/{name}"),
+            self.get(namespace, name),
+            now,
+        )
+        .map(drop)
+    }
+
     /// The PEM CA certificates in `ca.crt` of Secret `namespace/name`, or
     /// why they cannot be used.
     pub(super) fn ca(&self, namespace: &str, name: &str) -> Result<String, String> {
@@ -98,12 +114,14 @@ impl<'a> Certificates<'a> {
 
     /// The route's HTTPS settings when the Secret it names holds a usable
     /// certificate (whose hosts then include the route's), or why not.
+    /// The Secret is `spec.secretName` in `namespace`: the route's, or the
+    /// Gateway's for a Gateway API route.
     pub(super) fn resolve(
         &mut self,
         route: &Route,
+        namespace: &str,
         spec: &pier_crds::RouteTls,
     ) -> Result<RouteTls, String> {
-        let namespace = route.key.namespace.as_str();
         let name = format!("{namespace}/{}", spec.secret_name);
         let secret = self.secrets.get(namespace, &spec.secret_name);
         let now = self.now;

@@ -17,6 +17,7 @@
 //! `cargo run -p pier-crds --bin crdgen -- --write`; a test fails when the
 //! committed files drift.
 
+pub mod gateway;
 mod policy;
 mod proxy;
 mod route;
@@ -24,8 +25,8 @@ mod route;
 pub use policy::{Access, Cors, Redirect, RedirectPath, RedirectPathType};
 pub use proxy::{
     Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Ejection, Empty, HashOn,
-    Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, RegexRewrite, RequestBuffering,
-    Retries, RetryOn, Rewrite, Sendfile, Timeouts,
+    Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, QueryParam, RegexRewrite,
+    RequestBuffering, Retries, RetryOn, Rewrite, Sendfile, Timeouts,
 };
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, RouteTls, StaticRoute, StaticRouteSpec, Time,

@@ -67,6 +67,13 @@ pub struct ProxyRouteSpec {
     #[schemars(length(max = 16))]
     pub headers: Vec<Header>,
 
+    /// Query parameters that must all be present with exactly these values,
+    /// as sent (names compared with case; the first occurrence of a name
+    /// counts). Tried after method and header matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub query_params: Vec<QueryParam>,
+
     /// Where requests go; each request goes to one, by weight.
     #[schemars(length(min = 1, max = 64))]
     pub backends: Vec<Backend>,
@@ -262,6 +269,19 @@ pub enum HttpMethod {
 }
 
 impl HttpMethod {
+    /// Every method.
+    pub const ALL: [Self; 9] = [
+        Self::GET,
+        Self::HEAD,
+        Self::POST,
+        Self::PUT,
+        Self::DELETE,
+        Self::CONNECT,
+        Self::OPTIONS,
+        Self::TRACE,
+        Self::PATCH,
+    ];
+
     /// The method as it appears on the request line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -457,6 +477,18 @@ pub struct HeaderOps {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 256), regex(pattern = TOKEN_PATTERN)))]
     pub remove: Vec<String>,
+}
+
+/// A query parameter name and value, as they appear in the request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryParam {
+    /// The name, without `&`, `=`, `#` or spaces.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[^&=#\s]+$"))]
+    pub name: String,
+    /// The value, without `&`, `#` or spaces.
+    #[schemars(length(max = 1024), regex(pattern = r"^[^&#\s]*$"))]
+    pub value: String,
 }
 
 /// A header name and value.

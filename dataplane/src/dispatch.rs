@@ -169,6 +169,7 @@ impl Shared {
             path: &path,
             method: req.method(),
             headers: req.headers(),
+            query: uri.query(),
         };
         let Some(found) = table.router.lookup(&lookup) else {
             return Dispatch::Respond(done(unrouted(), files::status(StatusCode::NOT_FOUND)));

@@ -37,6 +37,8 @@ pub(crate) struct Request<'a> {
     pub(crate) path: &'a [u8],
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
+    /// The raw query string, without `?`.
+    pub(crate) query: Option<&'a str>,
 }
 
 /// Host and path lookup for one snapshot.
@@ -61,11 +63,12 @@ struct Paths {
     prefix: FnvMap<Box<[u8]>, Slot>,
 }
 
-/// Methods and exact header values a request must have.
+/// Methods, exact header values and query parameters a request must have.
 #[derive(Debug)]
 struct Conditions {
     methods: Box<[Method]>,
     headers: Box<[(HeaderName, Box<[u8]>)]>,
+    query: Box<[(Box<str>, Box<str>)]>,
 }
 
 impl Conditions {
@@ -91,7 +94,16 @@ impl Conditions {
                 ))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Some(Box::new(Self { methods, headers })))
+        let query = matches
+            .query
+            .iter()
+            .map(|(n, v)| (n.as_str().into(), v.as_str().into()))
+            .collect();
+        Ok(Some(Box::new(Self {
+            methods,
+            headers,
+            query,
+        })))
     }
 
     fn admit(&self, req: &Request<'_>) -> bool {
@@ -102,7 +114,20 @@ impl Conditions {
                     .iter()
                     .any(|v| v.as_bytes() == &**value)
             })
+            && self
+                .query
+                .iter()
+                .all(|(name, value)| query_param(req.query, name) == Some(&**value))
     }
+}
+
+/// The raw value of a query string's first parameter called `name` (a
+/// name without `=` has the empty value).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (n == name).then_some(v)
+    })
 }
 
 impl Router {
@@ -318,6 +343,10 @@ mod tests {
         headers: &[(&'static str, &'static str)],
     ) -> Option<(String, usize)> {
         let router = Router::new(snapshot);
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
         let mut map = HeaderMap::new();
         for (n, v) in headers {
             map.append(*n, HeaderValue::from_static(v));
@@ -327,6 +356,7 @@ mod tests {
             path: path.as_bytes(),
             method,
             headers: &map,
+            query,
         };
         router
             .lookup(&req)
@@ -340,7 +370,43 @@ mod tests {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
+            ..Matches::default()
         }
+    }
+
+    #[test]
+    fn query_parameter_matches_take_the_first_occurrence_and_go_before_none() {
+        let by_query = |name: &str, params: &[(&str, &str)]| {
+            let mut route = conditional(name, &["a.com"], prefix("/"), Matches::default());
+            route.matches.query = params
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect();
+            route
+        };
+        let s = Snapshot::new(vec![
+            route("plain", &["a.com"], prefix("/")),
+            by_query("whale", &[("animal", "whale")]),
+            by_query("two", &[("animal", "whale"), ("color", "blue")]),
+        ]);
+        let get = |path| name(find(&s, "a.com", path));
+        assert_eq!(get("/?animal=whale").as_deref(), Some("whale"));
+        assert_eq!(get("/x?color=blue&animal=whale").as_deref(), Some("two"));
+        assert_eq!(
+            get("/?animal=whale&animal=dolphin").as_deref(),
+            Some("whale")
+        );
+        assert_eq!(
+            get("/?animal=dolphin&animal=whale").as_deref(),
+            Some("plain")
+        );
+        assert_eq!(
+            get("/?Animal=whale").as_deref(),
+            Some("plain"),
+            "names keep case"
+        );
+        assert_eq!(get("/?animal").as_deref(), Some("plain"));
+        assert_eq!(get("/").as_deref(), Some("plain"));
     }
 
     #[test]

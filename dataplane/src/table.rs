@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pier_snapshot::{Action, RouteKey, Snapshot};
+use pier_snapshot::{Action, RouteKey, RouteKind, Snapshot};
 
 use crate::certs::Certificates;
 use crate::files::StaticFiles;
@@ -99,18 +99,24 @@ impl Table {
 }
 
 /// The `route` label of a route's series: `namespace/name` for Pier's
-/// own kinds, `ingress:namespace/name#rule` for an Ingress's routes, so
+/// own kinds, `ingress:namespace/name#rule` for an Ingress's routes (and
+/// `httproute:` for an HTTPRoute's), so
 /// that no two routes of a snapshot share a series (an Ingress has one
 /// route per path, and may share its name with a ProxyRoute it replaces).
 fn label(key: &RouteKey) -> Box<str> {
     let mut raw = String::with_capacity(key.namespace.len() + key.name.len() + 16);
-    if key.kind == pier_snapshot::RouteKind::Ingress {
-        raw.push_str("ingress:");
+    let numbered = match key.kind {
+        RouteKind::Ingress => Some("ingress:"),
+        RouteKind::HttpRoute => Some("httproute:"),
+        _ => None,
+    };
+    if let Some(kind) = numbered {
+        raw.push_str(kind);
     }
     raw.push_str(&key.namespace);
     raw.push('/');
     raw.push_str(&key.name);
-    if key.kind == pier_snapshot::RouteKind::Ingress {
+    if numbered.is_some() {
         raw.push('#');
         raw.push_str(&key.rule.to_string());
     }

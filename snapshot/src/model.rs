@@ -153,6 +153,9 @@ pub enum RouteKind {
     ProxyRoute,
     /// A `networking.k8s.io/v1` `Ingress`: one route per host and path.
     Ingress,
+    /// A Gateway API `HTTPRoute`: one route per rule, match and listener
+    /// host set.
+    HttpRoute,
 }
 
 impl RouteKind {
@@ -162,6 +165,7 @@ impl RouteKind {
             Self::StaticRoute => "StaticRoute",
             Self::ProxyRoute => "ProxyRoute",
             Self::Ingress => "Ingress",
+            Self::HttpRoute => "HTTPRoute",
         }
     }
 }
@@ -251,19 +255,27 @@ pub struct Matches {
     /// sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// Query parameters (names compared with case) with the exact values
+    /// they must have, sorted; the first occurrence of a name counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<(String, String)>,
 }
 
 impl Matches {
     /// True when every request matches.
     pub fn is_empty(&self) -> bool {
-        self.methods.is_empty() && self.headers.is_empty()
+        self.methods.is_empty() && self.headers.is_empty() && self.query.is_empty()
     }
 
     /// Precedence among routes on the same host and path (Gateway API's):
-    /// a method match first, then more header matches. Higher is tried
-    /// first.
-    pub fn specificity(&self) -> (bool, usize) {
-        (!self.methods.is_empty(), self.headers.len())
+    /// a method match first, then more header matches, then more query
+    /// parameter matches. Higher is tried first.
+    pub fn specificity(&self) -> (bool, usize, usize) {
+        (
+            !self.methods.is_empty(),
+            self.headers.len(),
+            self.query.len(),
+        )
     }
 }
 

@@ -177,12 +177,10 @@ impl Conn<'_> {
                     }
                 }
                 self.idle.store(true, Relaxed);
-                // A new connection is served once even while draining (the
-                // listener still accepts during the drain delay); a kept
-                // one was told to close with its last response.
-                if served > 0 && self.shared.draining.load(Relaxed) {
-                    return Outcome::Closed;
-                }
+                // No close here when draining: a response sent just before
+                // the drain began promised keep-alive, so the next request
+                // is answered (with `Connection: close`); an idle connection
+                // is closed when the drain delay ends.
                 // Polled by hand rather than with `select!` over futures:
                 // the read readiness keeps its waker in the socket's own
                 // registration, so waiting costs this task no waiter node.
