@@ -69,7 +69,8 @@ pub(super) fn proxy_route_in(
     }
     let mut endpoints = Vec::new();
     let mut problems: Vec<(&'static str, String)> = Vec::new();
-    if spec.backends.is_empty() {
+    // A redirect answers without a backend.
+    if spec.backends.is_empty() && spec.redirect.is_none() {
         problems.push((
             "BackendNotFound",
             "no backend to send requests to".to_owned(),

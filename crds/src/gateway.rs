@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "gateway.networking.k8s.io";
 
 /// GatewayClass: which controller runs the Gateways of this class.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "gateway.networking.k8s.io",
     version = "v1",

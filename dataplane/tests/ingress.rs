@@ -236,7 +236,7 @@ fn ingress_nginx_manifests_are_served_with_their_annotations() {
 
 #[test]
 fn the_example_manifests_compile_without_errors_or_warnings() {
-    for dir in ["routes", "ingress"] {
+    for dir in ["routes", "ingress", "gateway"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples")
             .join(dir);

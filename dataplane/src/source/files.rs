@@ -1,4 +1,5 @@
-//! Standalone mode: route manifests (StaticRoute, ProxyRoute, Ingress),
+//! Standalone mode: route manifests (StaticRoute, ProxyRoute, Ingress,
+//! Gateway API's GatewayClass, Gateway, HTTPRoute and ReferenceGrant),
 //! the Services and EndpointSlices they name and `kubernetes.io/tls`
 //! Secrets from a directory (the same YAML a user would `kubectl apply`),
 //! compiled by the same pure function the controller uses, and watched for
@@ -25,6 +26,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use pier_compile::Resources;
+use pier_crds::gateway::{Gateway, GatewayClass, GatewayClassSpec, HTTPRoute, ReferenceGrant};
 use pier_crds::{ProxyRoute, StaticRoute};
 use pier_snapshot::Compiled;
 use serde::Deserialize;
@@ -137,6 +139,22 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
                         .push(parse::<Ingress, _>(value).map_err(parse_error)?);
                 }
                 ("networking.k8s.io/v1", "IngressClass") => {}
+                // Every Gateway is served, whatever its class (see below).
+                (GATEWAY_V1 | GATEWAY_V1BETA1, "GatewayClass") => r
+                    .gateway_classes
+                    .push(parse::<GatewayClass, _>(value).map_err(parse_error)?),
+                (GATEWAY_V1 | GATEWAY_V1BETA1, "Gateway") => r
+                    .gateways
+                    .push(parse::<Gateway, _>(value).map_err(parse_error)?),
+                (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => r
+                    .http_routes
+                    .push(parse::<HTTPRoute, _>(value).map_err(parse_error)?),
+                (GATEWAY_V1BETA1, "ReferenceGrant") => r
+                    .reference_grants
+                    .push(parse::<ReferenceGrant, _>(value).map_err(parse_error)?),
+                ("v1", "Namespace") => r.namespaces.push(Arc::new(
+                    serde_json::from_value(value).map_err(parse_error)?,
+                )),
                 ("v1", "Secret") => r
                     .secrets
                     .push(parse::<Secret, _>(value).map_err(parse_error)?),
@@ -157,7 +175,58 @@ pub fn load(dir: &Path) -> Result<Compiled, LoadError> {
             }
         }
     }
-    Ok(pier_compile::compile(&resources))
+    serve_every_gateway(&mut resources);
+    let compiled = pier_compile::compile(&resources);
+    if !resources.gateways.is_empty() {
+        log_gateway_report(&pier_compile::gateway::report(&resources, &compiled));
+    }
+    Ok(compiled)
+}
+
+const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
+const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
+
+/// Standalone mode is the only controller there is: a Gateway whose class
+/// is not in the directory gets one of Pier's.
+fn serve_every_gateway(resources: &mut Resources) {
+    for class in &mut resources.gateway_classes {
+        if class.spec.controller_name != pier_compile::gateway::CONTROLLER {
+            Arc::make_mut(class).spec.controller_name =
+                pier_compile::gateway::CONTROLLER.to_owned();
+        }
+    }
+    for gateway in &resources.gateways {
+        let name = &gateway.spec.gateway_class_name;
+        if !resources
+            .gateway_classes
+            .iter()
+            .any(|c| c.metadata.name.as_ref() == Some(name))
+        {
+            let mut class = GatewayClass::new(name, GatewayClassSpec::default());
+            class.spec.controller_name = pier_compile::gateway::CONTROLLER.to_owned();
+            resources.gateway_classes.push(Arc::new(class));
+        }
+    }
+}
+
+/// What a cluster would put in status, logged: each condition that is not
+/// as it should be.
+fn log_gateway_report(report: &pier_compile::gateway::Report) {
+    let bad = |c: &&pier_compile::gateway::Cond| c.status == (c.kind == "Conflicted");
+    for gateway in &report.gateways {
+        for listener in &gateway.listeners {
+            for c in listener.conditions.iter().filter(bad) {
+                tracing::warn!(gateway = %format_args!("{}/{}", gateway.namespace, gateway.name), listener = listener.name, condition = c.kind, reason = c.reason, message = c.message, "listener not served as written");
+            }
+        }
+    }
+    for route in &report.routes {
+        for parent in &route.parents {
+            for c in parent.conditions.iter().filter(bad) {
+                tracing::warn!(route = %format_args!("HTTPRoute {}/{}", route.namespace, route.name), parent = parent.parent.name, condition = c.kind, reason = c.reason, message = c.message, "route not served as written");
+            }
+        }
+    }
 }
 
 /// A namespaced object from its manifest, in `default` when it names no
