@@ -14,6 +14,7 @@
 mod admin;
 mod channel;
 mod fleet;
+mod gateway;
 mod ingress;
 mod lease;
 mod metrics;
@@ -68,6 +69,36 @@ pub struct Config {
     /// Ingress support; `None`: Ingresses and IngressClasses are not
     /// watched.
     pub ingress: Option<IngressConfig>,
+    /// Gateway API support; `None`: its resources are not watched (the
+    /// CRDs need not be installed).
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// How the controller serves Gateway API resources.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The `controllerName` of the GatewayClasses it runs
+    /// (`pier.dev/gateway-controller`).
+    pub controller: String,
+    /// The dataplane's Service (`namespace`, `name`), whose addresses go
+    /// into every Gateway's `status.addresses`.
+    pub publish_service: Option<(String, String)>,
+}
+
+impl GatewayConfig {
+    /// Pier's own GatewayClass controller, publishing no addresses.
+    pub fn new() -> Self {
+        Self {
+            controller: pier_compile::gateway::CONTROLLER.to_owned(),
+            publish_service: None,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How the controller serves `networking.k8s.io/v1` Ingresses.
@@ -178,6 +209,7 @@ impl Controller {
             changed: Arc::clone(&changed),
             lease: config.lease.clone(),
             ingress: config.ingress,
+            gateway: config.gateway,
         };
         let writer = StatusWriter {
             client: client.clone(),

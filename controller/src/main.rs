@@ -77,8 +77,19 @@ struct Args {
     #[arg(long, env = "PIER_INGRESS_CONTROLLER", default_value = pier_compile::ingress::CONTROLLER)]
     ingress_controller: String,
 
+    /// Serve Gateway API resources (GatewayClass, Gateway, HTTPRoute,
+    /// ReferenceGrant) of the GatewayClasses whose controllerName is
+    /// --gateway-controller. Needs the Gateway API CRDs installed.
+    #[arg(long, env = "PIER_GATEWAY", default_value_t = false, action = clap::ArgAction::Set)]
+    gateway: bool,
+
+    /// The `controllerName` of the GatewayClasses this controller runs.
+    #[arg(long, env = "PIER_GATEWAY_CONTROLLER", default_value = pier_compile::gateway::CONTROLLER)]
+    gateway_controller: String,
+
     /// NAMESPACE/NAME of the dataplane's Service: its addresses go into
-    /// each served Ingress's status.loadBalancer (none: not written).
+    /// each served Ingress's status.loadBalancer and each Gateway's
+    /// status.addresses (none: not written).
     #[arg(long, env = "PIER_PUBLISH_SERVICE", value_parser = namespaced_name)]
     publish_service: Option<(String, String)>,
 
@@ -169,9 +180,13 @@ async fn main() -> anyhow::Result<()> {
             tls,
             token,
             admin_listen: args.admin,
-            ingress: args.ingress.then_some(pier_controller::IngressConfig {
+            ingress: args.ingress.then(|| pier_controller::IngressConfig {
                 controller: args.ingress_controller,
-                publish_service: args.publish_service,
+                publish_service: args.publish_service.clone(),
+            }),
+            gateway: args.gateway.then(|| pier_controller::GatewayConfig {
+                controller: args.gateway_controller,
+                publish_service: args.publish_service.clone(),
             }),
             lease: args.leader_elect.then(|| pier_controller::LeaseConfig {
                 namespace: args

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
@@ -13,6 +13,7 @@ use kube::Api;
 use kube::Resource;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use pier_crds::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use pier_crds::{ProxyRoute, StaticRoute};
 use pier_snapshot::{RouteKey, RouteKind};
 use tokio::sync::{Notify, watch};
@@ -143,6 +144,16 @@ pub(crate) struct Stores {
     pub(crate) ingress_classes: Vec<Store<IngressClass>>,
     /// The `spec.controller` of the IngressClasses this controller serves.
     pub(crate) ingress_controller: Option<String>,
+    /// Gateway API, when this controller serves it: GatewayClasses (one
+    /// cluster-wide store), Gateways, HTTPRoutes, ReferenceGrants, and
+    /// Namespaces (one store, for listeners that select by their labels).
+    pub(crate) gateway_classes: Vec<Store<GatewayClass>>,
+    pub(crate) gateways: Vec<Store<Gateway>>,
+    pub(crate) http_routes: Vec<Store<HTTPRoute>>,
+    pub(crate) reference_grants: Vec<Store<ReferenceGrant>>,
+    pub(crate) namespaces: Vec<Store<Namespace>>,
+    /// The `controllerName` of the GatewayClasses this controller runs.
+    pub(crate) gateway_controller: Option<String>,
 }
 
 /// Waits until each store listed its resources once; false when one closed.
@@ -174,6 +185,21 @@ impl Stores {
             && all_ready(&self.secrets).await
             && all_ready(&self.ingresses).await
             && all_ready(&self.ingress_classes).await
+            && all_ready(&self.gateway_classes).await
+            && all_ready(&self.gateways).await
+            && all_ready(&self.http_routes).await
+            && all_ready(&self.reference_grants).await
+            && all_ready(&self.namespaces).await
+    }
+
+    /// This controller's GatewayClasses (none without Gateway API).
+    pub(crate) fn gateway_classes(&self) -> Vec<Arc<GatewayClass>> {
+        match &self.gateway_controller {
+            Some(controller) => {
+                pier_compile::gateway::ours(&shared(&self.gateway_classes), controller)
+            }
+            None => Vec::new(),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use pier_snapshot::{Compiled, RouteError, RouteKey, RouteKind, Unresolved};
 use tokio::sync::{Notify, watch};
 
 use crate::fleet::Fleet;
+use crate::gateway::{self, GatewayWrite};
 use crate::metrics::Metrics;
 use crate::status::{self, Verdict};
 use crate::stores::RouteObject;
@@ -35,6 +36,8 @@ pub(crate) struct Verdicts {
     warnings: HashMap<RouteKey, Vec<(String, String)>>,
     /// The served Ingresses' `status.loadBalancer`; `None`: not written.
     pub(crate) load_balancer: Option<IngressLoadBalancerStatus>,
+    /// Gateway API's statuses, when this controller serves it.
+    pub(crate) gateway: Option<pier_compile::gateway::Report>,
 }
 
 impl Verdicts {
@@ -62,6 +65,7 @@ impl Verdicts {
                 },
             ),
             load_balancer: None,
+            gateway: None,
         }
     }
 }
@@ -135,6 +139,8 @@ pub(crate) struct Batch {
     pub(crate) writes: Vec<Arc<StatusWrite>>,
     /// Every route that exists, to forget the ones deleted.
     pub(crate) live: HashSet<RouteKey>,
+    /// Gateway API status writes.
+    pub(crate) gateway: Vec<Arc<GatewayWrite>>,
 }
 
 /// One route's new conditions.
@@ -191,6 +197,11 @@ impl StatusWriter {
     ) {
         let this = Arc::new(self);
         let mut written: HashMap<RouteKey, Arc<StatusWrite>> = HashMap::new();
+        // The last Gateway API status written per object.
+        let mut gateway_written: HashMap<
+            (gateway::Kind, Option<String>, String),
+            serde_json::Value,
+        > = HashMap::new();
         loop {
             tokio::select! {
                 changed = batches.changed() => if changed.is_err() { return },
@@ -219,6 +230,30 @@ impl StatusWriter {
             for (write, ok) in outcomes {
                 if ok {
                     written.insert(write.key.clone(), write);
+                } else {
+                    failed = true;
+                }
+            }
+            let todo: Vec<Arc<GatewayWrite>> = batch
+                .gateway
+                .iter()
+                .filter(|w| gateway_written.get(&w.key()) != Some(&w.status))
+                .cloned()
+                .collect();
+            let outcomes: Vec<(Arc<GatewayWrite>, bool)> = futures::stream::iter(todo)
+                .map(|w| {
+                    let this = Arc::clone(&this);
+                    async move {
+                        let ok = this.write_gateway(&w).await;
+                        (w, ok)
+                    }
+                })
+                .buffer_unordered(STATUS_CONCURRENCY)
+                .collect()
+                .await;
+            for (write, ok) in outcomes {
+                if ok {
+                    gateway_written.insert(write.key(), write.status.clone());
                 } else {
                     failed = true;
                 }
@@ -256,7 +291,7 @@ impl StatusWriter {
                 .patch_status(name, &params, &Patch::Apply(&patch))
                 .await
                 .map(drop),
-            RouteKind::Ingress => return true,
+            RouteKind::Ingress | RouteKind::HttpRoute => return true,
         };
         match patched {
             Ok(_) => {
@@ -275,6 +310,43 @@ impl StatusWriter {
 }
 
 impl StatusWriter {
+    /// Patches one Gateway API object's status (a merge patch of the whole
+    /// status: an HTTPRoute's carries the other controllers' entries as
+    /// read); true when done or moot (the object is gone).
+    async fn write_gateway(&self, write: &GatewayWrite) -> bool {
+        use pier_crds::gateway::{Gateway, GatewayClass, HTTPRoute};
+        let patch = Patch::Merge(serde_json::json!({ "status": write.status }));
+        let params = PatchParams::default();
+        let client = self.client.clone();
+        let ns = write.namespace.as_deref().unwrap_or("default");
+        let name = &write.name;
+        let patched = match write.kind {
+            gateway::Kind::Class => Api::<GatewayClass>::all(client)
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
+            gateway::Kind::Gateway => Api::<Gateway>::namespaced(client, ns)
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
+            gateway::Kind::Route => Api::<HTTPRoute>::namespaced(client, ns)
+                .patch_status(name, &params, &patch)
+                .await
+                .map(drop),
+        };
+        match patched {
+            Ok(()) => {
+                self.metrics.status_written();
+                true
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => true,
+            Err(e) => {
+                tracing::warn!(kind = ?write.kind, namespace = ns, name, error = %e, "status write failed");
+                false
+            }
+        }
+    }
+
     /// An Ingress: `status.loadBalancer` when it changed, then Events for
     /// the conditions that changed since the last write and for new
     /// warnings.

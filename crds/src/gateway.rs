@@ -183,6 +183,9 @@ pub struct RouteGroupKind {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
+    /// Where clients reach it.
+    #[serde(default)]
+    pub addresses: Vec<GatewayAddress>,
     /// `Accepted`, `Programmed`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
@@ -191,12 +194,29 @@ pub struct GatewayStatus {
     pub listeners: Vec<ListenerStatus>,
 }
 
+/// An address of a Gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAddress {
+    /// `IPAddress` or `Hostname`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The address.
+    pub value: String,
+}
+
 /// A listener's status.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerStatus {
     /// The listener.
     pub name: String,
+    /// Route kinds it takes.
+    #[serde(default)]
+    pub supported_kinds: Vec<RouteGroupKind>,
+    /// Routes attached to it.
+    #[serde(default)]
+    pub attached_routes: i32,
     /// `Accepted`, `ResolvedRefs`, `Programmed`, `Conflicted`.
     #[serde(default)]
     pub conditions: Vec<Condition>,

@@ -374,6 +374,7 @@ async fn controller_works_under_the_chart_rbac_and_the_dashboard_names_real_metr
                 controller: pier_compile::ingress::CONTROLLER.to_owned(),
                 publish_service: Some((NAMESPACE.into(), "pier-dataplane".into())),
             }),
+            gateway: None,
         },
     )
     .await

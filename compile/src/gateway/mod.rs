@@ -58,7 +58,8 @@ pub struct Cond {
 }
 
 impl Cond {
-    pub(crate) fn new(
+    /// A condition of `kind` with this status, reason and message.
+    pub fn new(
         kind: &'static str,
         status: bool,
         reason: &'static str,

@@ -21,17 +21,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::{IngressClass, IngressLoadBalancerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use pier_compile::Resources;
+use pier_crds::gateway::GatewayClass;
 use pier_snapshot::{Compiled, RouteKey, wire};
 use tokio::sync::{Notify, watch};
 
 use crate::channel::Published;
 use crate::fleet::{Contents, Fleet};
+use crate::gateway;
 use crate::lease::{self, FLEET_LABEL, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::stores::{self, RouteObject, Stores, shared};
@@ -62,6 +65,8 @@ pub(crate) struct Reconciler {
     pub(crate) changed: Arc<Notify>,
     /// Ingress support, when on.
     pub(crate) ingress: Option<crate::IngressConfig>,
+    /// Gateway API support, when on.
+    pub(crate) gateway: Option<crate::GatewayConfig>,
 }
 
 /// Why the loop woke.
@@ -85,6 +90,7 @@ impl Reconciler {
         let mut stores = Stores {
             class: self.class.clone(),
             ingress_controller: self.ingress.as_ref().map(|i| i.controller.clone()),
+            gateway_controller: self.gateway.as_ref().map(|g| g.controller.clone()),
             ..Stores::default()
         };
         for scope in &scopes {
@@ -103,6 +109,22 @@ impl Reconciler {
                 s.ingresses
                     .push(stores::watch_specs(self.api(scope), changed, alive));
             }
+            if self.gateway.is_some() {
+                s.gateways
+                    .push(stores::watch_specs(self.api(scope), changed, alive));
+                s.http_routes
+                    .push(stores::watch_specs(self.api(scope), changed, alive));
+                s.reference_grants
+                    .push(stores::watch(self.api(scope), all(), changed, alive));
+            }
+        }
+        if self.gateway.is_some() {
+            let classes = Api::<GatewayClass>::all(self.client.clone());
+            let classes = stores::watch_specs(classes, changed, alive);
+            stores.gateway_classes.push(classes);
+            let namespaces = Api::<Namespace>::all(self.client.clone());
+            let namespaces = stores::watch(namespaces, watcher::Config::default(), changed, alive);
+            stores.namespaces.push(namespaces);
         }
         if self.ingress.is_some() {
             let classes = Api::<IngressClass>::all(self.client.clone());
@@ -160,7 +182,7 @@ impl Reconciler {
                 }
                 Wake::Status => {
                     acks.borrow_and_update();
-                    self.plan_status(&verdicts, &stores.routes(), reports.as_ref());
+                    self.plan_status(&verdicts, &stores, &stores.routes(), reports.as_ref());
                 }
             }
         }
@@ -191,32 +213,57 @@ impl Reconciler {
         let statics = stores.static_routes();
         let proxies = stores.proxy_routes();
         let ingresses = stores.ingresses();
+        // HTTPRoutes are not among them: their status is Gateway API's.
         let routes = RouteObject::all(&statics, &proxies, &ingresses);
         // The stores' objects themselves: no clone of them per build.
-        let compiled = pier_compile::compile(&Resources {
+        let resources = Resources {
             static_routes: statics,
             proxy_routes: proxies,
             ingresses,
             services: shared(&stores.services),
             endpoint_slices: shared(&stores.slices),
             secrets: shared(&stores.secrets),
+            gateway_classes: stores.gateway_classes(),
+            gateways: shared(&stores.gateways),
+            http_routes: shared(&stores.http_routes),
+            reference_grants: shared(&stores.reference_grants),
+            namespaces: shared(&stores.namespaces),
             now: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .ok()
                 .and_then(|d| i64::try_from(d.as_secs()).ok()),
-        });
+        };
+        let compiled = pier_compile::compile(&resources);
+        let gateway = self
+            .gateway
+            .is_some()
+            .then(|| pier_compile::gateway::report(&resources, &compiled));
         self.metrics.reconciled(started.elapsed());
         self.publish(&compiled, &routes, woke);
         let mut verdicts = Verdicts::new(compiled, &routes);
-        verdicts.load_balancer = self.load_balancer(stores);
-        self.plan_status(&verdicts, &routes, reports);
+        verdicts.load_balancer = self.load_balancer(stores, self.publish_service());
+        verdicts.gateway = gateway;
+        self.plan_status(&verdicts, stores, &routes, reports);
         verdicts
+    }
+
+    /// The dataplane's Service, as Ingress or Gateway API support names it.
+    fn publish_service(&self) -> Option<&(String, String)> {
+        let ingress = self
+            .ingress
+            .as_ref()
+            .and_then(|i| i.publish_service.as_ref());
+        ingress.or_else(|| self.gateway.as_ref()?.publish_service.as_ref())
     }
 
     /// What the served Ingresses' `status.loadBalancer` says: the
     /// addresses of the dataplane's Service, once it is seen.
-    fn load_balancer(&self, stores: &Stores) -> Option<IngressLoadBalancerStatus> {
-        let (namespace, name) = self.ingress.as_ref()?.publish_service.as_ref()?;
+    fn load_balancer(
+        &self,
+        stores: &Stores,
+        publish: Option<&(String, String)>,
+    ) -> Option<IngressLoadBalancerStatus> {
+        let (namespace, name) = publish?;
         // A lookup by key in the stores, not a scan of every Service.
         let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
         let found = stores.services.iter().find_map(|store| store.get(&key));
@@ -231,6 +278,7 @@ impl Reconciler {
     fn plan_status(
         &self,
         verdicts: &Verdicts,
+        stores: &Stores,
         routes: &[RouteObject],
         reports: Option<&Store<Lease>>,
     ) {
@@ -238,7 +286,28 @@ impl Reconciler {
             return;
         }
         let remote = self.remote_dataplanes(reports);
-        let batch = writer::plan(verdicts, routes, &self.fleet, &remote, &Time(jiff_now()));
+        let now = Time(jiff_now());
+        let mut batch = writer::plan(verdicts, routes, &self.fleet, &remote, &now);
+        if let (Some(report), Some(config)) = (&verdicts.gateway, &self.gateway) {
+            let current = gateway::Current {
+                classes: &shared(&stores.gateway_classes),
+                gateways: &shared(&stores.gateways),
+                routes: &shared(&stores.http_routes),
+            };
+            let addresses = gateway::addresses(verdicts.load_balancer.as_ref());
+            let dataplanes = !remote.is_empty() || !self.fleet.dataplanes().is_empty();
+            batch.gateway = gateway::plan(
+                report,
+                &current,
+                &config.controller,
+                &addresses,
+                dataplanes,
+                &now,
+            )
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        }
         self.metrics.status_planned();
         self.status.send_replace(Arc::new(batch));
     }

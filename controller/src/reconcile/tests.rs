@@ -245,6 +245,7 @@ fn start_with(api: ApiServer, class: crate::stores::Class) -> Running {
             controller: pier_compile::ingress::CONTROLLER.to_owned(),
             publish_service: Some(("pier".into(), "pier-dataplane".into())),
         }),
+        gateway: None,
     };
     let writer = StatusWriter {
         client: client.clone(),

@@ -185,6 +185,7 @@ impl Cluster {
                     controller: pier_compile::ingress::CONTROLLER.to_owned(),
                     publish_service: Some(("default".into(), "pier-dataplane".into())),
                 }),
+                gateway: None,
             },
         )
         .await
