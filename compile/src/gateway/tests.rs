@@ -154,7 +154,7 @@ fn an_attached_route_is_served_with_its_matches_filters_and_weights() {
     );
     assert_eq!(out.snapshot.routes[1].key.rule, 1);
 
-    assert_eq!(cond(&report.classes[0].conditions, "Accepted").status, true);
+    assert!(cond(&report.classes[0].conditions, "Accepted").status);
     let gw = &report.gateways[0];
     assert!(cond(&gw.conditions, "Accepted").status && cond(&gw.conditions, "Programmed").status);
     assert_eq!(gw.listeners[0].attached, 1);
