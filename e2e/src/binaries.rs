@@ -404,7 +404,7 @@ fn remove_stale_temporaries(dir: &Path, tool: Tool) {
 }
 
 /// `go` from PATH, else the usual tarball install location.
-fn find_go() -> Option<PathBuf> {
+pub(crate) fn find_go() -> Option<PathBuf> {
     let from_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join("go"))

@@ -25,6 +25,7 @@
 pub mod binaries;
 mod control_plane;
 mod error;
+pub mod gateway_api;
 pub mod image;
 mod logs;
 pub mod node;

@@ -135,6 +135,16 @@ dataplanes dial and what the certificate is issued for.
   resources: ["ingresses/status"]
   verbs: ["patch"]
 {{- end }}
+{{- if .Values.gateway.enabled }}
+# Gateway API: read Gateways, HTTPRoutes and ReferenceGrants, write the
+# status of the first two.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways", "httproutes", "referencegrants"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways/status", "httproutes/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- if .Values.rbac.backends }}
 # For ProxyRoute backends: a Service's ports and its endpoints.
 - apiGroups: [""]

@@ -45,12 +45,23 @@ pub struct Cluster {
     /// Kept across controller restarts so the dataplane finds it again.
     snapshot_addr: SocketAddr,
     dataplane: Option<Running>,
+    /// Whether Gateway API is installed and served.
+    gateway: bool,
 }
 
 impl Cluster {
     /// A control plane with Pier's CRDs, a controller and a dataplane.
     pub async fn start() -> Self {
-        let mut cluster = Self::bare().await;
+        let mut cluster = Self::bare(false).await;
+        cluster.start_controller().await;
+        cluster.dataplane = Some(cluster.start_dataplane());
+        cluster
+    }
+
+    /// As [`start`](Self::start), with the Gateway API CRDs installed from
+    /// the upstream release and the chart and controller serving them.
+    pub async fn start_with_gateway_api() -> Self {
+        let mut cluster = Self::bare(true).await;
         cluster.start_controller().await;
         cluster.dataplane = Some(cluster.start_dataplane());
         cluster
@@ -65,7 +76,7 @@ impl Cluster {
     /// Controller replicas electing a leader, the dataplane connected to
     /// one that does not lead (or to the only one).
     pub async fn start_electing(identities: &[&str]) -> Self {
-        let mut cluster = Self::bare().await;
+        let mut cluster = Self::bare(false).await;
         for identity in identities {
             let lease = pier_controller::LeaseConfig {
                 namespace: CHART_NAMESPACE.into(),
@@ -110,10 +121,20 @@ impl Cluster {
         }
     }
 
-    async fn bare() -> Self {
+    async fn bare(gateway: bool) -> Self {
         let cp = ControlPlane::start().await.expect("control plane starts");
+        if gateway {
+            // Upstream's CRDs come first, as a cluster operator installs
+            // them before a chart that creates a GatewayClass.
+            let crds = tokio::task::block_in_place(pier_e2e::gateway_api::standard_crds)
+                .expect("the Gateway API CRDs from the Go module");
+            cp.apply_crds(crds)
+                .await
+                .expect("Gateway API CRDs established");
+        }
         // The chart brings the CRDs, the service account and its RBAC.
         let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/pier");
+        let gateway_value = format!("gateway.enabled={gateway}");
         tokio::task::block_in_place(|| {
             cp.helm(&[
                 "install",
@@ -125,6 +146,8 @@ impl Cluster {
                 // TLS Secrets of routes in `default` may be read.
                 "--set",
                 "rbac.secretNamespaces={default}",
+                "--set",
+                &gateway_value,
             ])
         })
         .expect("the chart installs");
@@ -149,6 +172,7 @@ impl Cluster {
             replicas: Vec::new(),
             snapshot_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dataplane: None,
+            gateway,
         }
     }
 
@@ -185,7 +209,10 @@ impl Cluster {
                     controller: pier_compile::ingress::CONTROLLER.to_owned(),
                     publish_service: Some(("default".into(), "pier-dataplane".into())),
                 }),
-                gateway: None,
+                gateway: self.gateway.then(|| pier_controller::GatewayConfig {
+                    controller: pier_compile::gateway::CONTROLLER.to_owned(),
+                    publish_service: Some(("default".into(), "pier-dataplane".into())),
+                }),
             },
         )
         .await
