@@ -111,16 +111,16 @@ pub fn compile(resources: &Resources) -> Compiled {
             }),
         }
     };
+    let secrets = tls::Secrets::index(&resources.secrets);
     for resource in &resources.static_routes {
         add(
             RouteKind::StaticRoute,
             &resource.metadata,
             resource.spec.tls.clone(),
-            &|key| static_route(key, resource).map(|route| (route, None)),
+            &|key| static_route(key, resource, &secrets).map(|route| (route, None)),
         );
     }
     let backends = backends::Backends::index(&resources.services, &resources.endpoint_slices);
-    let secrets = tls::Secrets::index(&resources.secrets);
     for resource in &resources.proxy_routes {
         add(
             RouteKind::ProxyRoute,
@@ -253,7 +253,11 @@ struct Candidate {
     route: Route,
 }
 
-fn static_route(key: &RouteKey, resource: &StaticRoute) -> Result<Route, Invalid> {
+fn static_route(
+    key: &RouteKey,
+    resource: &StaticRoute,
+    secrets: &tls::Secrets<'_>,
+) -> Result<Route, Invalid> {
     if key.name.is_empty() {
         return Err(Invalid::Unnamed);
     }
@@ -289,12 +293,13 @@ fn static_route(key: &RouteKey, resource: &StaticRoute) -> Result<Route, Invalid
             why: "must name a file",
         });
     }
-    let policy = policy::of_spec(
+    let mut policy = policy::of_spec(
         spec.access.as_ref(),
         spec.cors.as_ref(),
         spec.redirect.as_ref(),
         &path,
     )?;
+    policy.basic_auth = auth::basic(spec.basic_auth.as_ref(), &key.namespace, secrets)?;
     Ok(Route {
         key: key.clone(),
         hosts,
@@ -450,7 +455,9 @@ pub(crate) fn header_value(value: &str) -> Result<String, &'static str> {
     Ok(value.trim().to_owned())
 }
 
+mod auth;
 mod backends;
+mod balancing;
 pub mod gateway;
 pub mod ingress;
 mod lowered;

@@ -240,6 +240,8 @@ pub(crate) fn of_spec(
         deny,
         cors: cors(cors_spec)?,
         redirect: redirect(redirect_spec, path)?,
+        // The caller's: it needs the Secrets.
+        basic_auth: None,
     })
 }
 

@@ -2,14 +2,14 @@
 
 use std::net::SocketAddr;
 
-use pier_crds::{BalancerType, Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts};
+use pier_crds::{Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts};
 
 use super::backends::{Backends, Unresolvable};
+use super::balancing;
 use super::{Invalid, Unresolved, clean_path, header_value, host, hosts, path_rule, root};
 use pier_snapshot::{
-    Action, Balance, BufferMode, Buffering, EjectionPolicy, Endpoint, HashKey, HeaderEdits,
-    Matches, PathRule, ProxyAction, ProxyTimeouts, RegexRewrite, RetryPolicy, Route, RouteKey,
-    UpstreamTls,
+    Action, BufferMode, Buffering, EjectionPolicy, Endpoint, HeaderEdits, Matches, PathRule,
+    ProxyAction, ProxyTimeouts, RegexRewrite, RetryPolicy, Route, RouteKey, UpstreamTls,
 };
 
 /// Default time limits, in milliseconds (nginx's and Envoy's order of magnitude).
@@ -192,12 +192,13 @@ pub(super) fn proxy_route_in(
             })
         }
     };
-    let policy = super::policy::of_spec(
+    let mut policy = super::policy::of_spec(
         spec.access.as_ref(),
         spec.cors.as_ref(),
         spec.redirect.as_ref(),
         &path,
     )?;
+    policy.basic_auth = super::auth::basic(spec.basic_auth.as_ref(), &key.namespace, secrets)?;
     let route = Route {
         key: key.clone(),
         hosts,
@@ -207,7 +208,7 @@ pub(super) fn proxy_route_in(
         policy,
         action: Action::Proxy(Box::new(ProxyAction {
             endpoints,
-            balancer: balance(spec.balancer.as_ref())?,
+            balancer: balancing::balance(spec.balancer.as_ref())?,
             rewrite_prefix,
             rewrite_regex,
             rewrite_host,
@@ -219,6 +220,7 @@ pub(super) fn proxy_route_in(
             sendfile_roots: sendfile_roots(spec.sendfile.as_ref())?,
             upstream_tls,
             buffering: buffering(spec.buffering.as_ref())?,
+            affinity: balancing::affinity(spec.affinity.as_ref())?,
         })),
     };
     let unresolved = (!problems.is_empty()).then(|| Unresolved {
@@ -344,49 +346,6 @@ fn sendfile_roots(given: Option<&pier_crds::Sendfile>) -> Result<Vec<String>, In
     roots.sort();
     roots.dedup();
     Ok(roots)
-}
-
-fn balance(given: Option<&pier_crds::Balancer>) -> Result<Balance, Invalid> {
-    let Some(given) = given else {
-        return Ok(Balance::RoundRobin);
-    };
-    let invalid = |why| Invalid::Balancer { why };
-    match given.kind {
-        BalancerType::RoundRobin | BalancerType::LeastRequest if given.hash_on.is_some() => {
-            Err(invalid("hashOn applies to ConsistentHash only"))
-        }
-        BalancerType::RoundRobin => Ok(Balance::RoundRobin),
-        BalancerType::LeastRequest => Ok(Balance::LeastRequest),
-        BalancerType::ConsistentHash => {
-            let on = given
-                .hash_on
-                .as_ref()
-                .ok_or(invalid("ConsistentHash needs hashOn"))?;
-            let keys = [
-                on.uri.as_ref().map(|_| HashKey::Uri),
-                on.header
-                    .as_ref()
-                    .map(|h| HashKey::Header(h.to_ascii_lowercase())),
-                on.cookie.as_ref().map(|c| HashKey::Cookie(c.clone())),
-                on.source_ip.as_ref().map(|_| HashKey::SourceIp),
-            ];
-            let mut keys = keys.into_iter().flatten();
-            let (Some(key), None) = (keys.next(), keys.next()) else {
-                return Err(invalid(
-                    "hashOn takes exactly one of uri, header, cookie, sourceIP",
-                ));
-            };
-            let bounded_load_permille = match given.bounded_load {
-                None => None,
-                Some(load) if (1.0..=100.0).contains(&load) => Some((load * 1000.0).round() as u32),
-                Some(_) => return Err(invalid("boundedLoad must be between 1.0 and 100")),
-            };
-            Ok(Balance::ConsistentHash {
-                key,
-                bounded_load_permille,
-            })
-        }
-    }
 }
 
 fn edits(ops: Option<&HeaderOps>) -> Result<HeaderEdits, Invalid> {

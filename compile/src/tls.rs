@@ -45,7 +45,7 @@ impl<'a> Secrets<'a> {
         )
     }
 
-    fn get(&self, namespace: &str, name: &str) -> Option<&'a Secret> {
+    pub(super) fn get(&self, namespace: &str, name: &str) -> Option<&'a Secret> {
         self.0.get(&(namespace, name)).copied()
     }
 

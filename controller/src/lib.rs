@@ -47,7 +47,8 @@ use crate::writer::StatusWriter;
 pub struct Config {
     /// Namespaces to watch; empty: all.
     pub namespaces: Vec<String>,
-    /// Namespaces whose `kubernetes.io/tls` Secrets are watched; empty:
+    /// Namespaces whose `kubernetes.io/tls` and `Opaque` Secrets are
+    /// watched; empty:
     /// none.
     pub secret_namespaces: Vec<String>,
     /// Quiet time that coalesces a burst of changes into one build.

@@ -23,10 +23,11 @@ struct Args {
     #[arg(long = "namespace", env = "PIER_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
 
-    /// Namespace whose `kubernetes.io/tls` Secrets routes may name in
-    /// `tls` (repeat for several). Only these are watched, so the
-    /// controller needs read access to Secrets there and nowhere else;
-    /// a route naming a Secret elsewhere is reported `InvalidCertificateRef`.
+    /// Namespace whose `kubernetes.io/tls` and `Opaque` Secrets routes may
+    /// name (`tls`, `backendTLS`, `basicAuth`; repeat for several). Only
+    /// these are watched, so the controller needs read access to Secrets
+    /// there and nowhere else; a route naming a Secret elsewhere is
+    /// reported (`InvalidCertificateRef`, `InvalidAuth`).
     #[arg(
         long = "secret-namespace",
         env = "PIER_SECRET_NAMESPACES",

@@ -17,12 +17,14 @@
 //! `cargo run -p pier-crds --bin crdgen -- --write`; a test fails when the
 //! committed files drift.
 
+mod affinity;
 pub mod gateway;
 mod policy;
 mod proxy;
 mod route;
 
-pub use policy::{Access, Cors, Redirect, RedirectPath, RedirectPathType};
+pub use affinity::{Affinity, AffinityCookie, SameSite};
+pub use policy::{Access, BasicAuth, Cors, Redirect, RedirectPath, RedirectPathType};
 pub use proxy::{
     Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Ejection, Empty, HashOn,
     Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, QueryParam, RegexRewrite,

@@ -118,3 +118,24 @@ pub enum RedirectPathType {
     /// The matched prefix replaced.
     ReplacePrefixMatch,
 }
+
+/// HTTP Basic authentication: requests without a user and password of the
+/// Secret get 401 with `WWW-Authenticate: Basic realm="…"`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// A Secret in the route's namespace. Its `auth` key holds htpasswd
+    /// lines (`user:hash`, as `htpasswd -B` or `htpasswd` writes them);
+    /// without that key, each key is a user and its value the hash.
+    /// Hashes: bcrypt (`$2y$`, `$2b$`, `$2a$`), Apache MD5 (`$apr1$`) or
+    /// SHA-1 (`{SHA}`).
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub secret_name: String,
+    /// The realm browsers show. Absent: `Authentication Required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r#"^[^"\\\x00-\x1f\x7f]+$"#)
+    )]
+    pub realm: Option<String>,
+}

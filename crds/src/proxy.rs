@@ -82,6 +82,11 @@ pub struct ProxyRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balancer: Option<Balancer>,
 
+    /// Session affinity by cookie, over whichever balancer picks a
+    /// client's first endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<crate::Affinity>,
+
     /// Changes to the request's path and `Host` on the way to the backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
@@ -89,6 +94,11 @@ pub struct ProxyRouteSpec {
     /// Which clients may use the route, by address (403 for the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<crate::Access>,
+
+    /// HTTP Basic authentication against the users of a Secret (401 for
+    /// the others), checked after `access`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<crate::BasicAuth>,
 
     /// Cross-origin requests: preflights answered, responses marked.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -93,6 +93,11 @@ pub struct StaticRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<crate::Access>,
 
+    /// HTTP Basic authentication against the users of a Secret (401 for
+    /// the others), checked after `access`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<crate::BasicAuth>,
+
     /// Cross-origin requests: preflights answered, responses marked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<crate::Cors>,

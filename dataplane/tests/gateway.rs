@@ -4,43 +4,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
-use support::{Response, Running, send};
-
-/// A backend that answers each request with its request target and the
-/// value of its `X-Set` header, then closes.
-fn backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-            let target = head.split(' ').nth(1).unwrap_or("?");
-            let set = head
-                .lines()
-                .find_map(|l| l.strip_prefix("x-set: "))
-                .unwrap_or("-");
-            let body = format!("{name} {target} {set}");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
-}
+use support::{Response, Running, named_backend as backend, send};
 
 /// Service `name` in `app` (port 80) whose one endpoint is `backend`.
 fn service(name: &str, backend: SocketAddr) -> String {

@@ -4,39 +4,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
-use support::{Response, Running, send};
-
-/// A backend that answers each request with its request line's target,
-/// then closes.
-fn backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let head = String::from_utf8_lossy(&head);
-            let target = head.split(' ').nth(1).unwrap_or("?");
-            let body = format!("target={target}");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
-}
+use support::{Response, Running, named_backend, send};
 
 /// Service `web` (port 80, `http`) with one ready endpoint: the backend.
 fn service(backend: SocketAddr) -> String {
@@ -93,7 +63,7 @@ fn ask(pier: &Running, host: &str, method: &str, path: &str, headers: &[&str]) -
 #[test]
 fn ingress_nginx_manifests_are_served_with_their_annotations() {
     let manifests = [
-        service(backend()),
+        service(named_backend("web")),
         ingress(
             "api",
             "api.test",
@@ -145,11 +115,8 @@ fn ingress_nginx_manifests_are_served_with_their_annotations() {
     // rewrite-target with a capture group.
     let res = ask(&pier, "api.test", "GET", "/API/users/7?x=1", &[]);
     assert_eq!(res.status, 200, "{}", res.text());
-    assert_eq!(res.text(), "target=/users/7?x=1");
-    assert_eq!(
-        ask(&pier, "api.test", "GET", "/api", &[]).text(),
-        "target=/"
-    );
+    assert_eq!(res.text(), "web /users/7?x=1 -");
+    assert_eq!(ask(&pier, "api.test", "GET", "/api", &[]).text(), "web / -");
     assert_eq!(ask(&pier, "api.test", "GET", "/apix", &[]).status, 404);
 
     // CORS: the preflight never reaches the backend; responses are marked.
@@ -188,7 +155,7 @@ fn ingress_nginx_manifests_are_served_with_their_annotations() {
         simple.header("access-control-allow-origin"),
         Some("https://ui.test")
     );
-    assert_eq!(simple.text(), "target=/x");
+    assert_eq!(simple.text(), "web /x -");
     let foreign = ask(
         &pier,
         "api.test",
@@ -202,7 +169,7 @@ fn ingress_nginx_manifests_are_served_with_their_annotations() {
     assert_eq!(ask(&pier, "blocked.test", "GET", "/", &[]).status, 403);
     assert_eq!(
         ask(&pier, "allowed.test", "GET", "/x", &[]).text(),
-        "target=/x"
+        "web /x -"
     );
 
     // Redirects answered by the dataplane.
@@ -216,7 +183,7 @@ fn ingress_nginx_manifests_are_served_with_their_annotations() {
     assert_eq!(rooted.header("location"), Some("http://rooted.test/app"));
     assert_eq!(
         ask(&pier, "rooted.test", "GET", "/app/page", &[]).text(),
-        "target=/app/page"
+        "web /app/page -"
     );
 
     // The snippet refused its Ingress, and only its Ingress.

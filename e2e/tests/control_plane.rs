@@ -75,6 +75,7 @@ async fn static_route_crd_is_served_and_its_schema_enforced() {
             fallback: None,
             tls: None,
             access: None,
+            basic_auth: None,
             cors: None,
             redirect: None,
         },

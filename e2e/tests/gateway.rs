@@ -216,16 +216,17 @@ async fn http_routes_attach_to_pier_gateways_and_get_their_status() {
         },
     )
     .await;
-    let conditions = route_conditions(&routes, "app").await;
-    assert_eq!(
-        status_of(&conditions, "Accepted"),
-        Some(("True", "Accepted")),
-        "{conditions:?}"
-    );
-    assert_eq!(
-        status_of(&conditions, "ResolvedRefs"),
-        Some(("True", "ResolvedRefs"))
-    );
+    // Each object's status is its own patch: the route's may land after
+    // the Gateway's.
+    eventually(
+        "the HTTPRoute is Accepted with its refs resolved",
+        || async {
+            let conditions = route_conditions(&routes, "app").await;
+            status_of(&conditions, "Accepted") == Some(("True", "Accepted"))
+                && status_of(&conditions, "ResolvedRefs") == Some(("True", "ResolvedRefs"))
+        },
+    )
+    .await;
 
     // A Service in another namespace needs a ReferenceGrant there.
     eventually("the cross-namespace reference is not permitted", || async {
@@ -256,12 +257,11 @@ async fn http_routes_attach_to_pier_gateways_and_get_their_status() {
     .await;
 
     // A sectionName no listener has.
-    let lost = route_conditions(&routes, "lost").await;
-    assert_eq!(
-        status_of(&lost, "Accepted"),
-        Some(("False", "NoMatchingParent")),
-        "{lost:?}"
-    );
+    eventually("a parentRef to no listener is not accepted", || async {
+        status_of(&route_conditions(&routes, "lost").await, "Accepted")
+            == Some(("False", "NoMatchingParent"))
+    })
+    .await;
     // Another controller's Gateway and class: not served, no status from Pier.
     assert_eq!(
         cluster.get("theirs.example.com", "/").map(|(s, _)| s),

@@ -126,11 +126,11 @@ async fn ingresses_of_pier_classes_are_served_with_status_and_events() {
     create(
         &ingresses,
         &ingress(
-            "sticky",
+            "errors",
             "pier",
-            "sticky.example.com",
+            "errors.example.com",
             json!({
-                "nginx.ingress.kubernetes.io/affinity": "cookie",
+                "nginx.ingress.kubernetes.io/custom-http-errors": "404,503",
             }),
         ),
     )
@@ -168,18 +168,18 @@ async fn ingresses_of_pier_classes_are_served_with_status_and_events() {
     eventually(
         "the unsupported annotation is said in a Warning Event",
         || async {
-            warnings(&events, "sticky")
+            warnings(&events, "errors")
                 .await
                 .iter()
                 .any(|(reason, note)| {
-                    reason == "UnsupportedAnnotation" && note.contains("affinity")
+                    reason == "UnsupportedAnnotation" && note.contains("custom-http-errors")
                 })
         },
     )
     .await;
     // Served without it, and the others untouched.
     assert_eq!(
-        cluster.get("sticky.example.com", "/").map(|(s, _)| s),
+        cluster.get("errors.example.com", "/").map(|(s, _)| s),
         Some(200)
     );
     assert_eq!(

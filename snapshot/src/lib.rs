@@ -27,10 +27,10 @@ pub mod units;
 pub mod wire;
 
 pub use model::{
-    Action, Balance, BufferMode, Buffering, Certificate, EjectionPolicy, Endpoint, HashKey,
-    HeaderEdits, Matches, PathRule, ProxyAction, ProxyTimeouts, REDACTED, RegexRewrite,
+    Action, Affinity, Balance, BufferMode, Buffering, Certificate, EjectionPolicy, Endpoint,
+    HashKey, HeaderEdits, Matches, PathRule, ProxyAction, ProxyTimeouts, REDACTED, RegexRewrite,
     RetryPolicy, Route, RouteKey, RouteKind, RouteTls, Snapshot, StaticAction, UpstreamTls,
 };
 pub use outcome::{Compiled, Invalid, RouteError, Unresolved, Warning};
 pub use path::{path_regex, rewrite_regex};
-pub use policy::{Cors, Policy, Redirect, RedirectPath, RedirectTo};
+pub use policy::{BasicAuth, Cors, Policy, Redirect, RedirectPath, RedirectTo, User};

@@ -52,14 +52,21 @@ impl Snapshot {
         content_version(&self.routes, &self.certificates) == self.version
     }
 
-    /// The snapshot with every private key replaced by `"<redacted>"`, for
-    /// showing (the dataplane's `/snapshot`): keys never leave in the clear
-    /// except over the authenticated snapshot channel and into the
-    /// dataplane's own store.
+    /// The snapshot with every private key and password hash replaced by
+    /// `"<redacted>"`, for showing (the dataplane's `/snapshot`): they
+    /// never leave in the clear except over the authenticated snapshot
+    /// channel and into the dataplane's own store.
     pub fn redacted(&self) -> Self {
         let mut shown = self.clone();
         for certificate in &mut shown.certificates {
             certificate.key_pem = REDACTED.to_owned();
+        }
+        let users = shown
+            .routes
+            .iter_mut()
+            .filter_map(|r| r.policy.basic_auth.as_mut());
+        for user in users.flat_map(|auth| &mut auth.users) {
+            user.hash = REDACTED.to_owned();
         }
         shown
     }
@@ -347,6 +354,26 @@ pub struct ProxyAction {
     /// How bodies are held between backend and client.
     #[serde(default)]
     pub buffering: Buffering,
+    /// Session affinity by cookie; `None`: every request is balanced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// Session affinity: the cookie that names a client's endpoint, and its
+/// attributes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Affinity {
+    /// The cookie's name (an HTTP token).
+    pub cookie: String,
+    /// Its `Path`.
+    pub path: String,
+    /// Its `Max-Age` in seconds; `None`: a session cookie.
+    pub max_age_s: Option<u64>,
+    pub secure: bool,
+    pub http_only: bool,
+    /// `Strict`, `Lax` or `None`; `None` (absent): not sent.
+    pub same_site: Option<String>,
 }
 
 /// A path rewrite by regular expression, as nginx's `rewrite` does it:

@@ -163,6 +163,14 @@ pub enum Invalid {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// The users of a route's basic authentication cannot be read.
+    #[error("basicAuth: Secret {secret} {why}")]
+    Auth {
+        /// The Secret, `namespace/name`.
+        secret: String,
+        /// What is wrong with it (never a hash).
+        why: String,
+    },
     /// An Ingress annotation has a value Pier cannot use.
     #[error("annotation {name} {value:?} {why}")]
     Annotation {
@@ -219,6 +227,7 @@ impl Invalid {
             Self::Balancer { .. } => "InvalidBalancer",
             Self::Size { .. } => "InvalidBuffering",
             Self::Policy { .. } => "InvalidPolicy",
+            Self::Auth { .. } => "InvalidAuth",
             Self::Annotation { .. } => "InvalidAnnotation",
             Self::Snippet { .. } => "SnippetRefused",
             Self::UnsupportedAccess { .. } => "UnsupportedAnnotation",

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The request-phase rules of a route, run in this order: access lists,
-/// CORS preflight, redirect.
+/// CORS preflight, redirect, basic authentication.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
@@ -15,6 +15,9 @@ pub struct Policy {
     /// Client networks refused with 403, checked before `allow`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
+    /// HTTP Basic authentication, checked last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
     /// Cross-origin requests: preflights answered, responses marked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
@@ -28,9 +31,31 @@ impl Policy {
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty()
             && self.deny.is_empty()
+            && self.basic_auth.is_none()
             && self.cors.is_none()
             && self.redirect.is_none()
     }
+}
+
+/// HTTP Basic authentication: who may use the route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// The `realm` of `WWW-Authenticate` (checked to fit in a quoted
+    /// string).
+    pub realm: String,
+    /// The users, by name, each with its password hash as htpasswd writes
+    /// it: bcrypt (`$2y$`, `$2b$`, `$2a$`), Apache MD5 (`$apr1$`) or
+    /// SHA-1 (`{SHA}`), checked by the compiler.
+    pub users: Vec<User>,
+}
+
+/// A user of [`BasicAuth`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub name: String,
+    pub hash: String,
 }
 
 /// A redirect answered by the dataplane itself.

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use pier_crds::{BalancerType, BufferingMode, Cors, HashOn};
+use pier_crds::{Affinity, AffinityCookie, BalancerType, BufferingMode, Cors, HashOn, SameSite};
 
 use crate::policy;
 use pier_snapshot::Invalid;
@@ -43,6 +43,8 @@ pub(crate) struct Annotations {
     pub(crate) tries: Option<u32>,
     pub(crate) balancer: Option<BalancerType>,
     pub(crate) hash_on: Option<HashOn>,
+    /// `affinity: cookie` and its `session-cookie-*` settings.
+    pub(crate) affinity: Option<Affinity>,
     pub(crate) allow: Vec<String>,
     pub(crate) deny: Vec<String>,
     pub(crate) cors: Option<Cors>,
@@ -50,10 +52,21 @@ pub(crate) struct Annotations {
     /// `proxy-ssl-secret`: namespace (when given) and name.
     pub(crate) ssl_secret: Option<(Option<String>, String)>,
     pub(crate) ssl_name: Option<String>,
+    /// `auth-type: basic`.
+    pub(crate) basic_auth: Option<Basic>,
     pub(crate) upstream_vhost: Option<String>,
     pub(crate) canary: Option<Canary>,
     /// What is served without: one line per annotation.
     pub(crate) warnings: Vec<String>,
+}
+
+/// `auth-type: basic`'s settings.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Basic {
+    /// `auth-secret`: its namespace when given, its name.
+    pub(crate) namespace: Option<String>,
+    pub(crate) secret: String,
+    pub(crate) realm: Option<String>,
 }
 
 /// A canary Ingress's selection.
@@ -99,11 +112,6 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
             Some(Supported) => {}
         }
     }
-    let bad = |name: &str, value: &str, why: &'static str| Invalid::Annotation {
-        name: format!("{PREFIX}{name}"),
-        value: value.to_owned(),
-        why,
-    };
     let flag = |name: &str| -> Result<Option<bool>, Invalid> {
         match ours(name) {
             None => Ok(None),
@@ -204,6 +212,7 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
             )
         })?);
     }
+    out.affinity = affinity(&found, &flag)?;
     let ranges = |name: &'static str| -> Result<Vec<String>, Invalid> {
         match ours(name) {
             None => Ok(Vec::new()),
@@ -237,6 +246,7 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
         });
     }
     out.ssl_name = ours("proxy-ssl-name").map(str::to_owned);
+    out.basic_auth = basic_auth(&found, &mut out.warnings)?;
     if on_off("proxy-ssl-verify")? == Some(false) {
         out.warnings.push(format!(
             "annotation {PREFIX}proxy-ssl-verify is \"off\", but Pier always verifies backend certificates"
@@ -290,6 +300,58 @@ impl<'a> Found<'a> {
     }
 }
 
+/// `auth-type: basic` with `auth-secret`, `auth-secret-type` and
+/// `auth-realm`.
+fn basic_auth(found: &Found<'_>, warnings: &mut Vec<String>) -> Result<Option<Basic>, Invalid> {
+    let secret = found.get("auth-secret");
+    match found.get("auth-type") {
+        Some("basic") => {}
+        Some(other) => {
+            return Err(bad(
+                "auth-type",
+                other,
+                "is not supported (basic is); serving the Ingress without it would admit everyone",
+            ));
+        }
+        None => {
+            if secret.is_some() {
+                warnings.push(format!(
+                    "annotation {PREFIX}auth-secret has no effect without {PREFIX}auth-type: basic"
+                ));
+            }
+            return Ok(None);
+        }
+    }
+    if let Some(kind) = found.get("auth-secret-type")
+        && !matches!(kind, "auth-file" | "auth-map")
+    {
+        return Err(bad(
+            "auth-secret-type",
+            kind,
+            "must be auth-file or auth-map",
+        ));
+    }
+    let secret = secret.ok_or_else(|| bad("auth-type", "basic", "needs auth-secret"))?;
+    let (namespace, name) = match secret.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
+        None => (None, secret.to_owned()),
+    };
+    Ok(Some(Basic {
+        namespace,
+        secret: name,
+        realm: found.get("auth-realm").map(str::to_owned),
+    }))
+}
+
+/// An annotation's value refused, and why.
+fn bad(name: &str, value: &str, why: &'static str) -> Invalid {
+    Invalid::Annotation {
+        name: format!("{PREFIX}{name}"),
+        value: value.to_owned(),
+        why,
+    }
+}
+
 /// `enable-cors`'s options, with ingress-nginx's defaults.
 fn cors(
     found: &Found<'_>,
@@ -310,11 +372,7 @@ fn cors(
         None => "1728000s".to_owned(),
         Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => format!("{v}s"),
         Some(v) => {
-            return Err(Invalid::Annotation {
-                name: format!("{PREFIX}cors-max-age"),
-                value: v.to_owned(),
-                why: "must be a whole number of seconds",
-            });
+            return Err(bad("cors-max-age", v, "must be a whole number of seconds"));
         }
     };
     Ok(Cors {
@@ -341,6 +399,71 @@ fn nginx_size(value: &str) -> Option<u64> {
         return None;
     }
     digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// `affinity: cookie` with its `session-cookie-*` annotations. Sessions
+/// stay on their endpoint while it serves (`affinity-mode: persistent`;
+/// `balanced` is taken as that), and move, with a new cookie, when it
+/// fails or goes (`session-cookie-change-on-failure: true`).
+fn affinity(
+    found: &Found<'_>,
+    flag: &dyn Fn(&str) -> Result<Option<bool>, Invalid>,
+) -> Result<Option<Affinity>, Invalid> {
+    match found.get("affinity") {
+        None => return Ok(None),
+        Some("cookie") => {}
+        Some(other) => return Err(bad("affinity", other, "must be cookie")),
+    }
+    if let Some(mode) = found.get("affinity-mode")
+        && !matches!(mode, "balanced" | "persistent")
+    {
+        return Err(bad("affinity-mode", mode, "must be balanced or persistent"));
+    }
+    let seconds = |name: &str| -> Result<Option<String>, Invalid> {
+        let Some(value) = found.get(name) else {
+            return Ok(None);
+        };
+        match value.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Some(format!("{n}s"))),
+            _ => Err(bad(
+                name,
+                value,
+                "must be a whole number of seconds above 0",
+            )),
+        }
+    };
+    let max_age = match seconds("session-cookie-max-age")? {
+        Some(age) => Some(age),
+        None => seconds("session-cookie-expires")?,
+    };
+    let same_site = match found.get("session-cookie-samesite") {
+        None => None,
+        Some("Strict") => Some(SameSite::Strict),
+        Some("Lax") => Some(SameSite::Lax),
+        Some("None") => Some(SameSite::None),
+        Some(other) => {
+            return Err(bad(
+                "session-cookie-samesite",
+                other,
+                "must be None, Lax or Strict",
+            ));
+        }
+    };
+    Ok(Some(Affinity {
+        cookie: AffinityCookie {
+            name: Some(
+                found
+                    .get("session-cookie-name")
+                    .unwrap_or("INGRESSCOOKIE")
+                    .to_owned(),
+            ),
+            path: found.get("session-cookie-path").map(str::to_owned),
+            max_age,
+            secure: flag("session-cookie-secure")?,
+            http_only: Some(true),
+            same_site,
+        },
+    }))
 }
 
 /// `upstream-hash-by`'s variables that name one request property.

@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use pier_crds::{
-    Access, Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Header,
-    PathMatch, PathMatchType, ProxyRouteSpec, Redirect, RedirectPath, RedirectPathType,
+    Access, Backend, BackendTls, Balancer, BalancerType, BasicAuth, Buffering, BufferingMode,
+    Header, PathMatch, PathMatchType, ProxyRouteSpec, Redirect, RedirectPath, RedirectPathType,
     RegexRewrite, RequestBuffering, Retries, RetryOn, Rewrite, RouteTls, Timeouts,
 };
 use pier_snapshot::{Invalid, RouteKey};
@@ -286,15 +286,24 @@ fn route(
         (Some(r), Some(s)) => Some(r.max(s)),
         (r, s) => r.or(s),
     };
+    let basic_auth = match &a.basic_auth {
+        None => None,
+        Some(basic) => {
+            own_secret(
+                "auth-secret",
+                basic.namespace.as_deref(),
+                &basic.secret,
+                key,
+            )?;
+            Some(BasicAuth {
+                secret_name: basic.secret.clone(),
+                realm: basic.realm.clone(),
+            })
+        }
+    };
     let backend_tls = if a.backend_https {
         let (namespace, name) = a.ssl_secret.clone().unwrap_or_default();
-        if namespace.as_deref().is_some_and(|ns| ns != key.namespace) {
-            return Err(Invalid::Annotation {
-                name: format!("{}proxy-ssl-secret", annotations::PREFIX),
-                value: format!("{}/{name}", namespace.unwrap_or_default()),
-                why: "must name a Secret in the Ingress's namespace",
-            });
-        }
+        own_secret("proxy-ssl-secret", namespace.as_deref(), &name, key)?;
         let service = backends
             .first()
             .and_then(|b| b.service.clone())
@@ -332,6 +341,7 @@ fn route(
         balancer,
         rewrite: Some(rewrite),
         access,
+        basic_auth,
         cors: a.cors.clone(),
         redirect: a.redirect.as_ref().map(|(url, status)| Redirect {
             url: Some(url.clone()),
@@ -353,6 +363,14 @@ fn route(
             hsts: Some(HSTS.to_owned()),
         }),
         backend_tls,
+        affinity: a.affinity.clone().map(|mut affinity| {
+            // ingress-nginx's default: the location's path (none for an
+            // expression, which is no cookie path).
+            if affinity.cookie.path.is_none() && !a.regex {
+                affinity.cookie.path = Some(path.to_owned());
+            }
+            affinity
+        }),
         buffering: Some(Buffering {
             mode: a.buffering.unwrap_or(BufferingMode::Hybrid),
             max_body_size: a.body_size.map(|b| b.to_string()),
@@ -361,6 +379,24 @@ fn route(
         }),
         ..ProxyRouteSpec::default()
     })
+}
+
+/// The Secret an annotation names as `namespace/name` must be in the
+/// Ingress's namespace.
+fn own_secret(
+    annotation: &str,
+    namespace: Option<&str>,
+    name: &str,
+    key: &RouteKey,
+) -> Result<(), Invalid> {
+    match namespace {
+        Some(ns) if ns != key.namespace => Err(Invalid::Annotation {
+            name: format!("{}{annotation}", annotations::PREFIX),
+            value: format!("{ns}/{name}"),
+            why: "must name a Secret in the Ingress's namespace",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Merges each canary into the main Ingress's routes of the same

@@ -280,6 +280,53 @@ fn annotations_map_onto_the_route_features() {
 }
 
 #[test]
+fn cookie_affinity_keeps_ingress_nginx_defaults() {
+    let spec = format!(
+        "{{rules: [{}]}}",
+        rule("a.example.com", &[("/api", "Prefix")])
+    );
+    let sticky = r#"
+        nginx.ingress.kubernetes.io/affinity: cookie,
+        nginx.ingress.kubernetes.io/session-cookie-expires: "172800",
+        nginx.ingress.kubernetes.io/session-cookie-samesite: None"#;
+    let out = compile_ingresses(vec![named("sticky", sticky, &spec)]);
+    assert!(out.errors.is_empty() && out.warnings.is_empty(), "{out:?}");
+    let affinity = proxy(&out.snapshot.routes[0]).affinity.clone();
+    assert_eq!(
+        affinity,
+        Some(pier_snapshot::Affinity {
+            cookie: "INGRESSCOOKIE".into(),
+            path: "/api".into(),
+            max_age_s: Some(172_800),
+            secure: true,
+            http_only: true,
+            same_site: Some("None".into()),
+        })
+    );
+    let regex = format!(
+        "{sticky}, nginx.ingress.kubernetes.io/use-regex: \"true\", nginx.ingress.kubernetes.io/session-cookie-name: s"
+    );
+    let out = compile_ingresses(vec![named("sticky", &regex, &spec)]);
+    let affinity = proxy(&out.snapshot.routes[0])
+        .affinity
+        .clone()
+        .expect("affinity");
+    assert_eq!(
+        (affinity.cookie.as_str(), affinity.path.as_str()),
+        ("s", "/")
+    );
+    for bad in [
+        "nginx.ingress.kubernetes.io/affinity: ip",
+        "nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-max-age: soon",
+        "nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-name: \"a b\"",
+    ] {
+        let out = compile_ingresses(vec![named("sticky", bad, &spec)]);
+        assert_eq!(out.errors.len(), 1, "{bad}: {out:?}");
+        assert!(out.snapshot.routes.is_empty(), "{bad}");
+    }
+}
+
+#[test]
 fn redirects_and_app_root_answer_from_the_dataplane() {
     let spec = format!("{{rules: [{}]}}", rule("a.example.com", &[("/", "Prefix")]));
     let out = compile_ingresses(vec![named(
@@ -395,7 +442,7 @@ fn snippets_and_unsupported_access_controls_refuse_the_ingress_others_warn() {
     }
     let out = compile_ingresses(vec![named(
         "warned",
-        "nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/made-up: x",
+        "nginx.ingress.kubernetes.io/custom-http-errors: \"404\", nginx.ingress.kubernetes.io/made-up: x",
         &spec,
     )]);
     assert!(out.errors.is_empty());
@@ -408,7 +455,7 @@ fn snippets_and_unsupported_access_controls_refuse_the_ingress_others_warn() {
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons.iter().all(|(r, _)| *r == "UnsupportedAnnotation"));
     assert!(
-        reasons[0].1.contains("affinity is not supported"),
+        reasons[0].1.contains("custom-http-errors is not supported"),
         "{reasons:?}"
     );
     assert!(reasons[1].1.contains("made-up is unknown"), "{reasons:?}");

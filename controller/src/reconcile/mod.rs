@@ -40,6 +40,10 @@ use crate::metrics::Metrics;
 use crate::stores::{self, RouteObject, Stores, shared};
 use crate::writer::{self, Batch, Verdicts};
 
+/// The Secret types the controller reads in `--secret-namespace`
+/// namespaces, each by its own field-selected watch.
+const SECRET_TYPES: [&str; 2] = ["kubernetes.io/tls", "Opaque"];
+
 /// Watches the routes of `namespaces` (all when empty) and keeps the
 /// published snapshot and the route status current.
 pub(crate) struct Reconciler {
@@ -132,10 +136,16 @@ impl Reconciler {
             stores.ingress_classes.push(classes);
         }
         for namespace in &self.secret_namespaces {
-            // Only TLS Secrets, and only where the chart grants reading them.
-            let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
-            let api = self.api(Some(namespace));
-            stores.secrets.push(stores::watch(api, tls, changed, alive));
+            // TLS Secrets (certificates) and Opaque ones (CA bundles,
+            // basic-auth users), only where the chart grants reading them:
+            // never service-account tokens or Helm's release records.
+            for kind in SECRET_TYPES {
+                let config = watcher::Config::default().fields(&format!("type={kind}"));
+                let api = self.api(Some(namespace));
+                stores
+                    .secrets
+                    .push(stores::watch(api, config, changed, alive));
+            }
         }
         let reports = self.lease.as_ref().map(|lease| {
             let api: Api<Lease> = Api::namespaced(self.client.clone(), &lease.namespace);

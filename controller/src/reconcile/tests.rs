@@ -457,7 +457,7 @@ async fn a_served_ingress_gets_the_dataplane_addresses_and_one_event_per_warning
             "metadata": {
                 "name": name, "namespace": "default", "uid": format!("uid-{name}"),
                 "generation": 1, "resourceVersion": "1",
-                "annotations": {"nginx.ingress.kubernetes.io/affinity": "cookie"},
+                "annotations": {"nginx.ingress.kubernetes.io/custom-http-errors": "404"},
             },
             "spec": {"ingressClassName": class, "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
         })

@@ -6,6 +6,7 @@
 
 mod ring;
 mod schedule;
+mod sticky;
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -16,6 +17,8 @@ use pier_snapshot::{Balance, EjectionPolicy, HashKey};
 
 use self::ring::Ring;
 use self::schedule::Schedule;
+use self::sticky::Sticky;
+pub(crate) use self::sticky::set_cookie;
 
 /// A route's balancer and the health of its endpoints, shared by every
 /// worker (atomics, no lock).
@@ -33,6 +36,8 @@ pub(crate) struct Balancer {
     epoch: tokio::time::Instant,
     ejection: EjectionPolicy,
     picker: Picker,
+    /// Session affinity: the endpoint a request's cookie names goes first.
+    sticky: Option<Sticky>,
 }
 
 /// The compiled choice.
@@ -59,8 +64,14 @@ pub(crate) struct Choice<'a> {
 
 impl Balancer {
     /// A balancer over endpoints given as (identity, weight), in the
-    /// order the caller indexes them.
-    pub(crate) fn new(balance: &Balance, ejection: EjectionPolicy, nodes: &[(&str, u32)]) -> Self {
+    /// order the caller indexes them; with `affinity`, the name of the
+    /// cookie that keeps a client on its endpoint.
+    pub(crate) fn new(
+        balance: &Balance,
+        ejection: EjectionPolicy,
+        nodes: &[(&str, u32)],
+        affinity: Option<&str>,
+    ) -> Self {
         let weights: Box<[u32]> = nodes.iter().map(|(_, w)| *w).collect();
         let picker = match balance {
             _ if weights.iter().all(|&w| w == 0) => Picker::Nothing,
@@ -83,6 +94,7 @@ impl Balancer {
             failures: (0..n).map(|_| AtomicU32::new(0)).collect(),
             ejected_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
             epoch: tokio::time::Instant::now(),
+            sticky: affinity.map(|name| Sticky::new(name, nodes.iter().map(|(id, _)| *id))),
             weights,
             ejection,
             picker,
@@ -95,15 +107,30 @@ impl Balancer {
     /// left. The endpoint is counted in flight until [`release`]d.
     ///
     /// [`release`]: Balancer::release
+    #[cfg(test)]
     pub(crate) fn pick(&self, choice: &Choice<'_>, tried: &[usize]) -> Option<usize> {
+        self.pick_affine(choice, tried).map(|(i, _)| i)
+    }
+
+    /// As [`pick`](Balancer::pick), the endpoint the request's affinity
+    /// cookie names first (when it is healthy, has weight and was not
+    /// tried), and whether the response must set the cookie: the route
+    /// has affinity and the request did not name this endpoint.
+    pub(crate) fn pick_affine(
+        &self,
+        choice: &Choice<'_>,
+        tried: &[usize],
+    ) -> Option<(usize, bool)> {
         let now = self.clock_ms();
         let fresh = |i: usize| !tried.contains(&i);
         let healthy = |i: usize| fresh(i) && self.ejected_until[i].load(Relaxed) <= now;
-        let i = self
-            .choose(choice, &healthy)
+        let wanted = self.sticky.as_ref().and_then(|s| s.wanted(choice.headers));
+        let i = wanted
+            .filter(|&i| self.weights[i] > 0 && healthy(i))
+            .or_else(|| self.choose(choice, &healthy))
             .or_else(|| self.choose(choice, &fresh))?;
         self.inflight.get(i)?.fetch_add(1, Relaxed);
-        Some(i)
+        Some((i, self.sticky.is_some() && wanted != Some(i)))
     }
 
     /// Ends what [`pick`](Balancer::pick) counted in flight.
@@ -191,21 +218,7 @@ fn hash_key(key: &HashKey, choice: &Choice<'_>) -> u64 {
                 .get(name.as_str())
                 .map_or(&b""[..], HeaderValue::as_bytes),
         ),
-        HashKey::Cookie(name) => {
-            let value = choice
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-                .filter_map(|pair| {
-                    let pair = pair.trim_ascii();
-                    let eq = pair.iter().position(|&b| b == b'=')?;
-                    (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-                })
-                .next()
-                .unwrap_or(b"");
-            ring::hash(value)
-        }
+        HashKey::Cookie(name) => ring::hash(sticky::cookie(choice.headers, name).unwrap_or(b"")),
         HashKey::SourceIp => match choice.client {
             Some(IpAddr::V4(ip)) => ring::hash(&ip.octets()),
             Some(IpAddr::V6(ip)) => ring::hash(&ip.octets()),

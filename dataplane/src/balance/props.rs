@@ -83,7 +83,7 @@ proptest! {
     #[test]
     fn least_request_avoids_the_busiest_and_the_tried(n in 2usize..8, ops in prop::collection::vec((any::<bool>(), 0usize..8), 1..200), tried in 0usize..8) {
         let names = names(n);
-        let balancer = Balancer::new(&Balance::LeastRequest, EjectionPolicy { consecutive_failures: u32::MAX, duration_ms: 0 }, &equal(&names));
+        let balancer = Balancer::new(&Balance::LeastRequest, EjectionPolicy { consecutive_failures: u32::MAX, duration_ms: 0 }, &equal(&names), None);
         let headers = HeaderMap::new();
         let choice = Choice { uri: "/", headers: &headers, client: None };
         for (pick, which) in ops {
@@ -115,7 +115,7 @@ async fn ejection_lasts_its_duration_then_the_endpoint_returns() {
         consecutive_failures: 3,
         duration_ms: 30_000,
     };
-    let balancer = Balancer::new(&Balance::RoundRobin, ejection, &equal(&names));
+    let balancer = Balancer::new(&Balance::RoundRobin, ejection, &equal(&names), None);
     let headers = HeaderMap::new();
     let choice = Choice {
         uri: "/",
@@ -155,4 +155,56 @@ async fn ejection_lasts_its_duration_then_the_endpoint_returns() {
     );
     tokio::time::advance(Duration::from_millis(200)).await;
     assert!(picks(&balancer).contains(&0), "back after 30 s");
+}
+
+/// A cookie that names a healthy endpoint wins over the balancer and sets
+/// nothing; one that names an ejected or tried endpoint, or none, leaves
+/// the choice to the balancer and asks for a new cookie.
+#[tokio::test(start_paused = true)]
+async fn affinity_follows_the_cookie_while_its_endpoint_serves() {
+    let names = names(3);
+    let ejection = EjectionPolicy {
+        consecutive_failures: 1,
+        duration_ms: 10_000,
+    };
+    let balancer = Balancer::new(&Balance::RoundRobin, ejection, &equal(&names), Some("sid"));
+    let pick = |cookie: &str, tried: &[usize]| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_str(cookie).expect("a field value"),
+        );
+        let choice = Choice {
+            uri: "/",
+            headers: &headers,
+            client: None,
+        };
+        let picked = balancer.pick_affine(&choice, tried).expect("an endpoint");
+        balancer.release(picked.0);
+        picked
+    };
+    let naming = |i: usize| format!("a=1; sid={:016x}", sticky::id(&names[i]));
+    for _ in 0..5 {
+        assert_eq!(pick(&naming(2), &[]), (2, false));
+    }
+    // Tried already (a retry): another endpoint, and a new cookie.
+    let (other, marked) = pick(&naming(2), &[2]);
+    assert!(other != 2 && marked);
+    // Ejected: the same, until it returns.
+    assert!(balancer.record(2, false));
+    assert!(pick(&naming(2), &[]).0 != 2);
+    tokio::time::advance(Duration::from_millis(10_001)).await;
+    assert_eq!(pick(&naming(2), &[]), (2, false));
+    // No cookie, or one naming nothing: the balancer, marked.
+    assert!(pick("a=1", &[]).1);
+    assert!(pick("sid=zz", &[]).1);
+    // Without affinity nothing is ever marked.
+    let plain = Balancer::new(&Balance::RoundRobin, ejection, &equal(&names), None);
+    let headers = HeaderMap::new();
+    let choice = Choice {
+        uri: "/",
+        headers: &headers,
+        client: None,
+    };
+    assert!(!plain.pick_affine(&choice, &[]).expect("an endpoint").1);
 }

@@ -6,7 +6,8 @@
 //!  request   before a handler or an upstream is chosen; a filter may
 //!            answer here and end the request      access (403), redirect
 //!                                                 (HTTPS), cors (preflight),
-//!                                                 redirect (the route's)
+//!                                                 redirect (the route's),
+//!                                                 basic (401)
 //!  upstream  what a proxied request sends: path and Host rewrites,
 //!            header edits, applied in the one pass that writes the
 //!            upstream head                        rewrite, headers
@@ -19,8 +20,10 @@
 //! variant of [`RequestFilter`] or [`ResponseFilter`].
 
 mod access;
+mod basic;
 mod cors;
 mod hsts;
+mod htpasswd;
 mod redirect;
 mod rewrite;
 
@@ -46,6 +49,8 @@ pub(crate) struct Filters {
 enum RequestFilter {
     /// Clients outside the route's networks get 403.
     Access(access::Access),
+    /// Requests without a user's password get 401.
+    Basic(basic::Basic),
     /// Plain-HTTP requests get a 308 to HTTPS.
     HttpsRedirect,
     /// Preflights answered; allowed origins noted for the response phase.
@@ -141,6 +146,12 @@ impl Filters {
         if let Some(redirect) = &policy.redirect {
             request.push(RequestFilter::Redirect(redirect::Redirect::new(redirect)));
         }
+        // Last, as nginx's access phase follows its rewrites: a redirect
+        // to HTTPS comes before credentials are sent, and a CORS preflight
+        // (which browsers send without them) is answered.
+        if let Some(auth) = &policy.basic_auth {
+            request.push(RequestFilter::Basic(basic::Basic::new(auth)));
+        }
         let mut upstream = Upstream::default();
         if let Action::Proxy(action) = &route.action {
             upstream.rewrite = Rewrite::new(action);
@@ -171,6 +182,11 @@ impl Filters {
                         let mut res = Response::new(Body::empty());
                         *res.status_mut() = StatusCode::FORBIDDEN;
                         return Decision::Answer(Box::new(res));
+                    }
+                }
+                RequestFilter::Basic(auth) => {
+                    if !auth.admits(req.headers) {
+                        return Decision::Answer(Box::new(auth.challenge()));
                     }
                 }
                 RequestFilter::HttpsRedirect if !req.secure => {

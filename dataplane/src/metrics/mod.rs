@@ -20,6 +20,26 @@ mod render;
 /// still using evicted entries).
 pub(crate) static FILE_CONTENT_BYTES: AtomicI64 = AtomicI64::new(0);
 
+/// Basic authentication over every route: hash checks made (each a bcrypt
+/// or MD5 computation), requests admitted from a worker's cache of
+/// verified credentials, requests refused with 401, and cache entries
+/// replaced (the cache holds `filter::basic::CACHE` per worker).
+#[derive(Debug)]
+pub(crate) struct AuthCounters {
+    pub(crate) verified: AtomicU64,
+    pub(crate) cached: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+}
+
+/// Basic authentication's counters.
+pub(crate) static BASIC_AUTH: AuthCounters = AuthCounters {
+    verified: AtomicU64::new(0),
+    cached: AtomicU64::new(0),
+    refused: AtomicU64::new(0),
+    evicted: AtomicU64::new(0),
+};
+
 /// Counters shared by every worker's open-file cache.
 #[derive(Debug, Default)]
 pub(crate) struct CacheCounters {

@@ -193,6 +193,36 @@ impl Metrics {
         for (name, kind, help, value) in figures {
             out.plain(name, kind, help, value);
         }
+        let auth = &super::BASIC_AUTH;
+        let auth = [
+            (
+                "basic_auth_checks_total",
+                "counter",
+                "Passwords checked against their hash (bcrypt, MD5 or SHA-1) for basic authentication.",
+                auth.verified.load(Relaxed).into(),
+            ),
+            (
+                "basic_auth_cached_total",
+                "counter",
+                "Requests admitted by credentials a worker had already verified.",
+                auth.cached.load(Relaxed).into(),
+            ),
+            (
+                "basic_auth_refused_total",
+                "counter",
+                "Requests answered 401 for missing or wrong credentials.",
+                auth.refused.load(Relaxed).into(),
+            ),
+            (
+                "basic_auth_cache_evictions_total",
+                "counter",
+                "Verified credentials a worker forgot to make room (256 per worker).",
+                auth.evicted.load(Relaxed).into(),
+            ),
+        ];
+        for (name, kind, help, value) in auth {
+            out.plain(name, kind, help, value);
+        }
         out.plain(
             "buffer_pool_bytes",
             "gauge",

@@ -21,7 +21,9 @@ use std::time::Duration;
 use pier_snapshot::{ProxyAction, RetryPolicy};
 
 pub(crate) use self::tries::{Tried, Try};
-use crate::balance::Balancer;
+use http::HeaderValue;
+
+use crate::balance::{self, Balancer};
 use crate::metrics::{ConnectionGauges, EndpointStats, Metrics, Upstream};
 use crate::upstream::{self, Dial, PoolKey, UpstreamTls};
 
@@ -48,6 +50,9 @@ pub(crate) struct Proxy {
     upstream_tls: Option<UpstreamTls>,
     /// Body buffering.
     pub(crate) buffering: pier_snapshot::Buffering,
+    /// Per endpoint: the `Set-Cookie` that keeps a client on it (empty
+    /// without session affinity).
+    cookies: Box<[HeaderValue]>,
 }
 
 impl Proxy {
@@ -77,7 +82,21 @@ impl Proxy {
                 .map(|(a, _, _)| kept(a).unwrap_or_default())
                 .collect(),
             connections: usable.iter().map(|(a, _, _)| gauges.gauge(*a)).collect(),
-            balancer: Balancer::new(&action.balancer, action.ejection, &nodes),
+            balancer: Balancer::new(
+                &action.balancer,
+                action.ejection,
+                &nodes,
+                action.affinity.as_ref().map(|a| a.cookie.as_str()),
+            ),
+            cookies: action.affinity.as_ref().map_or_else(Box::default, |a| {
+                // Names and paths were checked by the compiler: every
+                // value is a valid field, or affinity is off.
+                usable
+                    .iter()
+                    .map(|(_, id, _)| balance::set_cookie(a, id))
+                    .collect::<Option<_>>()
+                    .unwrap_or_default()
+            }),
             retries: action.retries.clone(),
             endpoints: usable.iter().map(|(a, _, _)| *a).collect(),
             connect_timeout: ms(action.timeouts.connect_ms),

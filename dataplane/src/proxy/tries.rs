@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use http::HeaderMap;
+use http::header::SET_COOKIE;
 use pier_snapshot::RetryPolicy;
 
 use super::Proxy;
@@ -47,7 +49,7 @@ impl Tried {
         proxy: &Arc<Proxy>,
         choice: &Choice<'_>,
     ) -> Result<Try, upstream::Error> {
-        let Some(index) = proxy.balancer.pick(choice, self.as_slice()) else {
+        let Some((index, mark)) = proxy.balancer.pick_affine(choice, self.as_slice()) else {
             return Err(if self.len == 0 {
                 upstream::Error::NoEndpoint
             } else {
@@ -65,6 +67,7 @@ impl Tried {
             addr,
             started: Instant::now(),
             status: 502,
+            mark,
         })
     }
 
@@ -86,9 +89,25 @@ pub(crate) struct Try {
     started: Instant,
     /// What the try ended with; 502 (or 504) unless set when it succeeds.
     pub(crate) status: u16,
+    /// The response sets the affinity cookie naming this endpoint.
+    mark: bool,
 }
 
 impl Try {
+    /// Whether [`mark`](Try::mark) adds a field: the response head must
+    /// then go through a header map.
+    pub(crate) fn marks(&self) -> bool {
+        self.mark
+    }
+
+    /// The response phase of session affinity: sets the cookie naming
+    /// this try's endpoint when the request did not carry it.
+    pub(crate) fn mark(&self, headers: &mut HeaderMap) {
+        if let (true, Some(cookie)) = (self.mark, self.proxy.cookies.get(self.index)) {
+            headers.append(SET_COOKIE, cookie.clone());
+        }
+    }
+
     /// Time since the endpoint was picked.
     pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()

@@ -129,6 +129,39 @@ impl Drop for Running {
     }
 }
 
+/// A backend that answers each request with its request target and the
+/// value of its `X-Set` header (`name target set`), then closes.
+pub fn named_backend(name: &'static str) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let target = head.split(' ').nth(1).unwrap_or("?");
+            let set = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-set: "))
+                .unwrap_or("-");
+            let body = format!("{name} {target} {set}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
 /// A StaticRoute manifest.
 pub fn static_route(name: &str, spec: &str) -> String {
     format!(

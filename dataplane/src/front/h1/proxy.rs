@@ -180,7 +180,7 @@ impl Conn<'_> {
         loop {
             let mut try_ = tried.next(proxy, &choice)?;
             let retry_left = tried.retry_left(&proxy.retries);
-            let edits = target.entry().filters.edits_response(&target.pass);
+            let edits = target.entry().filters.edits_response(&target.pass) || try_.marks();
             match self
                 .attempt(&try_, request, head, upload.as_deref_mut(), proxy, !edits)
                 .await
@@ -233,7 +233,8 @@ impl Conn<'_> {
             let protocol = upgrade_of(head.request.headers())
                 .cloned()
                 .ok_or(Failure::Before(StatusCode::BAD_GATEWAY))?;
-            let headers = fields(&read[..response.len]).map_err(bad_head)?;
+            let mut headers = fields(&read[..response.len]).map_err(bad_head)?;
+            try_.mark(&mut headers);
             read.drain(..response.len);
             let filters = &target.entry().filters;
             let tunnel = self.tunnel(upstream, headers, read, &protocol, filters, &target.pass);
@@ -244,7 +245,8 @@ impl Conn<'_> {
             return Ok((StatusCode::SWITCHING_PROTOCOLS, false));
         }
         let handoff = if response.handoff && proxy.sendfile.is_enabled() {
-            let headers = fields(&read[..response.len]).map_err(bad_head)?;
+            let mut headers = fields(&read[..response.len]).map_err(bad_head)?;
+            try_.mark(&mut headers);
             proxy.sendfile.handoff(&headers).map(|h| (h, headers))
         } else {
             None
@@ -311,6 +313,7 @@ impl Conn<'_> {
                 .entry()
                 .filters
                 .on_response(&mut headers, &target.pass);
+            try_.mark(&mut headers);
             for (name, value) in &headers {
                 write_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
             }

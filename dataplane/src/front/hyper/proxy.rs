@@ -299,6 +299,7 @@ async fn respond(
         if ended {
             put_sender(proxy.pool_key(try_.addr), sender, ctx);
         }
+        try_.mark(&mut head.headers);
         drop(try_);
         let mut res = sendfile::respond(handoff, method, client, head.headers, ctx)?;
         filters.on_response(res.headers_mut(), pass);
@@ -310,6 +311,7 @@ async fn respond(
         forward::append_via(&mut head.headers, via);
     }
     filters.on_response(&mut head.headers, pass);
+    try_.mark(&mut head.headers);
     head.version = Version::HTTP_2;
     let status = std::mem::replace(&mut try_.status, 502);
     let mut exchange = Exchange {
