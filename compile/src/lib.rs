@@ -112,15 +112,15 @@ pub fn compile(resources: &Resources) -> Compiled {
         }
     };
     let secrets = tls::Secrets::index(&resources.secrets);
+    let backends = backends::Backends::index(&resources.services, &resources.endpoint_slices);
     for resource in &resources.static_routes {
         add(
             RouteKind::StaticRoute,
             &resource.metadata,
             resource.spec.tls.clone(),
-            &|key| static_route(key, resource, &secrets).map(|route| (route, None)),
+            &|key| static_route(key, resource, &secrets, &backends),
         );
     }
-    let backends = backends::Backends::index(&resources.services, &resources.endpoint_slices);
     for resource in &resources.proxy_routes {
         add(
             RouteKind::ProxyRoute,
@@ -257,7 +257,8 @@ fn static_route(
     key: &RouteKey,
     resource: &StaticRoute,
     secrets: &tls::Secrets<'_>,
-) -> Result<Route, Invalid> {
+    backends: &backends::Backends<'_>,
+) -> Result<(Route, Option<Unresolved>), Invalid> {
     if key.name.is_empty() {
         return Err(Invalid::Unnamed);
     }
@@ -300,7 +301,18 @@ fn static_route(
         &path,
     )?;
     policy.basic_auth = auth::basic(spec.basic_auth.as_ref(), &key.namespace, secrets)?;
-    Ok(Route {
+    let mut unresolved = None;
+    if let Some((auth, problem)) =
+        forward_auth::forward(spec.forward_auth.as_ref(), &key.namespace, backends)?
+    {
+        policy.forward_auth = Some(auth);
+        unresolved = problem.map(|(reason, message)| Unresolved {
+            key: key.clone(),
+            reason,
+            message,
+        });
+    }
+    let route = Route {
         key: key.clone(),
         hosts,
         path,
@@ -314,7 +326,8 @@ fn static_route(
             precompressed: spec.precompressed,
             fallback,
         }),
-    })
+    };
+    Ok((route, unresolved))
 }
 
 fn hosts(given: &[String]) -> Result<Vec<String>, Invalid> {
@@ -458,6 +471,7 @@ pub(crate) fn header_value(value: &str) -> Result<String, &'static str> {
 mod auth;
 mod backends;
 mod balancing;
+mod forward_auth;
 pub mod gateway;
 pub mod ingress;
 mod lowered;

@@ -240,8 +240,9 @@ pub(crate) fn of_spec(
         deny,
         cors: cors(cors_spec)?,
         redirect: redirect(redirect_spec, path)?,
-        // The caller's: it needs the Secrets.
+        // The caller's: they need the Secrets and the Services.
         basic_auth: None,
+        forward_auth: None,
     })
 }
 

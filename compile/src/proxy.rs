@@ -199,6 +199,12 @@ pub(super) fn proxy_route_in(
         &path,
     )?;
     policy.basic_auth = super::auth::basic(spec.basic_auth.as_ref(), &key.namespace, secrets)?;
+    if let Some((auth, problem)) =
+        super::forward_auth::forward(spec.forward_auth.as_ref(), &key.namespace, backends)?
+    {
+        policy.forward_auth = Some(auth);
+        problems.extend(problem);
+    }
     let route = Route {
         key: key.clone(),
         hosts,

@@ -24,7 +24,7 @@ mod proxy;
 mod route;
 
 pub use affinity::{Affinity, AffinityCookie, SameSite};
-pub use policy::{Access, BasicAuth, Cors, Redirect, RedirectPath, RedirectPathType};
+pub use policy::{Access, BasicAuth, Cors, ForwardAuth, Redirect, RedirectPath, RedirectPathType};
 pub use proxy::{
     Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Ejection, Empty, HashOn,
     Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, QueryParam, RegexRewrite,

@@ -139,3 +139,32 @@ pub struct BasicAuth {
     )]
     pub realm: Option<String>,
 }
+
+/// Forward authentication (nginx's `auth_request`, the pattern of
+/// oauth2-proxy and Authelia): before the route serves a request, the
+/// dataplane asks `url` with the request's own fields. A 2xx answer lets
+/// it through; 401 and 403 are passed to the client (401 becomes a
+/// redirect to `signin` when given); anything else, or no answer, is 500.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardAuth {
+    /// `http://NAME.NAMESPACE.svc[.cluster.local][:PORT]/PATH` (a Service:
+    /// the check goes to its ready endpoints) or `http://IP[:PORT]/PATH`.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://')").message("forwardAuth.url must be an http:// URL"))]
+    pub url: String,
+    /// The method of the check. Absent: `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<crate::HttpMethod>,
+    /// Fields of a 2xx answer copied onto the request the route serves
+    /// (`X-Auth-Request-User`, …); a client's own fields of these names
+    /// are dropped, so they cannot be forged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub response_headers: Vec<String>,
+    /// Where a 401 sends the browser instead (`?rd=` the original URL is
+    /// appended): the sign-in page of the authentication service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub signin: Option<String>,
+}

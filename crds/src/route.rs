@@ -98,6 +98,11 @@ pub struct StaticRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<crate::BasicAuth>,
 
+    /// Forward authentication: each request first checked by an
+    /// authentication service, after `basicAuth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_auth: Option<crate::ForwardAuth>,
+
     /// Cross-origin requests: preflights answered, responses marked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<crate::Cors>,

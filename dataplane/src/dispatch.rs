@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,7 @@ use crate::http::path::{self, PathError};
 use crate::metrics::RouteMetrics;
 use crate::routing;
 use crate::table::{Entry, Handler, Table};
+use crate::upstream;
 
 /// State shared by every worker and the admin server.
 #[derive(Debug)]
@@ -75,7 +76,6 @@ impl Shared {
     /// Makes a compiled snapshot active. In-flight requests finish on the
     /// table they started with.
     pub(crate) fn apply(&self, compiled: Compiled) {
-        use std::sync::atomic::Ordering::Relaxed;
         log_left_out(&compiled.errors);
         for unresolved in &compiled.unresolved {
             tracing::warn!(
@@ -191,40 +191,133 @@ impl Shared {
             Decision::Answer(res) => {
                 return Dispatch::Respond(done(Arc::clone(&entry.metrics), *res));
             }
+            Decision::Check(check) => {
+                let (check, pass) = *check;
+                return Dispatch::Check(Box::new(Pending {
+                    target: ProxyTarget::new(table, &found, path, started, pass),
+                    check,
+                    activity: activity.map(Arc::clone),
+                }));
+            }
         };
 
         // Phase 5: handle.
-        let mut res = match &entry.handler {
-            Handler::Proxy(_) => {
-                let route = found.route;
-                let prefix_len = found.prefix_len;
-                return Dispatch::Proxy(Box::new(ProxyTarget {
-                    table: arc_swap::Guard::into_inner(table),
-                    route,
-                    prefix_len,
-                    path: path.into_owned(),
-                    started,
-                    pass,
-                }));
-            }
-            Handler::Static(static_files) => static_files.serve(
-                &FileRequest {
-                    method: req.method(),
-                    headers: req.headers(),
-                    raw_path: uri.path(),
-                    query: uri.query(),
-                    rel: &path[found.prefix_len..],
-                    now: started,
-                },
-                &self.ctx.files,
-                &self.ctx.metrics.file_cache,
-            ),
-        };
-        entry.filters.on_response(res.headers_mut(), &pass);
-
-        // Phase 6: log (when the body ends).
-        Dispatch::Respond(done(Arc::clone(&entry.metrics), res))
+        let handled = self.handle(req, entry, &path, found.prefix_len, &pass, started);
+        match handled {
+            Some(res) => Dispatch::Respond(done(Arc::clone(&entry.metrics), res)),
+            None => Dispatch::Proxy(Box::new(ProxyTarget::new(
+                table, &found, path, started, pass,
+            ))),
+        }
+        // Phase 6: log, when the body ends (`Done`).
     }
+
+    /// Phase 5 for a request that passed the request filters: a static
+    /// route's response (through the response filters), or `None` for a
+    /// proxy route, whose exchange the front end drives.
+    fn handle<B>(
+        &self,
+        req: &Request<B>,
+        entry: &Entry,
+        path: &[u8],
+        prefix_len: usize,
+        pass: &filter::Pass,
+        started: Instant,
+    ) -> Option<Response<Body>> {
+        let Handler::Static(static_files) = &entry.handler else {
+            return None;
+        };
+        let uri = req.uri();
+        let mut res = static_files.serve(
+            &FileRequest {
+                method: req.method(),
+                headers: req.headers(),
+                raw_path: uri.path(),
+                query: uri.query(),
+                rel: &path[prefix_len..],
+                now: started,
+            },
+            &self.ctx.files,
+            &self.ctx.metrics.file_cache,
+        );
+        entry.filters.on_response(res.headers_mut(), pass);
+        Some(res)
+    }
+
+    /// Phase 4, its last step: sends a request's forward-authentication
+    /// check, then answers it as [`dispatch`](Shared::dispatch) would. An
+    /// admitted request gets the fields the route copies from the answer,
+    /// so the front end proxies it with them.
+    pub(crate) async fn check<B>(&self, pending: Box<Pending>, req: &mut Request<B>) -> Dispatch {
+        let Pending {
+            target,
+            mut check,
+            activity,
+        } = *pending;
+        let entry = target.entry();
+        let answer = match check.endpoint {
+            Some(addr) => upstream::check::ask(addr, std::mem::take(&mut check.request)).await,
+            None => None,
+        };
+        let verdict = match entry.filters.forward() {
+            Some(forward) => {
+                forward.verdict(&check, answer.as_ref().map(|a| (a.status, &a.headers)))
+            }
+            None => filter::Verdict::Admit(Vec::new()),
+        };
+        let counters = &crate::metrics::FORWARD_AUTH;
+        let done = |res: Response<Body>| {
+            let status = res.status().as_u16();
+            Dispatch::Respond(res.map(|body| {
+                body.with_done(Done {
+                    route: Arc::clone(&entry.metrics),
+                    status,
+                    started: target.started,
+                    activity: activity.clone(),
+                })
+            }))
+        };
+        match verdict {
+            filter::Verdict::Refuse(res) => {
+                let mut res = *res;
+                let counter = if res.status() == StatusCode::INTERNAL_SERVER_ERROR {
+                    &counters.failed
+                } else {
+                    &counters.denied
+                };
+                counter.fetch_add(1, Relaxed);
+                entry.filters.on_response(res.headers_mut(), &target.pass);
+                done(res)
+            }
+            filter::Verdict::Admit(copied) => {
+                counters.admitted.fetch_add(1, Relaxed);
+                if let Some(forward) = entry.filters.forward() {
+                    forward.admit(copied, req.headers_mut());
+                }
+                let handled = self.handle(
+                    req,
+                    entry,
+                    &target.path,
+                    target.prefix_len,
+                    &target.pass,
+                    target.started,
+                );
+                match handled {
+                    Some(res) => done(res),
+                    None => Dispatch::Proxy(Box::new(target)),
+                }
+            }
+        }
+    }
+}
+
+/// A request waiting for its forward-authentication check.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Where it goes once admitted.
+    target: ProxyTarget,
+    check: filter::Check,
+    activity: Option<Arc<Activity>>,
 }
 
 /// What the request path decided. Lives on the stack for one request;
@@ -236,6 +329,9 @@ pub(crate) enum Dispatch {
     Respond(Response<Body>),
     /// A proxy route takes the request.
     Proxy(Box<ProxyTarget>),
+    /// The request waits for its forward-authentication check: the front
+    /// end awaits [`Shared::check`], which gives one of the others.
+    Check(Box<Pending>),
 }
 
 /// A request bound for a proxy route.
@@ -255,6 +351,23 @@ pub(crate) struct ProxyTarget {
 }
 
 impl ProxyTarget {
+    fn new(
+        table: arc_swap::Guard<Arc<Table>>,
+        found: &routing::Match,
+        path: std::borrow::Cow<'_, [u8]>,
+        started: Instant,
+        pass: filter::Pass,
+    ) -> Self {
+        Self {
+            table: arc_swap::Guard::into_inner(table),
+            route: found.route,
+            prefix_len: found.prefix_len,
+            path: path.into_owned(),
+            started,
+            pass,
+        }
+    }
+
     pub(crate) fn entry(&self) -> &Entry {
         &self.table.routes[self.route]
     }

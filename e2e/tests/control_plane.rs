@@ -76,6 +76,7 @@ async fn static_route_crd_is_served_and_its_schema_enforced() {
             tls: None,
             access: None,
             basic_auth: None,
+            forward_auth: None,
             cors: None,
             redirect: None,
         },

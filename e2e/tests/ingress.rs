@@ -136,6 +136,30 @@ async fn ingresses_of_pier_classes_are_served_with_status_and_events() {
     )
     .await;
 
+    // Basic authentication from an Opaque Secret (`htpasswd -nbm bob
+    // hunter2`), which the controller watches in its Secret namespaces.
+    let users: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "users", "namespace": "default"},
+        "type": "Opaque",
+        "stringData": {"auth": "bob:$apr1$cNOAwpSu$MtBlYKfXHmZtzh7a7jGe1.\n"},
+    }))
+    .expect("a Secret");
+    create(&Api::namespaced(client.clone(), "default"), &users).await;
+    create(
+        &ingresses,
+        &ingress(
+            "staff",
+            "pier",
+            "staff.example.com",
+            json!({
+                "nginx.ingress.kubernetes.io/auth-type": "basic",
+                "nginx.ingress.kubernetes.io/auth-secret": "users",
+                "nginx.ingress.kubernetes.io/auth-realm": "Staff only",
+            }),
+        ),
+    )
+    .await;
+
     eventually("the Ingress of Pier's class is served", || async {
         cluster
             .get("app.example.com", "/")
@@ -185,6 +209,18 @@ async fn ingresses_of_pier_classes_are_served_with_status_and_events() {
     assert_eq!(
         cluster.get("snippet.example.com", "/").map(|(s, _)| s),
         Some(404)
+    );
+    // Bob's password admits him; without it, 401.
+    let bob = "Authorization: Basic Ym9iOmh1bnRlcjI=";
+    eventually("the basic-auth Ingress serves bob", || async {
+        cluster
+            .get_with("staff.example.com", "/", &[bob])
+            .is_some_and(|(s, b)| s == 200 && b == "from web")
+    })
+    .await;
+    assert_eq!(
+        cluster.get("staff.example.com", "/").map(|(s, _)| s),
+        Some(401)
     );
     assert_eq!(
         cluster.get("theirs.example.com", "/").map(|(s, _)| s),

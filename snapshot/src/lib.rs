@@ -33,4 +33,4 @@ pub use model::{
 };
 pub use outcome::{Compiled, Invalid, RouteError, Unresolved, Warning};
 pub use path::{path_regex, rewrite_regex};
-pub use policy::{BasicAuth, Cors, Policy, Redirect, RedirectPath, RedirectTo, User};
+pub use policy::{BasicAuth, Cors, ForwardAuth, Policy, Redirect, RedirectPath, RedirectTo, User};

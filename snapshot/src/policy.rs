@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 /// The request-phase rules of a route, run in this order: access lists,
-/// CORS preflight, redirect, basic authentication.
+/// CORS preflight, redirect, basic authentication, forward
+/// authentication.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
@@ -15,9 +16,12 @@ pub struct Policy {
     /// Client networks refused with 403, checked before `allow`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
-    /// HTTP Basic authentication, checked last.
+    /// HTTP Basic authentication, checked after the redirects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+    /// Forward authentication, checked last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_auth: Option<ForwardAuth>,
     /// Cross-origin requests: preflights answered, responses marked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
@@ -32,6 +36,7 @@ impl Policy {
         self.allow.is_empty()
             && self.deny.is_empty()
             && self.basic_auth.is_none()
+            && self.forward_auth.is_none()
             && self.cors.is_none()
             && self.redirect.is_none()
     }
@@ -56,6 +61,27 @@ pub struct BasicAuth {
 pub struct User {
     pub name: String,
     pub hash: String,
+}
+
+/// Forward authentication: where each request is checked first.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardAuth {
+    /// The authentication service's addresses (`ip:port`), tried in turn;
+    /// empty: every check fails (500), never open.
+    pub endpoints: Vec<String>,
+    /// The `Host` of the check.
+    pub host: String,
+    /// Its path and query.
+    pub path: String,
+    /// Its method.
+    pub method: String,
+    /// Fields of a 2xx answer copied onto the request, lower-case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<String>,
+    /// Where a 401 redirects, `rd=` the original URL appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signin: Option<String>,
 }
 
 /// A redirect answered by the dataplane itself.

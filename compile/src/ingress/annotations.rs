@@ -12,7 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use pier_crds::{Affinity, AffinityCookie, BalancerType, BufferingMode, Cors, HashOn, SameSite};
+use pier_crds::{
+    Affinity, AffinityCookie, BalancerType, BufferingMode, Cors, ForwardAuth, HashOn, HttpMethod,
+    SameSite,
+};
 
 use crate::policy;
 use pier_snapshot::Invalid;
@@ -54,6 +57,8 @@ pub(crate) struct Annotations {
     pub(crate) ssl_name: Option<String>,
     /// `auth-type: basic`.
     pub(crate) basic_auth: Option<Basic>,
+    /// `auth-url` and its options.
+    pub(crate) forward_auth: Option<ForwardAuth>,
     pub(crate) upstream_vhost: Option<String>,
     pub(crate) canary: Option<Canary>,
     /// What is served without: one line per annotation.
@@ -247,6 +252,7 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
     }
     out.ssl_name = ours("proxy-ssl-name").map(str::to_owned);
     out.basic_auth = basic_auth(&found, &mut out.warnings)?;
+    out.forward_auth = forward_auth(&found)?;
     if on_off("proxy-ssl-verify")? == Some(false) {
         out.warnings.push(format!(
             "annotation {PREFIX}proxy-ssl-verify is \"off\", but Pier always verifies backend certificates"
@@ -340,6 +346,38 @@ fn basic_auth(found: &Found<'_>, warnings: &mut Vec<String>) -> Result<Option<Ba
         namespace,
         secret: name,
         realm: found.get("auth-realm").map(str::to_owned),
+    }))
+}
+
+/// `auth-url` with `auth-method`, `auth-response-headers` and
+/// `auth-signin`.
+fn forward_auth(found: &Found<'_>) -> Result<Option<ForwardAuth>, Invalid> {
+    let Some(url) = found.get("auth-url") else {
+        return Ok(None);
+    };
+    let method = match found.get("auth-method") {
+        None => None,
+        Some(m) => Some(
+            HttpMethod::ALL
+                .into_iter()
+                .find(|h| h.as_str().eq_ignore_ascii_case(m))
+                .ok_or_else(|| bad("auth-method", m, "must be an HTTP method"))?,
+        ),
+    };
+    let response_headers = found
+        .get("auth-response-headers")
+        .map(|v| {
+            v.split(',')
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(ForwardAuth {
+        url: url.to_owned(),
+        method,
+        response_headers,
+        signin: found.get("auth-signin").map(str::to_owned),
     }))
 }
 

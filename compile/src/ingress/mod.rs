@@ -342,6 +342,7 @@ fn route(
         rewrite: Some(rewrite),
         access,
         basic_auth,
+        forward_auth: a.forward_auth.clone(),
         cors: a.cors.clone(),
         redirect: a.redirect.as_ref().map(|(url, status)| Redirect {
             url: Some(url.clone()),

@@ -242,13 +242,25 @@ pub const TABLE: &[(&str, Support, &str)] = &[
     ("x-forwarded-prefix", Ignored, ""),
     (
         "auth-url",
-        Refused,
-        "forward authentication is not built yet",
+        Supported,
+        "`http://` to a Service (`NAME.NAMESPACE.svc`) or an IP address; 2xx admits, 401/403 are passed on, else 500",
     ),
-    ("auth-signin", Refused, ""),
-    ("auth-method", Refused, ""),
-    ("auth-response-headers", Refused, ""),
-    ("auth-request-redirect", Refused, ""),
+    (
+        "auth-signin",
+        Supported,
+        "a 401 redirects there with `rd=` the original URL",
+    ),
+    ("auth-method", Supported, ""),
+    (
+        "auth-response-headers",
+        Supported,
+        "copied onto the request; the client's own are dropped",
+    ),
+    (
+        "auth-request-redirect",
+        Ignored,
+        "Pier sends the request's URL in `X-Auth-Request-Redirect`",
+    ),
     (
         "auth-type",
         Supported,

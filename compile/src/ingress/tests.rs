@@ -398,7 +398,7 @@ fn snippets_and_unsupported_access_controls_refuse_the_ingress_others_warn() {
             "SnippetRefused",
         ),
         (
-            "nginx.ingress.kubernetes.io/auth-url: \"http://auth.svc/verify\"",
+            "nginx.ingress.kubernetes.io/auth-tls-secret: default/ca",
             "UnsupportedAnnotation",
         ),
         (

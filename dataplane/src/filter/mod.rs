@@ -7,7 +7,8 @@
 //!            answer here and end the request      access (403), redirect
 //!                                                 (HTTPS), cors (preflight),
 //!                                                 redirect (the route's),
-//!                                                 basic (401)
+//!                                                 basic (401), forward
+//!                                                 (the check's answer)
 //!  upstream  what a proxied request sends: path and Host rewrites,
 //!            header edits, applied in the one pass that writes the
 //!            upstream head                        rewrite, headers
@@ -22,6 +23,7 @@
 mod access;
 mod basic;
 mod cors;
+mod forward;
 mod hsts;
 mod htpasswd;
 mod redirect;
@@ -32,6 +34,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use pier_snapshot::{Action, Route};
 
+pub(crate) use self::forward::{Check, Forward, Verdict};
 pub(crate) use self::rewrite::Rewrite;
 use crate::body::Body;
 use crate::http::edits::Edits;
@@ -40,6 +43,9 @@ use crate::http::edits::Edits;
 #[derive(Debug, Default)]
 pub(crate) struct Filters {
     request: Box<[RequestFilter]>,
+    /// Forward authentication: after every other request filter, the
+    /// request waits for the check (`Decision::Check`).
+    forward: Option<Forward>,
     upstream: Upstream,
     response: Box<[ResponseFilter]>,
 }
@@ -124,6 +130,9 @@ pub(crate) enum Decision {
     /// A filter answered (boxed: the rare case, and the common one stays
     /// small).
     Answer(Box<Response<Body>>),
+    /// Forward authentication: the check to send first (see
+    /// [`Filters::forward`]), and what passes on if it admits.
+    Check(Box<(Check, Pass)>),
 }
 
 impl Filters {
@@ -166,6 +175,7 @@ impl Filters {
         }
         Self {
             request: request.into(),
+            forward: policy.forward_auth.as_ref().map(Forward::new),
             upstream,
             response: response.into(),
         }
@@ -206,7 +216,15 @@ impl Filters {
                 }
             }
         }
-        Decision::Pass(pass)
+        match &self.forward {
+            Some(forward) => Decision::Check(Box::new((forward.check(req), pass))),
+            None => Decision::Pass(pass),
+        }
+    }
+
+    /// The route's forward authentication, which judges a check's answer.
+    pub(crate) fn forward(&self) -> Option<&Forward> {
+        self.forward.as_ref()
     }
 
     /// The upstream phase of a proxy route.

@@ -95,6 +95,7 @@ impl Asked {
         match self.run(filters, secure) {
             Decision::Answer(res) => *res,
             Decision::Pass(_) => panic!("passed, not answered"),
+            Decision::Check(_) => panic!("a check, not an answer"),
         }
     }
 
@@ -102,6 +103,7 @@ impl Asked {
         match self.run(filters, secure) {
             Decision::Pass(pass) => pass,
             Decision::Answer(res) => panic!("answered {}", res.status()),
+            Decision::Check(_) => panic!("a check, not a pass"),
         }
     }
 }

@@ -236,7 +236,7 @@ impl Conn<'_> {
         // Read one head within the header timeout.
         // The clock is read only when the head needs more than one read.
         let mut deadline = None;
-        let head = loop {
+        let mut head = loop {
             if first && could_be_h2(&self.buf) {
                 if self.buf.len() >= H2_PREFACE.len() {
                     return Next::H2(std::mem::take(&mut self.buf));
@@ -263,14 +263,18 @@ impl Conn<'_> {
             }
         };
 
-        let dispatched = {
+        let mut dispatched = {
             // Borrowed only here: the connection's future stays `Send`.
             let (stream, peer) = (&*self.stream, &self.peer);
             let client = || proxy::peer_of(peer, stream).map(|p| p.addr.ip());
             self.shared.dispatch(&head.request, None, false, &client)
         };
+        if let Dispatch::Check(pending) = dispatched {
+            dispatched = Box::pin(self.shared.check(pending, &mut head.request)).await;
+        }
         let res = match dispatched {
             Dispatch::Respond(res) => res,
+            Dispatch::Check(_) => return Next::Close, // `check` never gives it
             Dispatch::Proxy(target) => {
                 let keep = head.keep_alive && !self.shared.draining.load(Relaxed);
                 // Boxed on its own: the exchange's state is larger still,

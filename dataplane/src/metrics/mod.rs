@@ -40,6 +40,23 @@ pub(crate) static BASIC_AUTH: AuthCounters = AuthCounters {
     evicted: AtomicU64::new(0),
 };
 
+/// Forward authentication over every route: requests the service
+/// admitted, refused (401, 403), and those it did not answer usably
+/// (500).
+#[derive(Debug)]
+pub(crate) struct ForwardCounters {
+    pub(crate) admitted: AtomicU64,
+    pub(crate) denied: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+/// Forward authentication's counters.
+pub(crate) static FORWARD_AUTH: ForwardCounters = ForwardCounters {
+    admitted: AtomicU64::new(0),
+    denied: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+};
+
 /// Counters shared by every worker's open-file cache.
 #[derive(Debug, Default)]
 pub(crate) struct CacheCounters {

@@ -223,6 +223,25 @@ impl Metrics {
         for (name, kind, help, value) in auth {
             out.plain(name, kind, help, value);
         }
+        let forward = &super::FORWARD_AUTH;
+        out.plain(
+            "forward_auth_admitted_total",
+            "counter",
+            "Requests a forward-authentication service admitted (2xx).",
+            forward.admitted.load(Relaxed).into(),
+        );
+        out.plain(
+            "forward_auth_denied_total",
+            "counter",
+            "Requests a forward-authentication service refused (401, 403).",
+            forward.denied.load(Relaxed).into(),
+        );
+        out.plain(
+            "forward_auth_failed_total",
+            "counter",
+            "Requests answered 500: the forward-authentication service gave no usable answer within 5 s.",
+            forward.failed.load(Relaxed).into(),
+        );
         out.plain(
             "buffer_pool_bytes",
             "gauge",

@@ -1,12 +1,13 @@
 //! Connections to backends: TCP within the route's connect timeout, then
 //! TLS when the route asks for it; the per-worker pools of idle ones
-//! ([`idle`]); and [`Error`], the one place where an upstream failure
-//! becomes 502, 503 or 504.
+//! ([`idle`]); forward-authentication checks ([`check`]); and [`Error`],
+//! the one place where an upstream failure becomes 502, 503 or 504.
 //!
 //! Limits: `--upstream-idle` idle connections per endpoint and worker
 //! (`pier_dataplane_upstream_idle_connections`), closed after
 //! `--upstream-idle-timeout`.
 
+pub(crate) mod check;
 pub(crate) mod idle;
 mod tls;
 

@@ -292,14 +292,34 @@ impl Cluster {
     pub fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
         http_get(self.dataplane.as_ref()?.addr, host, path)
     }
+
+    /// As [`get`](Cluster::get), with more request fields (`Name: value`).
+    pub fn get_with(&self, host: &str, path: &str, fields: &[&str]) -> Option<(u16, String)> {
+        http_get_with(self.dataplane.as_ref()?.addr, host, path, fields)
+    }
 }
 
 /// One `GET` on a new connection: status and body (de-chunked when the
 /// answer is chunked), or `None` when the connection fails.
 pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    http_get_with(addr, host, path, &[])
+}
+
+/// As [`http_get`], with more request fields (`Name: value`).
+pub fn http_get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    fields: &[&str],
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for field in fields {
+        request.push_str(field);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;

@@ -65,6 +65,21 @@ impl hyper::service::Service<Request<Incoming>> for Service {
                 self.peer.clone(),
                 Arc::clone(&self.activity),
             ))),
+            Dispatch::Check(pending) => {
+                let (shared, peer) = (Arc::clone(&self.shared), self.peer.clone());
+                let activity = Arc::clone(&self.activity);
+                Answer::Proxy(Box::pin(async move {
+                    let mut req = req;
+                    match shared.check(pending, &mut req).await {
+                        Dispatch::Respond(res) => res,
+                        Dispatch::Proxy(target) => {
+                            let ctx = Arc::clone(&shared.ctx);
+                            super::proxy::forward(ctx, req, target, peer, activity).await
+                        }
+                        Dispatch::Check(_) => files::status(StatusCode::INTERNAL_SERVER_ERROR),
+                    }
+                }))
+            }
         }
     }
 }

@@ -1,0 +1,53 @@
+//! A forward-authentication check sent to the authentication service:
+//! one request without a body on a new connection, answered by its status
+//! and fields (the body is not read). Bounded by [`CHECK_TIMEOUT`] from
+//! connect to response head.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::response::Parts;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Longest a check may take, connection included: past it the request
+/// gets 500 (`pier_dataplane_forward_auth_total{result="failed"}`).
+pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The service's answer, or `None` (refused, timed out, malformed).
+pub(crate) async fn ask(addr: SocketAddr, request: http::Request<()>) -> Option<Parts> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| tracing::debug!(%addr, error = %e, "forward-auth connect failed"))
+            .ok()?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        // The connection's driver ends with the exchange (this future
+        // drops it with the sender).
+        let driven = async move {
+            let _ = conn.await;
+        };
+        let (parts, ()) = request.into_parts();
+        let request = http::Request::from_parts(parts, Empty::<bytes::Bytes>::new());
+        let answer = sender.send_request(request);
+        tokio::pin!(driven, answer);
+        let answer = tokio::select! {
+            biased;
+            answer = &mut answer => answer,
+            // The service closed after answering: the answer is ready.
+            () = &mut driven => answer.await,
+        };
+        answer
+            .map_err(|e| tracing::debug!(%addr, error = %e, "forward-auth check failed"))
+            .ok()
+            .map(|res| res.into_parts().0)
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten()
+}
