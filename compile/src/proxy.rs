@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use pier_crds::{Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts};
+use pier_crds::{Ejection, HeaderOps, ProxyRoute, Retries, RetryOn, Timeouts, ValueMatch};
 
 use super::backends::{Backends, Unresolvable};
 use super::balancing;
@@ -294,18 +294,30 @@ fn matches(spec: &pier_crds::ProxyRouteSpec) -> Result<Matches, Invalid> {
     let mut methods: Vec<String> = spec.methods.iter().map(|m| m.as_str().to_owned()).collect();
     methods.sort();
     methods.dedup();
-    let mut headers = Vec::with_capacity(spec.headers.len());
+    let pattern = |field: &'static str, value: &str| {
+        pier_snapshot::path::value_regex(value)
+            .map(drop)
+            .map_err(|why| Invalid::Policy {
+                field,
+                value: value.to_owned(),
+                why,
+            })
+    };
+    let (mut headers, mut header_patterns) = (Vec::new(), Vec::new());
     for h in &spec.headers {
         let name = token(&h.name)?;
+        if h.kind == Some(ValueMatch::RegularExpression) {
+            pattern("headers.value", &h.value)?;
+            header_patterns.push((name, h.value.clone()));
+            continue;
+        }
         let value = header_value(&h.value).map_err(|why| Invalid::Header {
             name: h.name.clone(),
             why,
         })?;
         headers.push((name, value));
     }
-    headers.sort();
-    headers.dedup();
-    let mut query = Vec::with_capacity(spec.query_params.len());
+    let (mut query, mut query_patterns) = (Vec::new(), Vec::new());
     for q in &spec.query_params {
         let bad = |b: u8| b.is_ascii_whitespace() || b.is_ascii_control() || b"&#".contains(&b);
         if q.name.is_empty() || q.name.bytes().any(|b| bad(b) || b == b'=') {
@@ -314,6 +326,11 @@ fn matches(spec: &pier_crds::ProxyRouteSpec) -> Result<Matches, Invalid> {
                 value: q.name.clone(),
                 why: "must be non-empty, without `&`, `=`, `#`, spaces or control characters",
             });
+        }
+        if q.kind == Some(ValueMatch::RegularExpression) {
+            pattern("queryParams.value", &q.value)?;
+            query_patterns.push((q.name.clone(), q.value.clone()));
+            continue;
         }
         if q.value.bytes().any(bad) {
             return Err(Invalid::Policy {
@@ -324,12 +341,21 @@ fn matches(spec: &pier_crds::ProxyRouteSpec) -> Result<Matches, Invalid> {
         }
         query.push((q.name.clone(), q.value.clone()));
     }
-    query.sort();
-    query.dedup();
+    for list in [
+        &mut headers,
+        &mut query,
+        &mut header_patterns,
+        &mut query_patterns,
+    ] {
+        list.sort();
+        list.dedup();
+    }
     Ok(Matches {
         methods,
         headers,
         query,
+        header_patterns,
+        query_patterns,
     })
 }
 
@@ -506,5 +532,39 @@ fn millis(value: &str) -> Result<u64, &'static str> {
         Ok(0) => Err("must be above zero"),
         Ok(ms) => Ok(ms),
         Err(_) => Err("is too long"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> pier_crds::ProxyRouteSpec {
+        serde_saphyr::from_str(yaml).expect("a ProxyRoute spec")
+    }
+
+    #[test]
+    fn value_patterns_are_kept_apart_from_exact_values_and_checked() {
+        let m = matches(&spec(
+            "{backends: [], headers: [{name: X-A, value: '1'}, {name: X-B, value: 'v[0-9]+', type: RegularExpression}], queryParams: [{name: q, value: 'a b', type: RegularExpression}]}",
+        ))
+        .expect("valid matches");
+        assert_eq!(m.headers, [("x-a".to_owned(), "1".to_owned())]);
+        assert_eq!(
+            m.header_patterns,
+            [("x-b".to_owned(), "v[0-9]+".to_owned())]
+        );
+        assert_eq!(m.query_patterns, [("q".to_owned(), "a b".to_owned())]);
+        assert_eq!(m.specificity(), (false, 2, 1));
+        for bad in [
+            "{backends: [], headers: [{name: X-B, value: '(open', type: RegularExpression}]}",
+            "{backends: [], queryParams: [{name: q, value: 'a{1000}{1000}', type: RegularExpression}]}",
+            "{backends: [], queryParams: [{name: q, value: 'a b'}]}",
+        ] {
+            assert!(
+                matches!(matches(&spec(bad)), Err(Invalid::Policy { .. })),
+                "{bad}"
+            );
+        }
     }
 }

@@ -27,8 +27,8 @@ pub use affinity::{Affinity, AffinityCookie, SameSite};
 pub use policy::{Access, BasicAuth, Cors, ForwardAuth, Redirect, RedirectPath, RedirectPathType};
 pub use proxy::{
     Backend, BackendTls, Balancer, BalancerType, Buffering, BufferingMode, Ejection, Empty, HashOn,
-    Header, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, QueryParam, RegexRewrite,
-    RequestBuffering, Retries, RetryOn, Rewrite, Sendfile, Timeouts,
+    Header, HeaderMatch, HeaderOps, HttpMethod, ProxyRoute, ProxyRouteSpec, QueryParam,
+    RegexRewrite, RequestBuffering, Retries, RetryOn, Rewrite, Sendfile, Timeouts, ValueMatch,
 };
 pub use route::{
     Condition, PathMatch, PathMatchType, RouteStatus, RouteTls, StaticRoute, StaticRouteSpec, Time,

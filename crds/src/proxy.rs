@@ -60,16 +60,18 @@ pub struct ProxyRouteSpec {
     #[schemars(length(max = 9))]
     pub methods: Vec<HttpMethod>,
 
-    /// Request headers that must all be present with exactly these values
-    /// (names compared without case). A route with header or method
-    /// matches is tried before one without on the same host and path.
+    /// Request headers that must all be present with these values (names
+    /// compared without case; exactly, or a whole-value regular
+    /// expression). A route with header or method matches is tried before
+    /// one without on the same host and path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    pub headers: Vec<Header>,
+    pub headers: Vec<HeaderMatch>,
 
-    /// Query parameters that must all be present with exactly these values,
-    /// as sent (names compared with case; the first occurrence of a name
-    /// counts). Tried after method and header matches.
+    /// Query parameters that must all be present with these values, as
+    /// sent (names compared with case; the first occurrence of a name
+    /// counts; exactly, or a whole-value regular expression). Tried after
+    /// method and header matches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub query_params: Vec<QueryParam>,
@@ -501,9 +503,40 @@ pub struct QueryParam {
     /// The name, without `&`, `=`, `#` or spaces.
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^[^&=#\s]+$"))]
     pub name: String,
-    /// The value, without `&`, `#` or spaces.
-    #[schemars(length(max = 1024), regex(pattern = r"^[^&#\s]*$"))]
+    /// The value (without `&`, `#` or spaces when `Exact`), or the
+    /// expression.
+    #[schemars(length(max = 1024))]
     pub value: String,
+    /// How `value` is compared. Absent: `Exact`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ValueMatch>,
+}
+
+/// A request header a route matches on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    /// The name: an HTTP token, compared without case.
+    #[schemars(length(min = 1, max = 256), regex(pattern = TOKEN_PATTERN))]
+    pub name: String,
+    /// The value, or the expression.
+    #[x_kube(validation = Rule::new("!self.matches('[\\r\\n\\x00]')").message("header values must not contain CR, LF or NUL"))]
+    #[schemars(length(max = 4096))]
+    pub value: String,
+    /// How `value` is compared. Absent: `Exact`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ValueMatch>,
+}
+
+/// How a header or query value is compared.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ValueMatch {
+    /// Byte for byte.
+    #[default]
+    Exact,
+    /// A Rust `regex` that must match the whole value (linear time, at
+    /// most 256 KiB compiled).
+    RegularExpression,
 }
 
 /// A header name and value.

@@ -51,6 +51,8 @@ spec:
     - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Set, value: two}]}}
     - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: X-Served-By, value: pier}]}}
     backendRefs: [{name: next, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}, headers: [{type: RegularExpression, name: X-Version, value: 'v[0-9]+'}]}]
+    backendRefs: [{name: next, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /api}}]
     backendRefs: [{name: web, port: 80}]
   - matches: [{path: {type: Exact, value: /old}, method: GET}]
@@ -81,6 +83,15 @@ fn an_http_route_is_served_with_its_matches_and_filters() {
     // Without it, the plain rule.
     let res = ask(&pier, "shop.example.test", "GET", "/api/items?v=1");
     assert_eq!(res.text(), "web /api/items?v=1 -");
+    // A header pattern, matched against the whole value.
+    let versioned = |version: &str| {
+        let req = format!(
+            "GET /api/x HTTP/1.1\r\nHost: shop.example.test\r\nX-Version: {version}\r\n\r\n"
+        );
+        send(&mut pier.connect(), &req).text()
+    };
+    assert_eq!(versioned("v12"), "next /api/x -");
+    assert_eq!(versioned("v12-rc"), "web /api/x -");
     assert_eq!(res.header("x-served-by"), None);
 
     // RequestRedirect, for GET only.

@@ -266,22 +266,35 @@ pub struct Matches {
     /// they must have, sorted; the first occurrence of a name counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query: Vec<(String, String)>,
+    /// Lower-case header names with a regular expression (checked by
+    /// [`value_regex`](crate::path::value_regex)) one of their values must
+    /// match whole, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_patterns: Vec<(String, String)>,
+    /// Query parameters with a regular expression their first value must
+    /// match whole, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_patterns: Vec<(String, String)>,
 }
 
 impl Matches {
     /// True when every request matches.
     pub fn is_empty(&self) -> bool {
-        self.methods.is_empty() && self.headers.is_empty() && self.query.is_empty()
+        self.methods.is_empty()
+            && self.headers.is_empty()
+            && self.query.is_empty()
+            && self.header_patterns.is_empty()
+            && self.query_patterns.is_empty()
     }
 
     /// Precedence among routes on the same host and path (Gateway API's):
     /// a method match first, then more header matches, then more query
-    /// parameter matches. Higher is tried first.
+    /// parameter matches, of either kind. Higher is tried first.
     pub fn specificity(&self) -> (bool, usize, usize) {
         (
             !self.methods.is_empty(),
-            self.headers.len(),
-            self.query.len(),
+            self.headers.len() + self.header_patterns.len(),
+            self.query.len() + self.query_patterns.len(),
         )
     }
 }

@@ -16,6 +16,12 @@ pub fn path_regex(value: &str) -> Result<regex::bytes::Regex, &'static str> {
     bounded_regex(value, &format!("^(?:{value})$"))
 }
 
+/// Compiles a header or query value pattern: it must match the whole
+/// value, within the same limits as [`path_regex`].
+pub fn value_regex(value: &str) -> Result<regex::bytes::Regex, &'static str> {
+    path_regex(value)
+}
+
 /// Compiles the pattern of a regex rewrite: unanchored (it finds a match
 /// anywhere in the decoded path, as nginx's `rewrite` does), within the
 /// same limits as [`path_regex`].

@@ -4,7 +4,7 @@
 //! | HTTPRoute | ProxyRoute |
 //! |---|---|
 //! | `matches[].path` (`Exact`, `PathPrefix`, `RegularExpression`) | `path` |
-//! | `matches[].headers` (`Exact`), `queryParams` (`Exact`), `method` | `headers`, `queryParams`, `methods` |
+//! | `matches[].headers`, `queryParams` (`Exact`, `RegularExpression`), `method` | `headers`, `queryParams`, `methods` |
 //! | `RequestHeaderModifier`, `ResponseHeaderModifier` | `requestHeaders`, `responseHeaders` |
 //! | `RequestRedirect` | `redirect` |
 //! | `URLRewrite` (`hostname`, `ReplacePrefixMatch`, `ReplaceFullPath`) | `rewrite.host`, `rewrite.pathPrefix`, `rewrite.regex` |
@@ -13,8 +13,9 @@
 
 use pier_crds::gateway::{HeaderModifier, HttpRouteMatch, HttpRouteRule, PathModifier};
 use pier_crds::{
-    Backend, Header, HeaderOps, HttpMethod, PathMatch, PathMatchType, ProxyRouteSpec, QueryParam,
-    Redirect, RedirectPath, RedirectPathType, RegexRewrite, Rewrite, Timeouts,
+    Backend, Header, HeaderMatch, HeaderOps, HttpMethod, PathMatch, PathMatchType, ProxyRouteSpec,
+    QueryParam, Redirect, RedirectPath, RedirectPathType, RegexRewrite, Rewrite, Timeouts,
+    ValueMatch,
 };
 
 use super::grants::Grants;
@@ -166,17 +167,17 @@ fn one_match(m: &HttpRouteMatch, spec: &mut ProxyRouteSpec) -> Result<(), String
         value: path.value.unwrap_or_else(|| "/".to_owned()),
     });
     for h in &m.headers {
-        exact(h.kind.as_deref(), "header")?;
-        spec.headers.push(Header {
+        spec.headers.push(HeaderMatch {
             name: h.name.clone(),
             value: h.value.clone(),
+            kind: Some(value_match(h.kind.as_deref(), "header")?),
         });
     }
     for q in &m.query_params {
-        exact(q.kind.as_deref(), "query parameter")?;
         spec.query_params.push(QueryParam {
             name: q.name.clone(),
             value: q.value.clone(),
+            kind: Some(value_match(q.kind.as_deref(), "query parameter")?),
         });
     }
     if let Some(method) = &m.method {
@@ -189,9 +190,10 @@ fn one_match(m: &HttpRouteMatch, spec: &mut ProxyRouteSpec) -> Result<(), String
     Ok(())
 }
 
-fn exact(kind: Option<&str>, what: &str) -> Result<(), String> {
+fn value_match(kind: Option<&str>, what: &str) -> Result<ValueMatch, String> {
     match kind.unwrap_or("Exact") {
-        "Exact" => Ok(()),
+        "Exact" => Ok(ValueMatch::Exact),
+        "RegularExpression" => Ok(ValueMatch::RegularExpression),
         other => Err(format!("{what} match type {other} is not supported")),
     }
 }

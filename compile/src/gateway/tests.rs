@@ -283,18 +283,24 @@ fn what_pier_lacks_refuses_the_route_and_keeps_the_others() {
             "{parentRefs: [{name: gw, namespace: infra}], rules: [{filters: [{type: RequestMirror}], backendRefs: [{name: web, port: 80}]}]}",
         ),
         http_route(
-            "regex-header",
-            "{parentRefs: [{name: gw, namespace: infra}], rules: [{matches: [{headers: [{type: RegularExpression, name: a, value: b.*}]}], backendRefs: [{name: web, port: 80}]}]}",
+            "extension",
+            "{parentRefs: [{name: gw, namespace: infra}], rules: [{filters: [{type: ExtensionRef}], backendRefs: [{name: web, port: 80}]}]}",
         ),
         http_route(
             "fine",
-            "{parentRefs: [{name: gw, namespace: infra}], hostnames: [ok.example.com], rules: [{backendRefs: [{name: web, port: 80}]}]}",
+            "{parentRefs: [{name: gw, namespace: infra}], hostnames: [ok.example.com], rules: [{matches: [{headers: [{type: RegularExpression, name: X-Version, value: 'v[0-9]+'}], queryParams: [{type: RegularExpression, name: q, value: '.+'}]}], backendRefs: [{name: web, port: 80}]}]}",
         ),
     ];
     let (out, report) = run(&resources(vec![gateway(HTTP)], routes));
     assert_eq!(out.snapshot.routes.len(), 1);
     assert_eq!(out.snapshot.routes[0].key.name, "fine");
-    for name in ["mirror", "regex-header"] {
+    let matches = &out.snapshot.routes[0].matches;
+    assert_eq!(
+        matches.header_patterns,
+        [("x-version".to_owned(), "v[0-9]+".to_owned())]
+    );
+    assert_eq!(matches.query_patterns, [("q".to_owned(), ".+".to_owned())]);
+    for name in ["mirror", "extension"] {
         let r = report
             .routes
             .iter()

@@ -28,8 +28,9 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use pier_crds::{
     Access, Backend, BackendTls, Balancer, BalancerType, BasicAuth, Buffering, BufferingMode,
-    Header, PathMatch, PathMatchType, ProxyRouteSpec, Redirect, RedirectPath, RedirectPathType,
-    RegexRewrite, RequestBuffering, Retries, RetryOn, Rewrite, RouteTls, Timeouts,
+    HeaderMatch, PathMatch, PathMatchType, ProxyRouteSpec, Redirect, RedirectPath,
+    RedirectPathType, RegexRewrite, RequestBuffering, Retries, RetryOn, Rewrite, RouteTls,
+    Timeouts,
 };
 use pier_snapshot::{Invalid, RouteKey};
 
@@ -447,9 +448,10 @@ pub(crate) fn merge_canaries(lowered: &mut [(RouteKey, Lowered)]) {
             if let Some((name, value)) = &selection.header {
                 let mut spec = main.spec.clone();
                 spec.backends = piece.spec.backends.clone();
-                spec.headers = vec![Header {
+                spec.headers = vec![HeaderMatch {
                     name: name.clone(),
                     value: value.clone(),
+                    kind: None,
                 }];
                 canary.pieces.push(Piece {
                     key: RouteKey {
