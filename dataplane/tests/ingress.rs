@@ -8,17 +8,17 @@ use std::net::SocketAddr;
 
 use support::{Response, Running, named_backend, send};
 
-/// Service `web` (port 80, `http`) with one ready endpoint: the backend.
-fn service(backend: SocketAddr) -> String {
+/// Service `name` (port 80, `http`) with one ready endpoint: the backend.
+fn service(name: &str, backend: SocketAddr) -> String {
     format!(
         "apiVersion: v1
 kind: Service
-metadata: {{name: web}}
+metadata: {{name: {name}}}
 spec: {{ports: [{{name: http, port: 80}}]}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}
+metadata: {{name: {name}-1, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
 ports: [{{name: http, port: {}}}]
 endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}}}]
@@ -63,7 +63,7 @@ fn ask(pier: &Running, host: &str, method: &str, path: &str, headers: &[&str]) -
 #[test]
 fn ingress_nginx_manifests_are_served_with_their_annotations() {
     let manifests = [
-        service(named_backend("web")),
+        service("web", named_backend("web")),
         ingress(
             "api",
             "api.test",
@@ -221,4 +221,39 @@ fn the_example_manifests_compile_without_errors_or_warnings() {
         );
         assert!(!compiled.snapshot.routes.is_empty(), "{dir}");
     }
+}
+
+#[test]
+fn canaries_by_cookie_and_by_header_pattern_take_their_requests() {
+    let canary = ingress(
+        "canary",
+        "app.test",
+        r#"nginx.ingress.kubernetes.io/canary: "true", nginx.ingress.kubernetes.io/canary-by-header: X-Canary, nginx.ingress.kubernetes.io/canary-by-header-pattern: "^beta", nginx.ingress.kubernetes.io/canary-by-cookie: canary"#,
+        "/",
+        "Prefix",
+    )
+    .replace("name: web,", "name: canary,");
+    let manifests = [
+        service("web", named_backend("web")),
+        format!("---\n{}", service("canary", named_backend("canary"))),
+        ingress("main", "app.test", "", "/", "Prefix"),
+        canary,
+    ]
+    .concat();
+    let pier = Running::start(&[("app.yaml", &manifests)], &[]);
+    let who = |headers: &[&str]| {
+        let text = ask(&pier, "app.test", "GET", "/", headers).text();
+        text.split(' ').next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(who(&[]), "web");
+    assert_eq!(who(&["Cookie: a=1; canary=always; b=2"]), "canary");
+    assert_eq!(who(&["Cookie: canary=always"]), "canary");
+    assert_eq!(who(&["Cookie: canary=never"]), "web");
+    assert_eq!(who(&["Cookie: notcanary=always"]), "web");
+    assert_eq!(who(&["X-Canary: beta-7"]), "canary");
+    assert_eq!(
+        who(&["X-Canary: stable-beta"]),
+        "web",
+        "the pattern is anchored by ^"
+    );
 }

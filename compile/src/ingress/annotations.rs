@@ -80,8 +80,12 @@ pub(crate) struct Canary {
     /// Share of `total` sent to the canary.
     pub(crate) weight: u32,
     pub(crate) total: u32,
-    /// Requests with this header and value go to the canary.
-    pub(crate) header: Option<(String, String)>,
+    /// Requests with this header and value (a pattern when the last is
+    /// true) go to the canary.
+    pub(crate) header: Option<(String, String, bool)>,
+    /// Requests whose cookie of this name is `always` go to the canary
+    /// (after `header`).
+    pub(crate) cookie: Option<String>,
 }
 
 /// ingress-nginx's default `proxy-body-size`: 1 MiB.
@@ -275,14 +279,34 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
                 "must lie between 0 and canary-weight-total (above 0)",
             ));
         }
+        // ingress-nginx searches the value for the pattern (unanchored).
         let header = ours("canary-by-header").map(|name| {
-            let value = ours("canary-by-header-value").unwrap_or("always");
-            (name.to_owned(), value.to_owned())
+            match (
+                ours("canary-by-header-value"),
+                ours("canary-by-header-pattern"),
+            ) {
+                (None, Some(pattern)) => (name.to_owned(), format!("(?s).*(?:{pattern}).*"), true),
+                (value, _) => (name.to_owned(), value.unwrap_or("always").to_owned(), false),
+            }
         });
+        let cookie = ours("canary-by-cookie").map(str::to_owned);
+        if let Some(name) = &cookie
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(bad(
+                "canary-by-cookie",
+                name,
+                "must be a cookie name of letters, digits, `-`, `_` and `.`",
+            ));
+        }
         out.canary = Some(Canary {
             weight,
             total,
             header,
+            cookie,
         });
     }
     Ok(out)

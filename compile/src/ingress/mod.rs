@@ -30,7 +30,7 @@ use pier_crds::{
     Access, Backend, BackendTls, Balancer, BalancerType, BasicAuth, Buffering, BufferingMode,
     HeaderMatch, PathMatch, PathMatchType, ProxyRouteSpec, Redirect, RedirectPath,
     RedirectPathType, RegexRewrite, RequestBuffering, Retries, RetryOn, Rewrite, RouteTls,
-    Timeouts,
+    Timeouts, ValueMatch,
 };
 use pier_snapshot::{Invalid, RouteKey};
 
@@ -445,14 +445,26 @@ pub(crate) fn merge_canaries(lowered: &mut [(RouteKey, Lowered)]) {
                         ..b.clone()
                     }));
             }
-            if let Some((name, value)) = &selection.header {
-                let mut spec = main.spec.clone();
-                spec.backends = piece.spec.backends.clone();
-                spec.headers = vec![HeaderMatch {
+            // The header's route goes first on a tie, as ingress-nginx
+            // tries canary-by-header before canary-by-cookie.
+            let header = selection
+                .header
+                .as_ref()
+                .map(|(name, value, pattern)| HeaderMatch {
                     name: name.clone(),
                     value: value.clone(),
-                    kind: None,
-                }];
+                    kind: pattern.then_some(ValueMatch::RegularExpression),
+                });
+            let cookie = selection.cookie.as_ref().map(|name| HeaderMatch {
+                name: "cookie".to_owned(),
+                // Names are checked to be letters, digits, `-`, `_`, `.`.
+                value: format!("(?:.*; *)?{}=always(?: *;.*)?", name.replace('.', "\\.")),
+                kind: Some(ValueMatch::RegularExpression),
+            });
+            for matched in header.into_iter().chain(cookie) {
+                let mut spec = main.spec.clone();
+                spec.backends = piece.spec.backends.clone();
+                spec.headers = vec![matched];
                 canary.pieces.push(Piece {
                     key: RouteKey {
                         rule: header_rule,

@@ -49,8 +49,16 @@ pub const TABLE: &[(&str, Support, &str)] = &[
         "share of requests for the canary",
     ),
     ("canary-weight-total", Supported, "default 100"),
-    ("canary-by-cookie", Ignored, ""),
-    ("canary-by-header-pattern", Ignored, ""),
+    (
+        "canary-by-cookie",
+        Supported,
+        "the cookie set to `always` goes to the canary (after `canary-by-header`)",
+    ),
+    (
+        "canary-by-header-pattern",
+        Supported,
+        "a regular expression searched for in the header's value, when `canary-by-header-value` is absent",
+    ),
     ("cors-allow-credentials", Supported, "default `true`"),
     ("cors-allow-headers", Supported, ""),
     ("cors-allow-methods", Supported, ""),
