@@ -9,8 +9,13 @@
 # headers (X-Forwarded-For, -Proto, -Host, Forwarded), as a deployment
 # would, and the three take turns run by run so drift hits them alike.
 #
+# With STICKY=1 (the default) a second Pier, whose route keeps clients
+# by cookie affinity, takes its turn too: wrk keeps no cookies, so every
+# answer carries a Set-Cookie, the feature's dearest case.
+#
 #   bash bench/proxy.sh            # RUNS=3 DURATION=10
 #   QUICK=1 bash bench/proxy.sh    # one short run, a smoke check
+#   PEERS="" bash bench/proxy.sh   # Pier with and without affinity only
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,6 +26,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 OTHER_CPU=${OTHER_CPU:-1}
 # The peers beside Pier; PEERS="" compares two builds of Pier alone.
 PEERS=${PEERS-nginx haproxy}
+STICKY=${STICKY:-1}
 
 source bench/lib/common.sh
 install_missing haproxy
@@ -29,7 +35,7 @@ build_pier
 BACKEND_PORT=18510
 PORT=18511
 ADMIN_PORT=18512
-mkdir -p "$WORK/docroot" "$WORK/routes"
+mkdir -p "$WORK/docroot" "$WORK/routes" "$WORK/sticky"
 head -c 1024 /dev/urandom >"$WORK/docroot/1k.bin"
 
 # The backend: nginx, one worker, on the other core.
@@ -49,6 +55,7 @@ metadata: {name: bench, namespace: default}
 spec:
   backends: [{address: "127.0.0.1:$BACKEND_PORT"}]
 YAML
+sed 's/^spec:$/spec:\n  affinity: {cookie: {name: sticky}}/' "$WORK/routes/proxy.yaml" >"$WORK/sticky/proxy.yaml"
 
 nginx_conf nginx <<CONF
   keepalive_requests 1000000;
@@ -91,8 +98,10 @@ CONF
 
 start_proxy() { # name -> sets PROXY_PID (the process whose CPU counts)
   case $1 in
-    pier | pier-before)
-      taskset -c "$PROXY_CPU" "$(pier_bin "$1")" --routes "$WORK/routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
+    pier | pier-before | pier-sticky)
+      local routes=$WORK/routes
+      [[ $1 == pier-sticky ]] && routes=$WORK/sticky
+      taskset -c "$PROXY_CPU" "$(pier_bin "${1/-sticky/}")" --routes "$routes" --listen "127.0.0.1:$PORT" --listen-tls 127.0.0.1:0 \
         --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --log warn &
       PROXY_PID=$! ;;
     nginx)
@@ -130,8 +139,10 @@ measure() { # one run -> "rps p99_us cpu_s_per_100k"
 }
 
 declare -A RPS P99 CPU
+SERVERS="$(pier_servers) $PEERS"
+[[ $STICKY == 1 ]] && SERVERS+=" pier-sticky"
 for run in $(seq "$RUNS"); do
-  for proxy in $(pier_servers) $PEERS; do
+  for proxy in $SERVERS; do
     start_proxy "$proxy"
     read -r rps p99 cpu < <(measure)
     stop_last
@@ -141,7 +152,7 @@ for run in $(seq "$RUNS"); do
     CPU[$proxy]+="$cpu "
   done
 done
-for proxy in $(pier_servers) $PEERS; do
+for proxy in $SERVERS; do
   RPS[$proxy]=$(tr ' ' '\n' <<<"${RPS[$proxy]}" | grep . | median)
   P99[$proxy]=$(tr ' ' '\n' <<<"${P99[$proxy]}" | grep . | median)
   CPU[$proxy]=$(tr ' ' '\n' <<<"${CPU[$proxy]}" | grep . | median)
@@ -160,5 +171,12 @@ report=bench/results/proxy-$(date -u +%Y%m%dT%H%M%SZ).md
   echo "| p99 (µs) | ${P99[pier]} | ${P99[nginx]:-} | ${P99[haproxy]:-} | $(ratio "${P99[pier]}" "${P99[nginx]:-}") | $(ratio "${P99[pier]}" "${P99[haproxy]:-}") |"
   echo "| proxy CPU s per 100k requests | ${CPU[pier]} | ${CPU[nginx]:-} | ${CPU[haproxy]:-} | $(ratio "${CPU[pier]}" "${CPU[nginx]:-}") | $(ratio "${CPU[pier]}" "${CPU[haproxy]:-}") |"
   before_after_rows RPS P99 CPU
+  if [[ $STICKY == 1 ]]; then
+    echo
+    echo "| Pier with cookie affinity (Set-Cookie on every answer) | req/s | p99 (µs) | CPU s per 100k |"
+    echo "|---|---|---|---|"
+    echo "| value | ${RPS[pier-sticky]} | ${P99[pier-sticky]} | ${CPU[pier-sticky]} |"
+    echo "| ratio to Pier without | $(ratio "${RPS[pier-sticky]}" "${RPS[pier]}") | $(ratio "${P99[pier-sticky]}" "${P99[pier]}") | $(ratio "${CPU[pier-sticky]}" "${CPU[pier]}") |"
+  fi
 } | tee "$report"
 echo "written to $report" >&2
