@@ -60,6 +60,8 @@ pub(crate) struct Annotations {
     /// `auth-url` and its options.
     pub(crate) forward_auth: Option<ForwardAuth>,
     pub(crate) upstream_vhost: Option<String>,
+    /// `x-forwarded-prefix`: the `X-Forwarded-Prefix` sent upstream.
+    pub(crate) forwarded_prefix: Option<String>,
     pub(crate) canary: Option<Canary>,
     /// What is served without: one line per annotation.
     pub(crate) warnings: Vec<String>,
@@ -263,6 +265,13 @@ pub(crate) fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotation
         ));
     }
     out.upstream_vhost = ours("upstream-vhost").map(str::to_owned);
+    out.forwarded_prefix = ours("x-forwarded-prefix").map(str::to_owned);
+    match ours("proxy-http-version") {
+        None | Some("1.1") => {}
+        Some(other) => out.warnings.push(format!(
+            "annotation {PREFIX}proxy-http-version is {other:?}, but Pier speaks HTTP/1.1 to backends"
+        )),
+    }
     if flag("canary")?.unwrap_or(false) {
         let number = |name: &str, default: u32| -> Result<u32, Invalid> {
             ours(name).map_or(Ok(default), |v| {

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use pier_crds::{
     Access, Backend, BackendTls, Balancer, BalancerType, BasicAuth, Buffering, BufferingMode,
-    HeaderMatch, PathMatch, PathMatchType, ProxyRouteSpec, Redirect, RedirectPath,
-    RedirectPathType, RegexRewrite, RequestBuffering, Retries, RetryOn, Rewrite, RouteTls,
-    Timeouts, ValueMatch,
+    Header, HeaderMatch, HeaderOps, PathMatch, PathMatchType, ProxyRouteSpec, Redirect,
+    RedirectPath, RedirectPathType, RegexRewrite, RequestBuffering, Retries, RetryOn, Rewrite,
+    RouteTls, Timeouts, ValueMatch,
 };
 use pier_snapshot::{Invalid, RouteKey};
 
@@ -345,6 +345,13 @@ fn route(
         basic_auth,
         forward_auth: a.forward_auth.clone(),
         cors: a.cors.clone(),
+        request_headers: a.forwarded_prefix.as_ref().map(|prefix| HeaderOps {
+            set: vec![Header {
+                name: "X-Forwarded-Prefix".to_owned(),
+                value: prefix.clone(),
+            }],
+            ..HeaderOps::default()
+        }),
         redirect: a.redirect.as_ref().map(|(url, status)| Redirect {
             url: Some(url.clone()),
             status_code: Some(*status),

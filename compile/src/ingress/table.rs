@@ -228,8 +228,8 @@ pub const TABLE: &[(&str, Support, &str)] = &[
     ("proxy-cookie-path", Ignored, ""),
     (
         "proxy-http-version",
-        Ignored,
-        "Pier speaks HTTP/1.1 to backends",
+        Supported,
+        "`1.1`, which Pier speaks to backends; `1.0` is reported",
     ),
     ("proxy-max-temp-file-size", Ignored, "see `buffering.disk`"),
     (
@@ -247,7 +247,11 @@ pub const TABLE: &[(&str, Support, &str)] = &[
         "Pier balances across endpoints",
     ),
     ("ssl-passthrough", Ignored, ""),
-    ("x-forwarded-prefix", Ignored, ""),
+    (
+        "x-forwarded-prefix",
+        Supported,
+        "sent upstream as `X-Forwarded-Prefix`",
+    ),
     (
         "auth-url",
         Supported,

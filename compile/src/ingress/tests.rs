@@ -246,6 +246,8 @@ fn annotations_map_onto_the_route_features() {
         nginx.ingress.kubernetes.io/enable-cors: "true",
         nginx.ingress.kubernetes.io/cors-allow-origin: "https://app.example.com, https://*.example.org",
         nginx.ingress.kubernetes.io/upstream-vhost: internal.example,
+        nginx.ingress.kubernetes.io/x-forwarded-prefix: /api,
+        nginx.ingress.kubernetes.io/proxy-http-version: "1.1",
         nginx.ingress.kubernetes.io/proxy-next-upstream-tries: "3""#;
     let out = compile_ingresses(vec![named("features", annotations, &spec)]);
     assert!(out.errors.is_empty(), "{:?}", out.errors);
@@ -267,6 +269,10 @@ fn annotations_map_onto_the_route_features() {
     );
     assert_eq!(action.retries.attempts, 2);
     assert_eq!(action.rewrite_host.as_deref(), Some("internal.example"));
+    assert_eq!(
+        action.request_headers.set,
+        [("x-forwarded-prefix".to_owned(), "/api".to_owned())]
+    );
     assert_eq!(route.policy.allow, ["10.0.0.0/8", "192.168.1.1/32"]);
     assert_eq!(route.policy.deny, ["10.6.6.0/24"]);
     let cors = route.policy.cors.as_ref().expect("CORS");
