@@ -8,6 +8,7 @@ use pier_snapshot::{ForwardAuth, Invalid};
 
 use super::backends::{Backends, Unresolvable};
 use super::header_value;
+use super::proxy::token;
 
 /// The checked settings, and what did not resolve (the route's
 /// `ResolvedRefs=False` reason and message): the route is kept, and every
@@ -85,17 +86,11 @@ pub(crate) fn forward(
             }
         }
     };
-    let mut response_headers = Vec::with_capacity(spec.response_headers.len());
-    for name in &spec.response_headers {
-        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        if name.is_empty() || !name.bytes().all(tchar) {
-            return Err(Invalid::Header {
-                name: name.clone(),
-                why: "must be an HTTP token",
-            });
-        }
-        response_headers.push(name.to_ascii_lowercase());
-    }
+    let response_headers = spec
+        .response_headers
+        .iter()
+        .map(|name| token(name))
+        .collect::<Result<_, _>>()?;
     if let Some(signin) = &spec.signin {
         header_value(signin).map_err(|why| Invalid::HeaderValue {
             field: "forwardAuth.signin",

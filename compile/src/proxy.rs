@@ -416,7 +416,7 @@ fn header_name(name: &str) -> Result<String, Invalid> {
 }
 
 /// A header name: an HTTP token, lower-cased.
-fn token(name: &str) -> Result<String, Invalid> {
+pub(crate) fn token(name: &str) -> Result<String, Invalid> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(token) {
         return Err(Invalid::Header {

@@ -168,6 +168,12 @@ pub struct Args {
     #[arg(long, env = "PIER_UPSTREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub upstream_idle_timeout: Duration,
 
+    /// Longest a forward-authentication check may take, connecting
+    /// included; past it the request gets 500
+    /// (`pier_dataplane_forward_auth_failed_total`).
+    #[arg(long, env = "PIER_FORWARD_AUTH_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub forward_auth_timeout: Duration,
+
     /// Adds `Via: 1.1 NAME` (RFC 9110 §7.6.3) to proxied requests and
     /// responses; NAME is a pseudonym such as `pier`. Absent: no `Via`.
     #[arg(long, env = "PIER_VIA", value_parser = via)]

@@ -29,6 +29,9 @@ pub(crate) struct UpstreamSettings {
     /// `--upstream-idle-timeout`: idle upstream connections unused this
     /// long are closed.
     pub(crate) idle_timeout: Duration,
+    /// `--forward-auth-timeout`: the longest a forward-authentication
+    /// check may take.
+    pub(crate) check_timeout: Duration,
     /// `--via`: the `Via` element (`1.1 NAME`) proxied messages get.
     pub(crate) via: Option<HeaderValue>,
     /// `--max-header-size`, also the largest response head accepted.
@@ -58,6 +61,7 @@ impl Context {
             upstream: UpstreamSettings {
                 idle: 8,
                 idle_timeout: Duration::from_secs(60),
+                check_timeout: Duration::from_secs(5),
                 via: None,
                 max_header_size: 16 * 1024,
                 buffers: Arc::new(Budget::new(1 << 20, 0, None)),

@@ -132,15 +132,7 @@ impl Shared {
             activity.request_started();
         }
         let done = |route: Arc<RouteMetrics>, res: Response<Body>| {
-            let status = res.status().as_u16();
-            res.map(|body| {
-                body.with_done(Done {
-                    route,
-                    status,
-                    started,
-                    activity: activity.map(Arc::clone),
-                })
-            })
+            logged(res, route, started, activity.map(Arc::clone))
         };
         let unrouted = || Arc::clone(&self.ctx.metrics.unrouted);
 
@@ -255,29 +247,23 @@ impl Shared {
             activity,
         } = *pending;
         let entry = target.entry();
+        let done = |res: Response<Body>| {
+            let route = Arc::clone(&entry.metrics);
+            Dispatch::Respond(logged(res, route, target.started, activity.clone()))
+        };
+        // Only a route with forward authentication asks for a check.
+        let Some(forward) = entry.filters.forward() else {
+            return done(files::status(StatusCode::INTERNAL_SERVER_ERROR));
+        };
+        let timeout = self.ctx.upstream.check_timeout;
         let answer = match check.endpoint {
-            Some(addr) => upstream::check::ask(addr, std::mem::take(&mut check.request)).await,
+            Some(addr) => {
+                upstream::check::ask(addr, std::mem::take(&mut check.request), timeout).await
+            }
             None => None,
         };
-        let verdict = match entry.filters.forward() {
-            Some(forward) => {
-                forward.verdict(&check, answer.as_ref().map(|a| (a.status, &a.headers)))
-            }
-            None => filter::Verdict::Admit(Vec::new()),
-        };
         let counters = &crate::metrics::FORWARD_AUTH;
-        let done = |res: Response<Body>| {
-            let status = res.status().as_u16();
-            Dispatch::Respond(res.map(|body| {
-                body.with_done(Done {
-                    route: Arc::clone(&entry.metrics),
-                    status,
-                    started: target.started,
-                    activity: activity.clone(),
-                })
-            }))
-        };
-        match verdict {
+        match forward.verdict(&check, answer.as_ref().map(|a| (a.status, &a.headers))) {
             filter::Verdict::Refuse(res) => {
                 let mut res = *res;
                 let counter = if res.status() == StatusCode::INTERNAL_SERVER_ERROR {
@@ -291,9 +277,7 @@ impl Shared {
             }
             filter::Verdict::Admit(copied) => {
                 counters.admitted.fetch_add(1, Relaxed);
-                if let Some(forward) = entry.filters.forward() {
-                    forward.admit(copied, req.headers_mut());
-                }
+                forward.admit(copied, req.headers_mut());
                 let handled = self.handle(
                     req,
                     entry,
@@ -309,6 +293,25 @@ impl Shared {
             }
         }
     }
+}
+
+/// Phase 6, armed: the response's body ends the request in the route's
+/// counters (`Done`).
+fn logged(
+    res: Response<Body>,
+    route: Arc<RouteMetrics>,
+    started: Instant,
+    activity: Option<Arc<Activity>>,
+) -> Response<Body> {
+    let status = res.status().as_u16();
+    res.map(|body| {
+        body.with_done(Done {
+            route,
+            status,
+            started,
+            activity,
+        })
+    })
 }
 
 /// A request waiting for its forward-authentication check.

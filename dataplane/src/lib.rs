@@ -165,6 +165,7 @@ impl Dataplane {
             max_ranges,
             upstream_idle,
             upstream_idle_timeout,
+            forward_auth_timeout,
             via,
             spill_dir,
             buffer_memory,
@@ -189,6 +190,7 @@ impl Dataplane {
             upstream: UpstreamSettings {
                 idle: upstream_idle,
                 idle_timeout: upstream_idle_timeout,
+                check_timeout: forward_auth_timeout,
                 via: via.map(|name| name.0),
                 max_header_size,
                 buffers: Arc::new(spool::Budget::new(

@@ -75,16 +75,17 @@ impl Basic {
             BASIC_AUTH.cached.fetch_add(1, Relaxed);
             return true;
         }
-        let Some((user, password)) = credentials(field) else {
+        let Some((decoded, colon)) = credentials(field) else {
             return self.refused();
         };
+        let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
         let hash = self
             .users
-            .binary_search_by(|(name, _)| (**name).cmp(&user[..]))
+            .binary_search_by(|(name, _)| (**name).cmp(user))
             .ok()
             .and_then(|i| self.users[i].1.as_ref());
         BASIC_AUTH.verified.fetch_add(1, Relaxed);
-        if !hash.is_some_and(|h| h.verify(&password)) {
+        if !hash.is_some_and(|h| h.verify(password)) {
             return self.refused();
         }
         SEEN.with_borrow_mut(|seen| seen.put(self.id, field));
@@ -106,9 +107,9 @@ impl Basic {
     }
 }
 
-/// The user and password of a `Basic` credential (scheme without case,
-/// RFC 7617); the user ends at the first `:`.
-fn credentials(field: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+/// A `Basic` credential decoded (scheme without case, RFC 7617), and
+/// where its user ends: at the first `:`, the password after it.
+fn credentials(field: &[u8]) -> Option<(Vec<u8>, usize)> {
     let (scheme, token) = field.split_at_checked(6)?;
     if !scheme.eq_ignore_ascii_case(b"basic ") {
         return None;
@@ -117,10 +118,7 @@ fn credentials(field: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
         .decode(token.trim_ascii())
         .ok()?;
     let colon = decoded.iter().position(|&b| b == b':')?;
-    let password = decoded[colon + 1..].to_vec();
-    let mut user = decoded;
-    user.truncate(colon);
-    Some((user, password))
+    Some((decoded, colon))
 }
 
 thread_local! {

@@ -191,7 +191,8 @@ fn encode_component(value: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let hex = |n: u8| char::from(b"0123456789ABCDEF"[usize::from(n)]);
+            out.extend(['%', hex(b >> 4), hex(b & 15)]);
         }
     }
     out

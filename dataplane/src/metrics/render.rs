@@ -239,7 +239,7 @@ impl Metrics {
         out.plain(
             "forward_auth_failed_total",
             "counter",
-            "Requests answered 500: the forward-authentication service gave no usable answer within 5 s.",
+            "Requests answered 500: the forward-authentication service gave no usable answer within --forward-auth-timeout.",
             forward.failed.load(Relaxed).into(),
         );
         out.plain(

@@ -1,7 +1,7 @@
 //! A forward-authentication check sent to the authentication service:
 //! one request without a body on a new connection, answered by its status
-//! and fields (the body is not read). Bounded by [`CHECK_TIMEOUT`] from
-//! connect to response head.
+//! and fields (the body is not read). Bounded by `--forward-auth-timeout`
+//! from connect to response head.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,12 +11,13 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Longest a check may take, connection included: past it the request
-/// gets 500 (`pier_dataplane_forward_auth_total{result="failed"}`).
-pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The service's answer, or `None` (refused, timed out, malformed).
-pub(crate) async fn ask(addr: SocketAddr, request: http::Request<()>) -> Option<Parts> {
+/// The service's answer, or `None` (refused, malformed, or later than
+/// `timeout`).
+pub(crate) async fn ask(
+    addr: SocketAddr,
+    request: http::Request<()>,
+    timeout: Duration,
+) -> Option<Parts> {
     let exchange = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -46,8 +47,5 @@ pub(crate) async fn ask(addr: SocketAddr, request: http::Request<()>) -> Option<
             .ok()
             .map(|res| res.into_parts().0)
     };
-    tokio::time::timeout(CHECK_TIMEOUT, exchange)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(timeout, exchange).await.ok().flatten()
 }
